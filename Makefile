@@ -1,0 +1,28 @@
+# lskd: the README's two commands are `make demo` and `make test`; both run `make setup` first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lskd-setup-stamp
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# Re-run set-up only when what it installs changes: a second `make setup` takes seconds.
+$(STAMP): setup.py constraints.txt scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m lskd_core.study --preset demo --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: setup
+	$(PY) bench/run_all.py --quick
+
+clean:
+	rm -rf runs .pytest_cache

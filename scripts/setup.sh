@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Creates or updates the virtual environment at $VENV (default .venv) with everything the tests and
+# the demo need, and installs the offline data packages when possible. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES="dataset-fashion-mnist wordnet-base trans-de-en mueller7-dict"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+
+echo "[setup] installing lskd (editable) with torch, torchvision and test tools"
+$PIP install -q --upgrade "pip>=23" setuptools wheel
+$PIP install -q -c constraints.txt -e ".[vision,dev]"
+
+# fairseq-fixed builds C extensions against the installed torch, so build it without isolation
+# (an isolated build would install a second torch just to compile). It declares torchaudio as a
+# dependency, which translation never imports and which would pull a different torch: install it
+# without dependencies and add the ones translation uses explicitly.
+if ! "$VENV/bin/python" -c "import fairseq" >/dev/null 2>&1; then
+  echo "[setup] building fairseq-fixed (compiles C extensions; pip caches the wheel)"
+  $PIP install -q cython "numpy>=1.22"
+  $PIP install -q -c constraints.txt --no-build-isolation --no-deps fairseq-fixed
+fi
+$PIP install -q -c constraints.txt "hydra-core" "omegaconf" regex "sacrebleu>=2.0" bitarray \
+  scikit-learn packaging cffi sentencepiece sacremoses subword-nmt
+
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian data packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+  else
+    echo "[setup] the offline data sets are missing. Run as root:"
+    echo "    apt-get update && apt-get install -y$missing"
+    echo "(tests and the demo that need them are skipped or fail with this hint until then)"
+  fi
+fi
+echo "[setup] done: $VENV"
