@@ -1,0 +1,534 @@
+"""Choosing S1 (semantically similar) and S2 (dissimilar) classes for the diffusion index (App. G).
+
+Three sources:
+
+* explicit ids (validated by :func:`lskd_core.diffusion.check_class_sets`);
+* a hierarchy (App. G.1): WordNet 3.0 read offline from the Debian ``wordnet-base`` database for
+  ImageNet wnids, or any parent map in JSON (CUB bird families, Fashion-MNIST groups);
+* feature space (App. G.2): the closest p % and farthest q % of classes by centroid distance;
+
+and the agreement of two selections, |S_ref ∩ S_other| / |S_ref| (Table G.1).
+
+Hierarchy rule (:func:`hierarchy_sets`). The hierarchy is a DAG of ``node -> [parents]``
+(WordNet has a few synsets with two hypernyms). The tree distance between classes a and b is the
+length of the shortest path through a common ancestor, ``min_c up(a, c) + up(b, c)`` where
+``up(x, c)`` counts hypernym edges from x up to c (WordNet's path similarity).
+
+* S1 = the ``num_similar`` classes nearest to the target in tree distance; ties go to the lower
+  class index (deterministic, independent of the seed).
+* The target's *neighbourhood root* r is the common ancestor of the target and all of S1 that is
+  nearest to the target (for Chihuahua with k = 4: ``toy_dog``).
+* S2 = ``num_dissimilar`` classes drawn with ``numpy.random.default_rng(seed)`` from the classes
+  outside the subtree of the ancestor ``exclude_levels`` levels above r (default 1: r's parent;
+  for Chihuahua ``dog``, so no dog breed can be "dissimilar"; for a retriever ``sporting_dog``).
+  If fewer than ``num_dissimilar`` classes lie outside that subtree, the exclusion root is lowered
+  one level at a time down to r itself (small hierarchies such as Fashion-MNIST); if even r's
+  subtree leaves too few, ValueError.
+
+Fashion-MNIST (:func:`fashion_mnist_parents`): each class is mapped to a WordNet synset
+(``lskd_core/data/fashion_mnist_wordnet.json``) and the parent map is built from WordNet's
+hypernym paths. Raw WordNet puts trouser under ``garment`` together with shirt, sweater and coat,
+and dress under ``woman's_clothing``, so no cut of the hypernym tree separates upper-body garments
+from the rest. We therefore split WordNet's ``clothing`` subtree by the body region that WordNet's
+own glosses state: a class is *upper-body* when the gloss of its synset or of a hypernym below
+``clothing`` mentions the upper body (``upper``, ``shoulder``, ``sleeve``, ``chest``, ``torso``):
+shirt ("worn on the upper half of the body"), sweater ("covering the upper part of the body"),
+coat ("has sleeves and covers the body from shoulder down"). Region nodes
+``n03051540/upper_body`` and ``n03051540/other`` are inserted directly below ``clothing``, and
+hypernyms between a class and ``clothing`` that would mix regions (``garment``) are dropped.
+``body_regions=False`` returns the raw hypernym map.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from collections import deque
+from dataclasses import dataclass
+from importlib import resources
+from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "WordNetNouns",
+    "load_wordnet",
+    "wnid_to_offset",
+    "wordnet_parents",
+    "load_parent_map",
+    "ClassHierarchy",
+    "hierarchy_sets",
+    "feature_space_sets",
+    "set_agreement",
+    "fashion_mnist_wnids",
+    "fashion_mnist_parents",
+    "DEFAULT_WORDNET_DIR",
+]
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"]
+
+# Location of the Debian wordnet-base package's database (override: $LSKD_WORDNET_DIR).
+DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
+
+_WNID = re.compile(r"^n(\d{8})$")
+
+Node = Hashable
+ParentMap = Mapping[Node, Sequence[Node]]
+
+
+# ----------------------------------------------------------------------------------------------
+# WordNet (data.noun) without NLTK
+# ----------------------------------------------------------------------------------------------
+
+def wnid_to_offset(wnid: str) -> int:
+    """``'n02085620'`` -> 2085620 (ImageNet wnids are WordNet 3.0 noun offsets)."""
+    m = _WNID.match(str(wnid))
+    if not m:
+        raise ValueError(f"not a WordNet noun id (expected 'n' + 8 digits, e.g. n02085620): "
+                         f"{wnid!r}")
+    return int(m.group(1))
+
+
+def _offset_to_wnid(offset: Union[int, str]) -> str:
+    return f"n{int(offset):08d}"
+
+
+@dataclass(frozen=True)
+class WordNetNouns:
+    """The noun synsets of WordNet 3.0: wnid -> lemmas, hypernyms (``@`` and ``@i``) and gloss."""
+
+    lemmas: Mapping[str, Tuple[str, ...]]
+    hypernym_map: Mapping[str, Tuple[str, ...]]
+    glosses: Mapping[str, str]
+    source: str
+
+    def __contains__(self, wnid: object) -> bool:
+        return wnid in self.hypernym_map
+
+    def __len__(self) -> int:
+        return len(self.hypernym_map)
+
+    def _check(self, wnid: str) -> str:
+        wnid_to_offset(wnid)
+        if wnid not in self.hypernym_map:
+            raise ValueError(f"{wnid} is not a noun synset in {self.source}")
+        return wnid
+
+    def hypernyms(self, wnid: str) -> Tuple[str, ...]:
+        return self.hypernym_map[self._check(wnid)]
+
+    def name(self, wnid: str) -> str:
+        """First lemma, e.g. ``'Chihuahua'`` for n02085620."""
+        return self.lemmas[self._check(wnid)][0]
+
+    def gloss(self, wnid: str) -> str:
+        return self.glosses[self._check(wnid)]
+
+    def ancestors(self, wnid: str) -> Dict[str, int]:
+        """All hypernym ancestors (and the synset itself at 0) with their shortest up-distance."""
+        return _up_distances(self.hypernym_map, self._check(wnid))
+
+
+def _parse_data_noun(path: str) -> WordNetNouns:
+    lemmas: Dict[str, Tuple[str, ...]] = {}
+    hyper: Dict[str, Tuple[str, ...]] = {}
+    glosses: Dict[str, str] = {}
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.startswith("  "):  # license header
+                continue
+            data, _, gloss = line.partition(" | ")
+            f = data.split()
+            try:
+                # offset lex_filenum ss_type w_cnt(hex) [word lex_id]... p_cnt [ptr off pos st]...
+                wnid = _offset_to_wnid(f[0])
+                n_words = int(f[3], 16)
+                words = tuple(f[4 + 2 * i] for i in range(n_words))
+                i = 4 + 2 * n_words
+                n_ptrs = int(f[i])
+                i += 1
+                parents = []
+                for _ in range(n_ptrs):
+                    symbol, target, pos = f[i], f[i + 1], f[i + 2]
+                    if symbol in ("@", "@i") and pos == "n":
+                        parents.append(_offset_to_wnid(target))
+                    i += 4
+            except (IndexError, ValueError):
+                raise ValueError(f"{path}:{lineno}: not a WordNet data.noun line") from None
+            lemmas[wnid] = words
+            hyper[wnid] = tuple(parents)
+            glosses[wnid] = gloss.strip()
+    if not hyper:
+        raise ValueError(f"{path} holds no noun synsets")
+    return WordNetNouns(lemmas=lemmas, hypernym_map=hyper, glosses=glosses, source=path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_wordnet_cached(path: str, mtime: float) -> WordNetNouns:
+    return _parse_data_noun(path)
+
+
+def load_wordnet(wordnet_dir: Optional[str] = None) -> WordNetNouns:
+    """Parse WordNet 3.0's ``data.noun`` (Debian ``wordnet-base``), following ``@``/``@i`` hypernyms.
+
+    Directory: ``wordnet_dir``, else ``$LSKD_WORDNET_DIR``, else ``/usr/share/wordnet``. Cached per
+    file. FileNotFoundError (saying how to install it) when the database is missing.
+    """
+    folder = wordnet_dir or os.environ.get("LSKD_WORDNET_DIR") or DEFAULT_WORDNET_DIR
+    path = os.path.join(os.fspath(folder), "data.noun")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"WordNet noun database not found at {path}: install the Debian package wordnet-base "
+            f"(sudo apt-get install wordnet-base) or point $LSKD_WORDNET_DIR at a folder holding "
+            f"WordNet 3.0's data.noun")
+    return _load_wordnet_cached(os.path.abspath(path), os.path.getmtime(path))
+
+
+def wordnet_parents(wnids: Iterable[str],
+                    wordnet: Optional[WordNetNouns] = None) -> Dict[str, List[str]]:
+    """Parent map (node -> hypernyms) covering every ancestor of ``wnids`` (for hierarchy_sets)."""
+    wn = wordnet if wordnet is not None else load_wordnet()
+    parents: Dict[str, List[str]] = {}
+    todo = deque()
+    for w in wnids:
+        wn.hypernyms(w)  # validates
+        todo.append(w)
+    while todo:
+        node = todo.popleft()
+        if node in parents:
+            continue
+        parents[node] = list(wn.hypernyms(node))
+        todo.extend(p for p in parents[node] if p not in parents)
+    return parents
+
+
+def load_parent_map(json_path: "os.PathLike[str] | str") -> Dict[str, List[str]]:
+    """Read a JSON parent map ``{"node": "parent"}`` or ``{"node": ["parent", ...]}``.
+
+    ``null`` or ``[]`` marks a root. ValueError for malformed JSON or a cycle.
+    """
+    path = os.fspath(json_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"parent map not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"parent map {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"parent map {path} must be a JSON object node -> parent(s)")
+    out: Dict[str, List[str]] = {}
+    for node, par in raw.items():
+        if par is None:
+            par = []
+        elif isinstance(par, str):
+            par = [par]
+        if not isinstance(par, list) or not all(isinstance(p, str) for p in par):
+            raise ValueError(f"parent map {path}: parents of {node!r} must be a string or a list of "
+                             f"strings, got {par!r}")
+        out[str(node)] = list(par)
+    _check_acyclic(out, where=f"parent map {path}")
+    return out
+
+
+def _check_acyclic(parents: ParentMap, where: str = "parent map") -> None:
+    state: Dict[Node, int] = {}  # 1 = on the stack, 2 = done
+    for start in parents:
+        if state.get(start):
+            continue
+        stack = [(start, iter(parents.get(start, ())))]
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                raise ValueError(f"{where} has a cycle through {nxt!r}")
+            elif not state.get(nxt):
+                state[nxt] = 1
+                stack.append((nxt, iter(parents.get(nxt, ()))))
+
+
+def _up_distances(parents: ParentMap, node: Node) -> Dict[Node, int]:
+    """Shortest number of parent edges from ``node`` to each of its ancestors (itself at 0)."""
+    dist = {node: 0}
+    todo = deque([node])
+    while todo:
+        cur = todo.popleft()
+        for p in parents.get(cur, ()):
+            if p not in dist:
+                dist[p] = dist[cur] + 1
+                todo.append(p)
+    return dist
+
+
+# ----------------------------------------------------------------------------------------------
+# hierarchy sets (App. G.1)
+# ----------------------------------------------------------------------------------------------
+
+class ClassHierarchy:
+    """Tree distances between classes placed on the nodes of a parent map (DAG).
+
+    Build once and call :meth:`sets` for many targets: distances from one class to all others cost
+    one vectorised update per ancestor of that class.
+    """
+
+    def __init__(self, parents: ParentMap, class_nodes: Sequence[Node]):
+        self.parents = parents
+        self.class_nodes = list(class_nodes)
+        if not self.class_nodes:
+            raise ValueError("class_nodes must not be empty")
+        seen: Dict[Node, int] = {}
+        for i, node in enumerate(self.class_nodes):
+            if node in seen:
+                raise ValueError(f"classes {seen[node]} and {i} map to the same hierarchy node "
+                                 f"{node!r}")
+            seen[node] = i
+        known = set(parents)
+        for ps in parents.values():
+            known.update(ps)
+        missing = [(i, n) for i, n in enumerate(self.class_nodes) if n not in known]
+        if missing:
+            i, n = missing[0]
+            raise ValueError(f"class {i} (node {n!r}) is not in the hierarchy"
+                             + (f" ({len(missing)} classes missing)" if len(missing) > 1 else ""))
+        _check_acyclic(parents)
+        self.up = [_up_distances(parents, n) for n in self.class_nodes]
+        # inverted index: ancestor -> (class indices, their up-distances)
+        members: Dict[Node, Tuple[List[int], List[int]]] = {}
+        for i, up in enumerate(self.up):
+            for a, d in up.items():
+                idx, dist = members.setdefault(a, ([], []))
+                idx.append(i)
+                dist.append(d)
+        self.members = {a: (np.asarray(i, dtype=np.intp), np.asarray(d, dtype=np.int64))
+                        for a, (i, d) in members.items()}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_nodes)
+
+    def distances_from(self, index: int) -> np.ndarray:
+        """[K] tree distances from class ``index`` (inf where no common ancestor)."""
+        dist = np.full(self.num_classes, np.inf)
+        for a, da in self.up[index].items():
+            idx, d = self.members[a]
+            dist[idx] = np.minimum(dist[idx], da + d)
+        return dist
+
+    def neighbourhood_root(self, target: int, similar: Sequence[int]) -> Node:
+        """Common ancestor of the target and all of ``similar`` nearest to the target."""
+        common = set(self.up[target])
+        for c in similar:
+            common &= set(self.up[c])
+        if not common:
+            raise ValueError(f"'{self.class_nodes[target]}' and its similar classes share no "
+                             f"ancestor")
+        return min(common, key=lambda a: (self.up[target][a], str(a)))
+
+    def _ancestors_at(self, node: Node, levels: int) -> Set[Node]:
+        """Ancestors exactly ``levels`` edges above ``node`` (a root reached earlier counts)."""
+        frontier = {node}
+        for _ in range(levels):
+            nxt: Set[Node] = set()
+            for n in frontier:
+                ps = self.parents.get(n, ())
+                nxt.update(ps if ps else (n,))
+            frontier = nxt
+        return frontier
+
+    def inside(self, roots: Iterable[Node]) -> np.ndarray:
+        """[K] bool: classes in the subtree of any of ``roots``."""
+        mask = np.zeros(self.num_classes, dtype=bool)
+        for r in roots:
+            if r in self.members:
+                mask[self.members[r][0]] = True
+        return mask
+
+    def sets(self, target: int, num_similar: int = 4, num_dissimilar: int = 20, seed: int = 0,
+             exclude_levels: int = 1) -> Tuple[List[int], List[int]]:
+        """(S1, S2) for ``target`` by the rule in the module docstring."""
+        k = self.num_classes
+        if not 0 <= int(target) < k:
+            raise ValueError(f"target {target} is not a class index in 0..{k - 1}")
+        target = int(target)
+        if int(num_similar) < 1:
+            raise ValueError(f"num_similar must be >= 1, got {num_similar}")
+        if int(num_dissimilar) < 1:
+            raise ValueError(f"num_dissimilar must be >= 1, got {num_dissimilar}")
+        if int(exclude_levels) < 0:
+            raise ValueError(f"exclude_levels must be >= 0, got {exclude_levels}")
+        dist = self.distances_from(target)
+        others = [c for c in range(k) if c != target and math.isfinite(dist[c])]
+        if len(others) < num_similar:
+            raise ValueError(f"num_similar={num_similar} but only {len(others)} other classes are "
+                             f"connected to '{self.class_nodes[target]}' in the hierarchy")
+        others.sort(key=lambda c: (dist[c], c))
+        s1 = others[:num_similar]
+        root = self.neighbourhood_root(target, s1)
+        for levels in range(int(exclude_levels), -1, -1):
+            excluded = self.inside(self._ancestors_at(root, levels))
+            excluded[target] = True
+            excluded[s1] = True
+            candidates = np.flatnonzero(~excluded)
+            if len(candidates) >= num_dissimilar:
+                break
+        else:
+            raise ValueError(
+                f"num_dissimilar={num_dissimilar} but only {len(candidates)} class(es) lie outside "
+                f"the subtree of '{root}' (the neighbourhood of '{self.class_nodes[target]}')")
+        rng = np.random.default_rng(seed)
+        s2 = sorted(int(c) for c in rng.choice(candidates, size=int(num_dissimilar), replace=False))
+        return s1, s2
+
+
+def hierarchy_sets(parents: ParentMap, class_nodes: Sequence[Node], target_index: int,
+                   num_similar: int = 4, num_dissimilar: int = 20, seed: int = 0,
+                   exclude_levels: int = 1) -> Tuple[List[int], List[int]]:
+    """S1 / S2 (indices into ``class_nodes``) from a hierarchy (App. G.1; rule in the module doc).
+
+    The paper uses k = 4 similar and 20 dissimilar classes. For many targets build one
+    :class:`ClassHierarchy` and call its ``sets``.
+    """
+    return ClassHierarchy(parents, class_nodes).sets(target_index, num_similar, num_dissimilar,
+                                                     seed, exclude_levels)
+
+
+# ----------------------------------------------------------------------------------------------
+# feature-space sets (App. G.2) and agreement (Table G.1)
+# ----------------------------------------------------------------------------------------------
+
+def feature_space_sets(centroids: np.ndarray, target: int, closest_pct: float = 1.0,
+                       farthest_pct: float = 90.0) -> Tuple[List[int], List[int]]:
+    """App. G.2: S1 = closest ``closest_pct`` %, S2 = farthest ``farthest_pct`` % of the other classes.
+
+    Counts are ``ceil(pct / 100 * (K' ))`` with K' the other classes that have a centroid (rows with
+    NaN, i.e. no samples, are skipped): ImageNet's 999 others give 10 and 900 as in App. G.2. At
+    least one class each; if rounding up makes the two sets meet, S2 gives way. Distances are
+    squared Euclidean between centroids; ties go to the lower class index.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"centroids must be [K, D], got shape {c.shape}")
+    k = c.shape[0]
+    if not 0 <= int(target) < k:
+        raise ValueError(f"target {target} is not a class index in 0..{k - 1}")
+    target = int(target)
+    for name, pct in (("closest_pct", closest_pct), ("farthest_pct", farthest_pct)):
+        if not (isinstance(pct, (int, float)) and 0 < pct <= 100):
+            raise ValueError(f"{name} must be in (0, 100], got {pct!r}")
+    if closest_pct + farthest_pct > 100:
+        raise ValueError(f"closest_pct + farthest_pct must be <= 100, got "
+                         f"{closest_pct} + {farthest_pct}")
+    if not np.isfinite(c[target]).all():
+        raise ValueError(f"target class {target} has no centroid (no samples)")
+    valid = np.isfinite(c).all(axis=1)
+    valid[target] = False
+    others = np.flatnonzero(valid)
+    if len(others) < 2:
+        raise ValueError(f"need at least 2 other classes with samples, got {len(others)}")
+    diff = c[others] - c[target]
+    dist = np.einsum("kd,kd->k", diff, diff)
+    order = others[np.lexsort((others, dist))]  # by distance, then index
+    n = len(others)
+    n1 = max(1, math.ceil(closest_pct / 100.0 * n - 1e-9))
+    n2 = max(1, math.ceil(farthest_pct / 100.0 * n - 1e-9))
+    n1 = min(n1, n - 1)
+    n2 = min(n2, n - n1)
+    s1 = sorted(int(x) for x in order[:n1])
+    s2 = sorted(int(x) for x in order[n - n2:])
+    return s1, s2
+
+
+def set_agreement(reference: Iterable[int], other: Iterable[int]) -> float:
+    """Table G.1: |reference ∩ other| / |reference| (1.0 = every reference class was also chosen)."""
+    ref = set(int(x) for x in reference)
+    if not ref:
+        raise ValueError("reference set must not be empty")
+    return len(ref & set(int(x) for x in other)) / len(ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST from WordNet
+# ----------------------------------------------------------------------------------------------
+
+_CLOTHING = "n03051540"
+_UPPER_BODY_CUES = re.compile(r"\b(upper|shoulders?|sleeves?|chest|torso)\b", re.IGNORECASE)
+
+
+def fashion_mnist_wnids() -> Dict[str, str]:
+    """Fashion-MNIST class name -> WordNet 3.0 noun synset.
+
+    Read from ``lskd_core/data/fashion_mnist_wordnet.json``.
+    """
+    data = resources.files("lskd_core").joinpath("data")
+    text = data.joinpath("fashion_mnist_wordnet.json").read_text(encoding="utf-8")
+    mapping = json.loads(text)["synsets"]
+    if sorted(mapping) != sorted(FASHION_MNIST_CLASSES):
+        raise ValueError("fashion_mnist_wordnet.json does not list exactly the Fashion-MNIST classes")
+    return {name: mapping[name] for name in FASHION_MNIST_CLASSES}
+
+
+def _upper_body(wn: WordNetNouns, chain: Sequence[str]) -> bool:
+    return any(_UPPER_BODY_CUES.search(wn.gloss(s)) for s in chain)
+
+
+def fashion_mnist_parents(wordnet: Optional[WordNetNouns] = None,
+                          body_regions: bool = True) -> Dict[str, List[str]]:
+    """WordNet-derived parent map for the 10 Fashion-MNIST classes (keys include the class names).
+
+    Each class name is a leaf under its synset; synsets link to their WordNet hypernyms. With
+    ``body_regions`` (default) WordNet's ``clothing`` subtree is split by the body region stated in
+    the glosses (module docstring), which yields the groups upper-body garments (T-shirt/top,
+    Pullover, Coat, Shirt), other garments (Trouser, Dress), footwear (Sandal, Sneaker, Ankle
+    boot) and bag.
+    """
+    wn = wordnet if wordnet is not None else load_wordnet()
+    wnids = fashion_mnist_wnids()
+    raw = wordnet_parents(wnids.values(), wn)
+    parents: Dict[str, List[str]] = {name: [wnids[name]] for name in FASHION_MNIST_CLASSES}
+    if not body_regions:
+        parents.update(raw)
+        return parents
+
+    # region of each class under `clothing` (classes outside it keep their raw paths)
+    region: Dict[str, str] = {}
+    chains: Dict[str, List[str]] = {}
+    for name, w in wnids.items():
+        up = _up_distances(raw, w)
+        if _CLOTHING not in up:
+            continue
+        # the synsets from the class up to (not including) clothing along a shortest path
+        chain = [w]
+        while chain[-1] != _CLOTHING:
+            nxt = min((p for p in raw[chain[-1]] if _CLOTHING in _up_distances(raw, p)),
+                      key=lambda p: (_up_distances(raw, p)[_CLOTHING], p))
+            chain.append(nxt)
+        chains[name] = chain[:-1]
+        region[name] = "upper_body" if _upper_body(wn, chain[:-1]) else "other"
+
+    # a synset below clothing is kept only if all classes under it share a region
+    node_regions: Dict[str, Set[str]] = {}
+    for name, chain in chains.items():
+        for s in chain:
+            node_regions.setdefault(s, set()).add(region[name])
+    for name, chain in chains.items():
+        kept = [s for s in chain if len(node_regions[s]) == 1]
+        region_node = f"{_CLOTHING}/{region[name]}"
+        for child, parent in zip(kept, kept[1:] + [region_node]):
+            parents.setdefault(child, [])
+            if parent not in parents[child]:
+                parents[child].append(parent)
+        parents[region_node] = [_CLOTHING]
+    for node, ps in raw.items():
+        in_clothing_subtree = node in node_regions
+        if not in_clothing_subtree and node not in parents:
+            parents[node] = list(ps)
+    return {k: parents[k] for k in sorted(parents, key=str)}
