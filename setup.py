@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=["lskd_core", "lskd_core.*", "vision_plugin", "vision_plugin.*",
                                     "fairseq_plugin", "fairseq_plugin.*"]),
     include_package_data=True,
-    package_data={"lskd_core": ["data/*.json"]},
+    package_data={"lskd_core": ["data/*.json", "presets/*.json"]},
     install_requires=[
         "torch>=2.0",
         "numpy>=1.22",
@@ -35,5 +35,5 @@ setup(
         "fairseq": ["fairseq-fixed>=0.12.3", "sacrebleu>=2.0", "sentencepiece>=0.1.97"],
         "dev": ["pytest>=7", "tensorboard>=2.10"],
     },
-    entry_points={"console_scripts": ["lskd-eta=lskd_core.eta:main"]},
+    entry_points={"console_scripts": ["lskd-eta=lskd_core.eta:main", "lskd-study=lskd_core.study:main"]},
 )

@@ -1,0 +1,125 @@
+"""Images/s of a KD student step vs. the same student's plain (LS cross-entropy) step.
+
+Both steps use the trainer's own ``train_step`` and ``KDCriterion`` (vision_plugin), measured in the
+same run on the same synthetic batch, interleaved round by round so that background load affects
+both alike. Also times the teacher's forward pass alone, to give its share of the KD step.
+
+    python bench/bench_vision_kd.py                      # lskd_cnn_s <- lskd_cnn_t, 28x28, CPU
+    python bench/bench_vision_kd.py --student resnet18 --teacher resnet50 --crop-size 224 \\
+        --batch-size 64 --device cuda --amp               # the paper's ImageNet pair on a GPU
+
+Prints absolute images/s and the ratios that are comparable across machines:
+KD/plain throughput, and teacher forward time / KD step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from vision_plugin.kd import KDCriterion, LiveTeacher  # noqa: E402
+from vision_plugin.models import build_model, count_parameters  # noqa: E402
+from vision_plugin.train import make_autocast, make_scaler, train_step  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_block(fn, steps: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` averaged over ``steps`` calls."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--student", default="lskd_cnn_s")
+    p.add_argument("--teacher", default="lskd_cnn_t")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--crop-size", type=int, default=28)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    p.add_argument("--steps", type=int, default=10, help="steps per round and mode")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CPU / fp16 + GradScaler on CUDA")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (as the trainer's flag)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds/steps (bench/run_all.py --quick)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps = 3, 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    student_plain = build_model(args.student, args.num_classes).to(device, memory_format=fmt)
+    student_kd = build_model(args.student, args.num_classes).to(device, memory_format=fmt)
+    student_kd.load_state_dict(student_plain.state_dict())
+    teacher = LiveTeacher(build_model(args.teacher, args.num_classes), args.num_classes).to(device)
+    teacher.module.to(memory_format=fmt)
+    images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
+    images = images.contiguous(memory_format=fmt)
+    target = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    autocast = make_autocast(device, args.amp)
+
+    def stepper(model, criterion):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        scaler = make_scaler(device, args.amp)
+        model.train()
+        return lambda: train_step(model, criterion, opt, images, target, autocast, scaler)
+
+    plain = stepper(student_plain, KDCriterion(None, label_smoothing=0.1))
+    kd = stepper(student_kd, KDCriterion(teacher, temperature=args.temperature, beta=1.0))
+
+    def teacher_only():
+        with autocast():
+            teacher.logits(images)
+
+    for fn in (plain, kd, teacher_only):  # warm-up: allocator, kernels, autocast caches
+        _time_block(fn, 2, device)
+    times = {"plain": [], "kd": [], "teacher": []}
+    for _ in range(args.rounds):
+        times["plain"].append(_time_block(plain, args.steps, device))
+        times["kd"].append(_time_block(kd, args.steps, device))
+        times["teacher"].append(_time_block(teacher_only, args.steps, device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ips = {k: args.batch_size / v for k, v in med.items()}
+
+    flags = (" amp" if args.amp else "") + (" channels_last" if args.channels_last else "")
+    print(f"device {device}{flags}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"{args.crop_size}x{args.crop_size}, {args.rounds} rounds x {args.steps} steps (median per step)")
+    print(f"student {args.student} ({count_parameters(student_plain) / 1e6:.3f} M params), "
+          f"teacher {args.teacher} ({count_parameters(teacher.module) / 1e6:.3f} M params)")
+    print(f"plain student step (LS cross-entropy): {ips['plain']:9.1f} images/s  ({1e3 * med['plain']:.2f} ms/step)")
+    print(f"KD student step (teacher + KD loss):   {ips['kd']:9.1f} images/s  ({1e3 * med['kd']:.2f} ms/step)")
+    print(f"teacher forward alone (no_grad):       {ips['teacher']:9.1f} images/s  "
+          f"({1e3 * med['teacher']:.2f} ms/step)")
+    print(f"ratio KD / plain throughput:  {ips['kd'] / ips['plain']:.3f}  "
+          f"(KD step costs {med['kd'] / med['plain']:.2f}x)")
+    print(f"teacher share of the KD step: {100 * med['teacher'] / med['kd']:.1f} %")
+    rest = med["kd"] - med["plain"] - med["teacher"]
+    print(f"KD overhead beyond the teacher forward: {100 * rest / med['kd']:+.1f} % of the KD step "
+          f"(loss terms; noise can make it negative)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""KD pieces for torchvision-reference-style training scripts (ours and users' own copies).
+
+Three things, enough for a short patch to torchvision's ``references/classification/train.py``
+(see the README):
+
+* ``add_kd_args(parser)``: ``--teacher --teacher-ckpt --teacher-weights --kd-temperature --kd-beta``.
+* ``build_teacher(args, num_classes, device)``: a frozen ``LiveTeacher`` (or None without ``--teacher``).
+* ``KDCriterion(teacher, temperature, beta, label_smoothing)``: ``criterion(output, target, images)``
+  -> ``(1 - beta) * CE(y_LS, p) + beta * T^2 * KL(p_t(T) || p(T))`` (paper Sec. 2, ``L_KD``; beta = 1
+  by default as in the paper). Without a teacher, or called without images (evaluation), it is the
+  label-smoothed cross-entropy ``L_LS`` that trains teachers.
+
+The teacher sits behind one method, ``logits(images)``, so a cache of teacher outputs can replace
+live inference without touching the training loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from lskd_core.checks import check_alpha, check_beta, check_temperature
+from lskd_core.losses import LSKDLossTerms, ls_cross_entropy, ls_kd_loss_terms
+from vision_plugin.checkpoint import CheckpointError, load_model_weights
+from vision_plugin.models import build_model, build_pretrained, find_final_linear
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """Anything that yields teacher logits ``[N, K]`` for a batch of images."""
+
+    num_classes: int
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class _FrozenModule(nn.Module):
+    """Wraps the teacher network so that ``.train()`` can never switch it out of eval mode
+    (BN running statistics and dropout stay fixed, whatever a training loop calls)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        super().train(False)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "_FrozenModule":
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class LiveTeacher:
+    """A frozen network run under ``torch.no_grad`` for every batch.
+
+    Deliberately not an ``nn.Module``: holding it on the student, the criterion or an optimizer
+    can never put it into a DDP wrapper, a parameter list or a student checkpoint.
+    ``no_grad`` rather than ``inference_mode``: the KD loss saves the teacher logits for its
+    backward pass, which inference tensors forbid.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: Optional[int] = None):
+        self.module = _FrozenModule(net)
+        _, linear = find_final_linear(net)
+        self.num_classes = int(num_classes if num_classes is not None else linear.out_features)
+
+    def to(self, device: torch.device) -> "LiveTeacher":
+        self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.module(images)
+        if not isinstance(out, torch.Tensor):  # e.g. inception/googlenet named tuples
+            out = out.logits if hasattr(out, "logits") else out[0]
+        return out.detach()
+
+
+def add_kd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the KD flags to a torchvision-reference-style parser."""
+    group = parser.add_argument_group("knowledge distillation (paper Sec. 2)")
+    group.add_argument("--teacher", default=None, metavar="MODEL",
+                       help="teacher architecture (lskd or torchvision name); enables KD")
+    group.add_argument("--teacher-ckpt", default=None, metavar="PATH",
+                       help="teacher checkpoint (ours, torchvision reference, or a raw state dict)")
+    group.add_argument("--teacher-weights", default=None, metavar="NAME",
+                       help="torchvision weights for the teacher instead of a checkpoint (e.g. IMAGENET1K_V2)")
+    group.add_argument("--kd-temperature", default=1.0, type=float, metavar="T",
+                       help="KD temperature T > 0 (default 1: the paper's rule of thumb for LS teachers)")
+    group.add_argument("--kd-beta", default=1.0, type=float, metavar="B",
+                       help="weight of the KD term in [0, 1]; 1 - B weighs the (LS) cross-entropy (default 1)")
+    return parser
+
+
+def check_kd_args(args: argparse.Namespace) -> None:
+    """ValueError naming the flag for bad KD arguments (called before any data is loaded)."""
+    check_temperature(args.kd_temperature, name="--kd-temperature")
+    check_beta(args.kd_beta, name="--kd-beta")
+    check_alpha(getattr(args, "label_smoothing", 0.0), name="--label-smoothing")
+    if args.teacher is None and (args.teacher_ckpt or args.teacher_weights):
+        raise ValueError("--teacher-ckpt/--teacher-weights given without --teacher MODEL")
+    if args.teacher is not None:
+        if not args.teacher_ckpt and not args.teacher_weights:
+            raise ValueError(
+                f"--teacher {args.teacher!r} needs --teacher-ckpt PATH or --teacher-weights NAME "
+                f"(a randomly initialised teacher teaches nothing)"
+            )
+        if args.teacher_ckpt and args.teacher_weights:
+            raise ValueError("give either --teacher-ckpt or --teacher-weights, not both")
+
+
+def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.device) -> Optional[LiveTeacher]:
+    """Frozen teacher from ``--teacher`` + ``--teacher-ckpt``/``--teacher-weights``; None without ``--teacher``.
+
+    Raises CheckpointError when the checkpoint is unreadable/unsafe, predicts a different number
+    of classes than ``num_classes``, or does not match the ``--teacher`` architecture.
+    """
+    check_kd_args(args)
+    if args.teacher is None:
+        return None
+    if args.teacher_weights:
+        # Keep the pretrained head as it is: a replaced (random) head would teach nothing.
+        net = build_pretrained(args.teacher, args.teacher_weights)
+        _, linear = find_final_linear(net)
+        if linear.out_features != num_classes:
+            raise CheckpointError(
+                f"teacher weights {args.teacher_weights!r} predict {linear.out_features} classes but the "
+                f"dataset has {num_classes} classes; the teacher must have the same class count"
+            )
+    else:
+        net = build_model(args.teacher, num_classes=num_classes)
+        load_model_weights(net, args.teacher, args.teacher_ckpt, num_classes, what="teacher")
+    return LiveTeacher(net, num_classes).to(device)
+
+
+def _as_logits(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
+class KDCriterion:
+    """``criterion(output, target, images=None) -> loss`` (paper Sec. 2).
+
+    * with a teacher and images: ``(1 - beta) * CE(y_LS, p) + beta * T^2 KL(p_t(T) || p(T))``;
+    * without a teacher, or without images (torchvision's ``evaluate`` calls ``criterion(output,
+      target)``): the label-smoothed cross-entropy, equal to ``F.cross_entropy(...,
+      label_smoothing=alpha)``.
+
+    ``terms(...)`` returns ``LSKDLossTerms(loss, ce_loss, kd_loss)`` for logging.
+    Targets must be class ids (mixup/cutmix soft targets are not supported with KD).
+    """
+
+    def __init__(self, teacher: Optional[Teacher] = None, temperature: float = 1.0, beta: float = 1.0,
+                 label_smoothing: float = 0.0):
+        self.teacher = teacher
+        self.temperature = check_temperature(temperature, name="--kd-temperature")
+        self.beta = check_beta(beta, name="--kd-beta")
+        self.label_smoothing = check_alpha(label_smoothing, name="--label-smoothing")
+
+    def terms(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None) -> LSKDLossTerms:
+        logits = _as_logits(output)
+        if target.is_floating_point():
+            raise ValueError("KDCriterion needs integer class targets; mixup/cutmix soft targets are not supported")
+        if self.teacher is None or images is None:
+            ce = ls_cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+            return LSKDLossTerms(ce, ce.detach(), torch.zeros((), device=ce.device))
+        teacher_logits = self.teacher.logits(images)
+        if teacher_logits.shape != logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} and student logits {tuple(logits.shape)} differ; "
+                f"teacher and student must have the same class count"
+            )
+        return ls_kd_loss_terms(logits, teacher_logits, target, self.temperature, beta=self.beta,
+                                label_smoothing=self.label_smoothing)
+
+    def __call__(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.terms(output, target, images).loss
+
+
+def kd_criterion_from_args(args: argparse.Namespace, teacher: Optional[Teacher]) -> KDCriterion:
+    return KDCriterion(teacher, args.kd_temperature, args.kd_beta, getattr(args, "label_smoothing", 0.0))
