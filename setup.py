@@ -1,10 +1,23 @@
 """lskd: should my teacher use label smoothing, and at which temperature should I distil?"""
 
+import runpy
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 here = Path(__file__).parent
+
+
+class BuildPyWithFairseqAutoload(build_py):
+    """Also ship lskd_fairseq_autoload.pth at the top of site-packages, so that plain
+    ``fairseq-train --criterion ls_kd`` finds the criterion (see fairseq_plugin/autoload.py)."""
+
+    def run(self):
+        super().run()
+        autoload = runpy.run_path(str(here / "fairseq_plugin" / "autoload.py"))
+        pth = Path(self.build_lib) / autoload["PTH_NAME"]
+        pth.write_text(autoload["pth_line"]() + "\n", encoding="utf-8")
 
 setup(
     name="lskd",
@@ -32,8 +45,10 @@ setup(
         "vision": ["torchvision>=0.15", "tensorboard>=2.10"],
         # fairseq-fixed is fairseq 0.12 patched for Python 3.11+; see README for installing it
         # without torchaudio (which translation does not need).
-        "fairseq": ["fairseq-fixed>=0.12.3", "sacrebleu>=2.0", "sentencepiece>=0.1.97"],
+        "fairseq": ["fairseq-fixed>=0.12.3", "sacrebleu>=2.0", "sentencepiece>=0.1.97", "sacremoses",
+                    "subword-nmt"],
         "dev": ["pytest>=7", "tensorboard>=2.10"],
     },
+    cmdclass={"build_py": BuildPyWithFairseqAutoload},
     entry_points={"console_scripts": ["lskd-eta=lskd_core.eta:main", "lskd-study=lskd_core.study:main"]},
 )

@@ -30,6 +30,10 @@ fi
 $PIP install -q -c constraints.txt "hydra-core" "omegaconf" regex "sacrebleu>=2.0" bitarray \
   scikit-learn packaging cffi sentencepiece sacremoses subword-nmt
 
+# Plain `fairseq-train --criterion ls_kd` (no --user-dir): a .pth import hook that loads
+# fairseq_plugin right after fairseq itself is imported, and nothing otherwise.
+"$VENV/bin/python" -m fairseq_plugin.autoload install
+
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

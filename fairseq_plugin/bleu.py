@@ -1,0 +1,131 @@
+"""BLEU of ``fairseq-generate`` output: detokenised sacreBLEU and the tokenised IWSLT-style number.
+
+The paper reports BLEU on IWSLT (Table 5 En->De, Table B.2 En->Ru) following Shen et al., whose
+fairseq recipe scores the tokenised, lower-cased, BPE-removed output (``fairseq-generate
+--remove-bpe`` prints it as ``BLEU4``). Modern practice is detokenised sacreBLEU. This helper
+gives both from one generation log::
+
+    fairseq-generate DATA/bin --path student/checkpoint_best.pt --beam 5 --remove-bpe \\
+        --batch-size 128 > gen.out
+    python -m fairseq_plugin.bleu gen.out --lang de --ref DATA/raw/test.de --lowercase
+
+* ``bleu_tok``: corpus BLEU of the ``H-`` lines against the ``T-`` lines as they are (already
+  Moses-tokenised; no further tokenisation) = fairseq's ``BLEU4`` / ``multi-bleu.perl``.
+* ``bleu_detok``: sacreBLEU (13a tokenisation) of the Moses-detokenised hypotheses against the
+  detokenised references: the ``--ref`` file (sentence i = line i, e.g. ``raw/test.de`` written by
+  ``prepare_offline``) or, without it, the detokenised ``T-`` lines. ``--lowercase`` for data that
+  were lower-cased before BPE (IWSLT'14 recipe, ``prepare_offline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, List, Optional, Sequence, TextIO
+
+
+def parse_generate_output(lines: Sequence[str]) -> Dict[int, Dict[str, str]]:
+    """``{sentence id: {"S": source, "T": reference, "H": hypothesis}}`` from fairseq-generate logs.
+
+    ``H-`` lines carry a score column before the text; only the first (best) hypothesis per id is
+    kept (``--nbest`` > 1 prints more).
+    """
+    out: Dict[int, Dict[str, str]] = {}
+    for line in lines:
+        line = line.rstrip("\n")
+        if len(line) < 3 or line[1] != "-" or line[0] not in "STH":
+            continue
+        kind, rest = line[0], line[2:]
+        head, _, text = rest.partition("\t")
+        if not head.isdigit():
+            continue
+        if kind == "H":
+            _score, _, text = text.partition("\t")
+        entry = out.setdefault(int(head), {})
+        entry.setdefault(kind, text)
+    return out
+
+
+def detokenize(lines: Sequence[str], lang: str) -> List[str]:
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=lang)
+    return [detok.detokenize(line.split()) for line in lines]
+
+
+def score(
+    generate_lines: Sequence[str],
+    lang: str,
+    references: Optional[Sequence[str]] = None,
+    lowercase: bool = False,
+) -> Dict[str, float]:
+    """Both BLEU numbers (see the module docstring) for one generation log."""
+    entries = parse_generate_output(generate_lines)
+    ids = sorted(i for i, e in entries.items() if "H" in e and "T" in e)
+    if not ids:
+        raise ValueError("no H-/T- line pairs found: is this fairseq-generate output?")
+    hyps_tok = [entries[i]["H"] for i in ids]
+    refs_tok = [entries[i]["T"] for i in ids]
+    if references is not None:
+        if max(ids) >= len(references):
+            raise ValueError(
+                f"sentence id {max(ids)} has no line in the reference file ({len(references)} lines)"
+            )
+        refs_detok = [references[i].rstrip("\n") for i in ids]
+    else:
+        refs_detok = detokenize(refs_tok, lang)
+    hyps_detok = detokenize(hyps_tok, lang)
+    from sacrebleu.metrics import BLEU
+
+    tok_metric = BLEU(tokenize="none", lowercase=lowercase, force=True)
+    detok_metric = BLEU(lowercase=lowercase)
+    tok = tok_metric.corpus_score(hyps_tok, [refs_tok])
+    detok = detok_metric.corpus_score(hyps_detok, [refs_detok])
+    return {
+        "bleu_detok": round(float(detok.score), 3),
+        "bleu_tok": round(float(tok.score), 3),
+        "sentences": len(ids),
+        "sacrebleu_signature": str(detok_metric.get_signature()),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fairseq_plugin.bleu",
+        description="Detokenised sacreBLEU and tokenised (IWSLT-style) BLEU of fairseq-generate output.",
+    )
+    parser.add_argument("generate_output", nargs="?", default="-", help="fairseq-generate log ('-' = stdin)")
+    parser.add_argument("--lang", required=True, help="target language code for Moses detokenisation (de, ru...)")
+    parser.add_argument("--ref", default=None, help="detokenised reference file, line i = sentence id i")
+    parser.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU (lower-cased data)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.generate_output == "-":
+        lines = sys.stdin.readlines()
+    else:
+        with open(args.generate_output, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    references = None
+    if args.ref:
+        with open(args.ref, encoding="utf-8") as handle:
+            references = handle.readlines()
+    try:
+        result = score(lines, args.lang, references, lowercase=args.lowercase)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result), file=stdout)
+    else:
+        print(
+            f"BLEU (detokenised sacreBLEU) = {result['bleu_detok']:.2f}   "
+            f"BLEU (tokenised, IWSLT-style) = {result['bleu_tok']:.2f}   "
+            f"sentences = {result['sentences']}   [{result['sacrebleu_signature']}]",
+            file=stdout,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
