@@ -41,6 +41,8 @@ import unicodedata
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from lskd_core.atomic import atomic_write_json, atomic_write_text
+
 Pair = Tuple[str, str]  # (english source, foreign target)
 
 DING_PATH = "/usr/share/trans/de-en"
@@ -231,11 +233,7 @@ def apply_bpe(lines: Sequence[str], codes_path: Path) -> List[str]:
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line.replace("\n", " ") + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
 
 
 def binarize(bpe_dir: Path, bin_dir: Path, src: str, tgt: str, workers: int = 1) -> None:
@@ -337,9 +335,7 @@ def prepare(
         "available_pairs": len(pairs), "package": SOURCES[pair]["package"],
         "bin": str(bin_dir),
     }
-    tmp = root / "prepare.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, root / "prepare.json")
+    atomic_write_json(root / "prepare.json", summary, ensure_ascii=False)
     return summary
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from lskd_core.atomic import atomic_open
 
 __all__ = ["FeatureFile", "FeaturesFileError", "load_features", "save_features", "REQUIRED_KEYS",
            "OPTIONAL_KEYS"]
@@ -151,22 +152,9 @@ def save_features(path: "os.PathLike[str] | str", features: np.ndarray, labels: 
     arrays["meta"] = np.array(meta_text, dtype=np.str_)
 
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # a file object stops numpy from appending ".npz" to the temporary name
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb") as fh:
+        # a file object stops numpy from appending ".npz" to the temporary name
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
 
 
 # ----------------------------------------------------------------------------------------------

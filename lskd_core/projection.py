@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+
+from lskd_core.atomic import atomic_savefig
 
 __all__ = [
     "projection_basis",
@@ -615,13 +616,4 @@ def plot_projection_grid(panels: Sequence[Sequence[Optional[Mapping]]], class_na
     if not out.parent.is_dir():
         raise ValueError(f"out_png's directory {str(out.parent)!r} does not exist")
     fig = projection_grid_figure(panels, class_names, row_labels=row_labels, col_labels=col_labels, **kwargs)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp.png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_savefig(fig, out)

@@ -36,6 +36,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from lskd_core.atomic import atomic_write_bytes
+
 __all__ = ["write_report", "parse_bleu", "compare_cells", "accuracy_grid", "verdict"]
 
 RESULT = "result.json"
@@ -50,12 +52,6 @@ def _read_json(path: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -778,7 +774,7 @@ class _Cache:
         except Exception as exc:  # an analysis failing must not lose the rest of the report
             res = {"status": "error", "error": f"{exc.__class__.__name__}: {exc}",
                    "traceback": traceback.format_exc(limit=6)}
-        _atomic_write(path, json.dumps({"key": digest, "result": res}, indent=1, allow_nan=False).encode())
+        atomic_write_bytes(path, json.dumps({"key": digest, "result": res}, indent=1, allow_nan=False).encode())
         res = dict(res)
         res["cached"] = False
         return res
@@ -1142,6 +1138,6 @@ def write_report(study_dir: os.PathLike | str, out_dir: Optional[os.PathLike | s
     not_done = [r for r in view.runs if r not in view.results]
     res["runs"] = {"planned": len(view.runs), "done": len(view.runs) - len(not_done), "not_done": not_done}
     res = _jsonable(res)
-    _atomic_write(out / "results.json", json.dumps(res, indent=1, allow_nan=False).encode())
-    _atomic_write(out / "report.md", _render(view, res).encode())
+    atomic_write_bytes(out / "results.json", json.dumps(res, indent=1, allow_nan=False).encode())
+    atomic_write_bytes(out / "report.md", _render(view, res).encode())
     return out

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from lskd_core.atomic import atomic_savefig
 from lskd_core.checks import check_temperature
 
 __all__ = [
@@ -430,15 +430,5 @@ def plot_soft_output_profiles(
     fig.tight_layout()
 
     out_png = os.fspath(out_png)
-    directory = os.path.dirname(os.path.abspath(out_png))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        os.replace(tmp, out_png)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_savefig(fig, out_png, dpi=120)
     return out_png

@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from lskd_core.atomic import atomic_open
 from vision_plugin.models import final_linear_state_keys
 
 
@@ -26,17 +27,8 @@ class CheckpointError(ValueError):
 def save_atomic(obj: Any, path: os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same directory, then ``os.replace``: a reader (or a
     resume after a kill) sees either the old complete file or the new complete file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: os.PathLike, map_location: Any = "cpu") -> Any:

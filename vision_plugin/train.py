@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from lskd_core.atomic import atomic_write_json, atomic_write_text
 from lskd_core.checks import check_alpha
 from lskd_core.losses import LSKDLossTerms
 from vision_plugin import __version__
@@ -447,14 +448,7 @@ def sync_buffers(model: nn.Module, info: DistInfo) -> None:
 
 
 def write_json_atomic(obj: Any, path: os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def append_jsonl(obj: Dict[str, Any], path: os.PathLike) -> None:
@@ -507,11 +501,7 @@ def _rewrite_metrics_for_resume(path: Path, args_dict: Dict[str, Any], history: 
             pass
     lines = [start_line or {"event": "start", "args": args_dict}] + list(history)
     lines.append({"event": "resume", "epoch": start_epoch, "args": args_dict})
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for line in lines:
-            fh.write(json.dumps(line) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
 def _tensorboard(output_dir: Path):
