@@ -613,7 +613,9 @@ def build_translation_plan(cfg: StudyConfig) -> list:
     # BLEU of every trained model (teachers too: the grid's teacher row), tokenised IWSLT-style BLEU4.
     for r in [r for r in runs if r.kind in ("teacher", "student")]:
         args = ([data] + plugin + ["--path", f"{{study}}/runs/{r.run_id}/checkpoint_best.pt", "--beam", str(cfg.beam),
-                                   "--remove-bpe", "--gen-subset", "test", "--batch-size", "64"]
+                                   "--remove-bpe", "--gen-subset", "test", "--batch-size", "64",
+                                   # fairseq 0.12 drops a last batch smaller than this multiple (issue #5036)
+                                   "--required-batch-size-multiple", "1"]
                 + list(cfg.generate_args) + _fairseq_exec_args(cfg) + ["--results-path", "{run}"])
         runs.append(Run(f"bleu_{r.run_id}", "generate", ("exe", "fairseq-generate"), args,
                         deps=list(deps_data) + [r.run_id], info=dict(r.info, model_run=r.run_id, role=r.kind),
@@ -624,7 +626,9 @@ def build_translation_plan(cfg: StudyConfig) -> list:
 def _fairseq_exec_args(cfg: StudyConfig) -> list:
     args = ["--num-workers", str(cfg.workers)]
     if cfg.device == "cpu":
-        args.append("--cpu")
+        # --data-buffer-size 0: no batch-prefetch thread; short CPU runs can otherwise exit while
+        # that daemon thread is inside torch, and the process aborts ("terminate called ...")
+        args += ["--cpu", "--data-buffer-size", "0"]
     return args
 
 

@@ -57,7 +57,10 @@ TEACHER_ARCH, STUDENT_ARCH = _arch(64), _arch(48)  # different sizes: parameter 
 COMMON = ["--cpu", "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-3",
           "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "40", "--dropout", "0.1",
           "--max-tokens", "1024", "--seed", "1", "--log-format", "json", "--num-workers", "0",
-          "--no-epoch-checkpoints"]
+          "--no-epoch-checkpoints",
+          # no background batch-prefetch thread: with a few updates fairseq can exit while that
+          # daemon thread is inside torch, which aborts the process ("terminate called ...")
+          "--data-buffer-size", "0"]
 TEACHER_UPDATES, STUDENT_UPDATES = 300, 200
 
 
@@ -172,7 +175,7 @@ def test_kd_student_trains_decodes_and_keeps_teacher_out_of_checkpoint(corpus, t
     gen = run("fairseq_cli.generate", [corpus / "bin", "--user-dir", PLUGIN, "--path", ckpt, "--cpu",
                                        "--beam", "5", "--batch-size", "64", "--remove-bpe", "--gen-subset", "test",
                                        # fairseq drops a last batch smaller than this multiple (default 8)
-                                       "--required-batch-size-multiple", "1"])
+                                       "--required-batch-size-multiple", "1", "--data-buffer-size", "0"])
     lines = gen.stdout.splitlines()
     hyps = [line for line in lines if line.startswith("H-")]
     assert len(hyps) == 100 and all(line.split("\t")[2].strip() for line in hyps)
@@ -394,7 +397,7 @@ def test_autoload_makes_plain_fairseq_train_and_generate_work(corpus, teacher, t
     assert "kd_loss" in json_logs(proc.stdout + proc.stderr, "train_inner")[0]
     gen = run("fairseq_cli.generate", [corpus / "bin", "--path", save / "checkpoint_last.pt", "--cpu",
                                        "--beam", "2", "--batch-size", "64", "--max-len-b", "5",
-                                       "--required-batch-size-multiple", "1"], env=env)
+                                       "--required-batch-size-multiple", "1", "--data-buffer-size", "0"], env=env)
     assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 100
 
 

@@ -54,9 +54,9 @@ PRESETS: Dict[str, Dict] = {
         "train": ["--cpu", "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-3",
                   "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "40", "--dropout", "0.1",
                   "--max-tokens", "1024", "--log-format", "json", "--log-interval", "100", "--num-workers", "0",
-                  "--no-epoch-checkpoints", "--disable-validation"],
+                  "--no-epoch-checkpoints", "--disable-validation", "--data-buffer-size", "0"],
         "teacher_updates": 600, "student_updates": 400, "checkpoint": "checkpoint_last.pt",
-        "generate": ["--cpu", "--batch-size", "64"], "env": {"OMP_NUM_THREADS": "1"},
+        "generate": ["--cpu", "--batch-size", "64", "--data-buffer-size", "0"], "env": {"OMP_NUM_THREADS": "1"},
     },
 }
 
