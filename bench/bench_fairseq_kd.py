@@ -191,7 +191,11 @@ def main(argv=None) -> int:
                         help="CPU threads for torch (default 1: tiny ops on a shared CPU only oversubscribe)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer steps and a 1024-row memory case (make bench); ratios stay comparable")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.block, args.tokens = min(args.steps, 10), min(args.block, 5), min(args.tokens, 1024)
 
     if not args.device.startswith("cuda") and args.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the memory subprocesses
