@@ -7,6 +7,8 @@ import math
 
 def check_temperature(value: float, name: str = "temperature") -> float:
     """Return ``value`` as float; raise ValueError unless it is finite and > 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -18,6 +20,8 @@ def check_temperature(value: float, name: str = "temperature") -> float:
 
 def check_alpha(value: float, name: str = "label_smoothing") -> float:
     """Label-smoothing mixture parameter alpha must lie in [0, 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -29,6 +33,8 @@ def check_alpha(value: float, name: str = "label_smoothing") -> float:
 
 def check_beta(value: float, name: str = "beta") -> float:
     """KD mixing weight beta must lie in [0, 1] (1 = pure KD, the paper's setting)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -248,8 +248,10 @@ def load_features(path: "os.PathLike[str] | str", mmap_mode: Optional[str] = Non
     meta: Dict[str, Any] = {}
     if meta_arr is not None:
         try:
-            meta = json.loads(str(meta_arr[()] if meta_arr.ndim == 0 else meta_arr.reshape(-1)[0]))
-        except (ValueError, IndexError) as exc:
+            raw = meta_arr[()] if meta_arr.ndim == 0 else meta_arr.reshape(-1)[0]
+            # np.bytes_ (files written by other tools) decodes like class_names does
+            meta = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
             raise FeaturesFileError(f"features file {path}: meta is not valid JSON ({exc})") from None
         if not isinstance(meta, dict):
             raise FeaturesFileError(f"features file {path}: meta must be a JSON object")

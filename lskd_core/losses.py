@@ -351,7 +351,11 @@ def _kd_chunk(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
         # Small KL (high T, or student ~ teacher): recompute those rows with the accurate expm1.
         idx = redo.nonzero().squeeze(1)
         e = _expm1(u_c[idx])
-        kl[idx] = torch.log1p(torch.linalg.vecdot(e, p_t[idx].to(e.dtype))).float()
+        p_redo = p_t[idx].to(e.dtype)
+        # KL = log E[exp(u)] - E[u] holds for any shift m; subtracting the E[u] that float32
+        # rounding left behind (~1e-7 |d|) keeps tiny KLs (student ~ teacher) accurate.
+        mean_u = torch.linalg.vecdot(u_c[idx].to(e.dtype), p_redo)
+        kl[idx] = (torch.log1p(torch.linalg.vecdot(e, p_redo)) - mean_u).float()
     if not bool(safe.all()):
         kl = torch.where(safe, kl, torch.logsumexp(log_pt + u, dim=-1))
     # KL >= 0 (Jensen); rounding can leave -1e-12 for identical rows.

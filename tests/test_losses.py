@@ -478,3 +478,37 @@ def test_autocast_does_not_lower_the_loss_precision():
     assert kd.dtype == torch.float32 and ce.dtype == torch.float32
     assert kd.item() == pytest.approx(kd_reference(student, teacher, 64.0).mean(), rel=2e-5)
     assert ce.item() == pytest.approx(F.cross_entropy(student.double(), target, label_smoothing=0.1).item(), rel=1e-6)
+
+
+def test_kd_loss_accurate_when_student_is_close_to_teacher():
+    """KL ~ Var(d)/2 is second order: float32 rounding of E_pt[d] must not leak in at first order.
+
+    Reference: the KL in 50-digit arithmetic (mpmath ships with torch)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(3, 40, generator=gen) * 5
+    student = teacher + 1e-3 * torch.randn(3, 40, generator=gen)
+    for temperature in (1.0, 10.0, 300.0):
+        total = mpmath.mpf(0)
+        for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+            ts = [mpmath.mpf(x) / temperature for x in t_row]
+            ss = [mpmath.mpf(x) / temperature for x in s_row]
+            lse_t = mpmath.log(sum(mpmath.exp(x) for x in ts))
+            lse_s = mpmath.log(sum(mpmath.exp(x) for x in ss))
+            total += sum(mpmath.exp(a - lse_t) * ((a - lse_t) - (b - lse_s)) for a, b in zip(ts, ss))
+        reference = float(total / 3) * temperature ** 2
+        got = float(kd_loss(student, teacher, temperature))
+        assert abs(got / reference - 1) < 1e-5, (temperature, got, reference)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=True), dict(beta=False), dict(label_smoothing=True)])
+def test_bools_are_not_numbers(kwargs):
+    s, t = torch.randn(2, 3), torch.randn(2, 3)
+    y = torch.tensor([0, 1])
+    args = dict(temperature=1.0, beta=1.0, label_smoothing=0.0)
+    args.update(kwargs)
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        ls_kd_loss(s, t, y, **args)
