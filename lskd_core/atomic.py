@@ -33,6 +33,11 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: Optional[str] = None
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; give the result the mode a plain open() would (umask), so
+        # checkpoints and results stay readable by collaborators on shared machines.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

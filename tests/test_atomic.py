@@ -47,3 +47,16 @@ def test_savefig_writes_a_png(tmp_path):
     fig.add_subplot().plot([0, 1], [1, 0])
     out = atomic_savefig(fig, tmp_path / "f.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_written_files_follow_the_umask_like_open(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with open(tmp_path / "b.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
