@@ -102,6 +102,32 @@ def _check_embedding_sizes(model_state, student_dicts, path: str) -> None:
             )
 
 
+def _dictionaries_beside(path: str, teacher_data, student_task) -> Dict[str, object]:
+    """The teacher's ``dict.{lang}.txt`` files from its checkpoint's folder, for teachers whose
+    training data directory is gone; a clear error when they are not there."""
+    from fairseq.data import Dictionary
+
+    folder = os.path.dirname(os.path.abspath(path))
+    found, missing = {}, []
+    for side, key in (("source", "source_lang"), ("target", "target_lang")):
+        lang = getattr(student_task.cfg, key, None)
+        if lang is None:
+            continue
+        name = os.path.join(folder, f"dict.{lang}.txt")
+        if os.path.isfile(name):
+            found[side] = Dictionary.load(name)
+        else:
+            missing.append(f"dict.{lang}.txt")
+    if missing:
+        raise ValueError(
+            f"teacher {path}: its data directory {teacher_data!r} is not reachable, so its "
+            f"dictionaries cannot be compared with the student's symbol by symbol (equal sizes do "
+            f"not prove equal vocabularies). Copy the teacher's {' and '.join(missing)} next to the "
+            f"checkpoint (into {folder}) or restore its data directory."
+        )
+    return found
+
+
 def _task_dictionaries(task) -> Dict[str, object]:
     return {
         "source": getattr(task, "source_dictionary", None),
@@ -132,9 +158,14 @@ def _teacher_task(cfg, student_task, path: str, model_state):
             task_cfg.eval_bleu = False  # the teacher needs no generator/BLEU scorer
         if not own_data:
             _check_embedding_sizes(model_state, student_dicts, path)
-            logger.warning(
-                "teacher %s: its data directory %r is not reachable; building it on the student's "
-                "data (embedding sizes checked, symbols assumed identical)", path, task_cfg.get("data"),
+            # Equal sizes prove nothing (fairseq pads dictionaries to a multiple of 8): compare
+            # symbols with the teacher's dict.*.txt kept beside its checkpoint.
+            check_dictionaries(_dictionaries_beside(path, task_cfg.get("data"), student_task),
+                               student_dicts, path)
+            logger.info(
+                "teacher %s: its data directory %r is not reachable; its dictionaries beside the "
+                "checkpoint equal the student's, so it is built on the student's data",
+                path, task_cfg.get("data"),
             )
             task_cfg.data = student_task.cfg.data
             for key in ("source_lang", "target_lang"):

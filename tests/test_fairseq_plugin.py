@@ -315,6 +315,34 @@ def test_dictionary_mismatch_is_reported(inproc, corpus, tmp_path):
         _criterion(inproc, corpus, ["--teacher-path", str(moved)])(inproc["model"], inproc["sample"])
 
 
+def test_moved_teacher_needs_its_dictionaries_beside_it(inproc, corpus, teacher, tmp_path):
+    """A teacher whose data directory is gone: equal-size vocabularies are compared by symbol."""
+    import shutil
+
+    state = torch.load(teacher, map_location="cpu", weights_only=True)
+    state["cfg"]["task"]["data"] = str(tmp_path / "moved-away")
+    moved_dir = tmp_path / "moved"
+    moved_dir.mkdir()
+    moved = moved_dir / "teacher.pt"
+    torch.save(state, moved)
+    forward = lambda: _criterion(inproc, corpus, ["--teacher-path", str(moved)])(inproc["model"], inproc["sample"])
+    with pytest.raises(ValueError, match="cannot be compared .* dict.en.txt and dict.de.txt"):
+        forward()
+
+    bin_dir = corpus / "bin"
+    for lang in ("en", "de"):
+        lines = (bin_dir / f"dict.{lang}.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+        lines[5], lines[6] = lines[6], lines[5]  # same size, different vocabulary order
+        (moved_dir / f"dict.{lang}.txt").write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match="first difference at index"):
+        forward()
+
+    for lang in ("en", "de"):
+        shutil.copy(bin_dir / f"dict.{lang}.txt", moved_dir / f"dict.{lang}.txt")
+    loss, _, logging_output = forward()
+    assert torch.isfinite(loss) and logging_output["kd_loss"] > 0
+
+
 def test_corrupt_and_unsafe_teacher_files(inproc, corpus, teacher, tmp_path):
     import fractions
 
