@@ -3,19 +3,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lskd-setup-stamp
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
 # Re-run set-up only when what it installs changes: a second `make setup` takes seconds.
-$(STAMP): setup.py constraints.txt scripts/setup.sh
+$(STAMP): pyproject.toml setup.py constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	@touch $(STAMP)
 
 demo: setup
 	$(PY) -m lskd_core.study --preset demo --out runs/demo
 
-test: setup
+# ruff (pyflakes, bugbear, import order, complexity) and mypy on lskd_core run before the tests,
+# so CI enforces them.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest -q tests
 
 test-fast: setup
