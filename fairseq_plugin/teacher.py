@@ -3,7 +3,7 @@
 Teachers live in a module-level cache keyed by their paths, never as attributes of the criterion:
 a module held by the criterion would become part of its module tree, so fairseq's trainer would
 cast it, wrap the criterion in DDP, save it into every student checkpoint and reload it strictly
-(DESIGN.md, "fairseq facts"). Each worker process therefore loads a teacher exactly once, on the
+(docs/fairseq.md, "Teacher loading"). Each worker process therefore loads a teacher exactly once, on the
 criterion's first forward, and moves it to the student's device and dtype (fp16/bf16 when the
 trainer uses them). Teachers stay in eval mode with ``requires_grad=False`` and run under
 ``torch.no_grad()``.

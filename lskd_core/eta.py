@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Diffusion index eta (Eq. 1 of Chandrasegaran et al., "
                 "ICML 2022) between two penultimate-layer feature files, in percent.")
-    p.add_argument("--before", required=True, help="features at T1 (.npz, see DESIGN.md)")
+    p.add_argument("--before", required=True, help="features at T1 (.npz, see docs/formats.md)")
     p.add_argument("--after", required=True, help="features at T2 (.npz)")
     p.add_argument("--target", nargs="+", help="target class(es): index or class name; with "
                    "automatic sets defaults to every class with samples")

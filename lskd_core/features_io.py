@@ -1,4 +1,4 @@
-"""Read and write the penultimate-layer features file (.npz) described in DESIGN.md.
+"""Read and write the penultimate-layer features file (.npz) described in docs/formats.md.
 
 Keys (all arrays; no pickled objects, so files load with ``allow_pickle=False``):
 
@@ -123,7 +123,7 @@ def save_features(path: "os.PathLike[str] | str", features: np.ndarray, labels: 
                   class_names: Optional[Sequence[str]] = None, weight: Optional[np.ndarray] = None,
                   bias: Optional[np.ndarray] = None, meta: Optional[Mapping[str, Any]] = None,
                   logits: Optional[np.ndarray] = None, compress: bool = False) -> None:
-    """Write a features file atomically (DESIGN.md "Features file").
+    """Write a features file atomically (docs/formats.md, "Features file").
 
     ``compress=False`` (default) stores arrays uncompressed so ``load_features(mmap_mode="r")``
     can memory-map them. ``meta`` must be JSON-serialisable.

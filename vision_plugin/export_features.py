@@ -7,7 +7,7 @@
 The penultimate representation is the *input* of the classifier's final ``nn.Linear`` (paper
 Sec. 2: logit ``x^T w_k``), captured by a forward hook on that layer, found generically
 (resnet ``fc``, mobilenet/efficientnet/convnext ``classifier[-1]``, lskd models ``fc``). The file
-follows DESIGN.md: ``features [N, D]``, ``labels [N]``, ``class_names``, the final layer's
+follows docs/formats.md: ``features [N, D]``, ``labels [N]``, ``class_names``, the final layer's
 ``weight [K, D]`` and ``bias [K]`` (for the projection of App. F), ``meta`` (JSON) and, with
 ``--save-logits``, ``logits [N, K]`` float32 (for App. E/H entropy analyses).
 
