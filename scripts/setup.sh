@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES="dataset-fashion-mnist wordnet-base trans-de-en mueller7-dict"
+# slurm-wlm + munge: the SLURM launcher's tests start a private single-node SLURM from these
+# (tests/slurm_cluster.py; nothing is configured system-wide). LSKD_SETUP_SLURM=0 leaves them out.
+if [ "${LSKD_SETUP_SLURM:-1}" != 0 ]; then
+  APT_PACKAGES="$APT_PACKAGES slurm-wlm munge"
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"
@@ -40,11 +45,11 @@ for pkg in $APT_PACKAGES; do
 done
 if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing Debian data packages:$missing"
+    echo "[setup] installing Debian packages:$missing"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
   else
-    echo "[setup] the offline data sets are missing. Run as root:"
+    echo "[setup] Debian packages are missing (offline data sets / local SLURM for tests). Run as root:"
     echo "    apt-get update && apt-get install -y$missing"
     echo "(tests and the demo that need them are skipped or fail with this hint until then)"
   fi
