@@ -1,0 +1,333 @@
+"""Tests for lskd_core.teacher_cache.
+
+Oracles: torch's own dtype casts, float64 numpy/scipy log-sum-exps over the tail computed here
+from a stable argsort, fairseq_plugin's ``expand_topk`` (the live ``--kd-topk`` semantics), the
+kd_loss of the raw logits, and sha256 of files written by an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+
+from lskd_core.losses import kd_loss
+from lskd_core.teacher_cache import (
+    CacheMismatch,
+    CacheWriter,
+    TeacherCache,
+    describe,
+    file_sha256,
+    make_fingerprint,
+)
+
+C = 12
+ROWS = 37
+PER_SHARD = 10  # 4 shards, the last one short
+FP = make_fingerprint(teacher_sha256="aa" * 32, dataset="toy", indices_sha256="bb" * 32,
+                      transform="center", aug_seed=0, epochs=1, topk=None)
+
+
+def _logits(rows=ROWS, classes=C, seed=0, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, classes, generator=g, dtype=torch.float64).mul_(scale).float()
+
+
+def _build(root, logits, *, aux=None, fingerprint=FP, rows_per_shard=PER_SHARD, **kw):
+    aux_dim = 0 if aux is None else aux.shape[1]
+    writer = CacheWriter(root, num_classes=logits.shape[1], num_rows=logits.shape[0],
+                         rows_per_shard=rows_per_shard, aux_dim=aux_dim, fingerprint=fingerprint, **kw)
+    for i in writer.pending_shards():
+        rows = writer.shard_rows(i)
+        writer.write_shard(i, logits[rows.start:rows.stop], None if aux is None else aux[rows.start:rows.stop])
+    writer.finalize()
+    return writer
+
+
+def _tree_hashes(root: Path):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+ROW_ORDER = np.array([36, 0, 11, 10, 9, 25, 3, 3, 30])  # across shards, unsorted, a repeat
+
+
+# ------------------------------------------------------------------------------------------
+# round trips
+# ------------------------------------------------------------------------------------------
+def test_full_fp32_round_trip_is_exact_in_any_row_order_with_aux(tmp_path):
+    x = _logits()
+    aux = np.arange(ROWS * 3, dtype=np.float32).reshape(ROWS, 3) / 7
+    _build(tmp_path / "c", x, aux=aux)
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    assert cache.kind == "full" and cache.num_rows == ROWS
+    for temp in (0.5, 1.0, 1000.0):  # a full cache serves every T
+        z = cache.teacher_logits_at(ROW_ORDER, temp)
+        assert z.dtype == torch.float32
+        assert torch.equal(z, x[ROW_ORDER])
+    np.testing.assert_array_equal(cache.aux(torch.tensor(ROW_ORDER)), aux[ROW_ORDER])
+    assert cache.teacher_logits_at(np.array([], dtype=np.int64), 1.0).shape == (0, C)
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_full_low_precision_equals_torchs_own_cast(tmp_path, dtype, torch_dtype):
+    x = _logits()
+    _build(tmp_path / "c", x, dtype=dtype)
+    z = TeacherCache.open(tmp_path / "c", FP).teacher_logits_at(ROW_ORDER, 2.0)
+    assert torch.equal(z, x[ROW_ORDER].to(torch_dtype).float())
+    assert not torch.equal(z, x[ROW_ORDER])  # the rounding did happen
+    stored = np.load(tmp_path / "c" / "shard-00000" / "logits.npy", allow_pickle=False)
+    assert stored.dtype.itemsize == 2 and stored.shape == (PER_SHARD, C)
+
+
+def test_float16_overflow_is_refused(tmp_path):
+    x = _logits()
+    x[0, 0] = 1e5
+    writer = CacheWriter(tmp_path / "c", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD,
+                         dtype="float16", fingerprint=FP)
+    with pytest.raises(ValueError, match="float16 range"):
+        writer.write_shard(0, x[:PER_SHARD])
+
+
+def test_topk_with_k_equal_to_classes_matches_full_cache(tmp_path):
+    x = _logits()
+    _build(tmp_path / "full", x)
+    _build(tmp_path / "topk", x, kind="topk", topk=C, temperatures=(1.0, 4.0, 64.0))
+    full = TeacherCache.open(tmp_path / "full", FP)
+    topk = TeacherCache.open(tmp_path / "topk", FP, temperatures=(4.0,))
+    student = _logits(len(ROW_ORDER), seed=5)
+    for temp in (1.0, 4.0, 64.0):
+        zf, zk = full.teacher_logits_at(ROW_ORDER, temp), topk.teacher_logits_at(ROW_ORDER, temp)
+        lf, lk = kd_loss(student, zf, temp).item(), kd_loss(student, zk, temp).item()
+        assert abs(lf - lk) <= 1e-7 * max(1.0, abs(lf))
+        torch.testing.assert_close(torch.softmax(zk.double() / temp, -1), torch.softmax(zf.double() / temp, -1),
+                                   rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0, 64.0])
+def test_topk_tail_mass_exact_against_float64_reference(tmp_path, temp):
+    k = 4
+    x = _logits(scale=6.0)
+    _build(tmp_path / "c", x, kind="topk", topk=k, temperatures=(1.0, 2.0, 64.0))
+    z = TeacherCache.open(tmp_path / "c", FP, temperatures=(temp,)).teacher_logits_at(ROW_ORDER, temp)
+    p = torch.softmax(z.double() / temp, -1).numpy()
+    xs = x[ROW_ORDER].double().numpy() / temp
+    for r in range(len(ROW_ORDER)):
+        order = np.argsort(-xs[r], kind="stable")
+        top, tail = order[:k], order[k:]
+        lse_all = logsumexp(xs[r])
+        ref_tail_mass = math.exp(logsumexp(xs[r][tail]) - lse_all)
+        np.testing.assert_allclose(p[r, tail].sum(), ref_tail_mass, rtol=2e-6)
+        np.testing.assert_allclose(p[r, tail], ref_tail_mass / (C - k), rtol=2e-6)  # spread uniformly
+        np.testing.assert_allclose(p[r, top], np.exp(xs[r][top] - lse_all), rtol=2e-6)
+
+
+def test_topk_matches_fairseq_kd_topk_semantics(tmp_path):
+    teacher_mod = pytest.importorskip("fairseq_plugin.teacher")
+    k, temp = 3, 2.0
+    x = _logits()
+    _build(tmp_path / "c", x, kind="topk", topk=k, temperatures=(temp,))
+    z = TeacherCache.open(tmp_path / "c", FP).teacher_logits_at(ROW_ORDER, temp)
+    probs = torch.softmax(x[ROW_ORDER].double() / temp, -1)
+    values, indices = probs.topk(k, dim=-1)
+    live = teacher_mod.expand_topk(values.double(), indices, C)  # the live --kd-topk target
+    torch.testing.assert_close(torch.softmax(z.double() / temp, -1), live.double(), rtol=1e-5, atol=1e-9)
+
+
+def test_unserved_temperature_is_refused_naming_temperatures(tmp_path):
+    _build(tmp_path / "c", _logits(), kind="topk", topk=3, temperatures=(1.0, 4.0))
+    with pytest.raises(CacheMismatch, match="temperatures"):
+        TeacherCache.open(tmp_path / "c", FP, temperatures=(2.0,))
+    cache = TeacherCache.open(tmp_path / "c", FP, temperatures=(4.0, 1.0))
+    with pytest.raises(CacheMismatch, match="temperatures"):
+        cache.teacher_logits_at([0], 3.0)
+
+
+# ------------------------------------------------------------------------------------------
+# stale and damaged caches
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value", [
+    ("teacher_sha256", "cc" * 32), ("indices_sha256", "dd" * 32), ("transform", "rrc224"), ("topk", 5),
+])
+def test_stale_fingerprint_refused_naming_field_and_values(tmp_path, field, value):
+    _build(tmp_path / "c", _logits())
+    expected = dict(FP, **{field: value})
+    with pytest.raises(CacheMismatch) as err:
+        TeacherCache.open(tmp_path / "c", expected)
+    message = str(err.value)
+    assert repr(field) in message and json.dumps(FP[field]) in message and json.dumps(value) in message
+    assert "rebuild" in message
+
+
+def test_fingerprint_field_on_one_side_only_is_refused(tmp_path):
+    _build(tmp_path / "c", _logits())
+    with pytest.raises(CacheMismatch, match="'dict_sha256' is <absent>"):
+        TeacherCache.open(tmp_path / "c", dict(FP, dict_sha256="ee"))
+    smaller = {k: v for k, v in FP.items() if k != "aug_seed"}
+    with pytest.raises(CacheMismatch, match="'aug_seed' is 0 in the cache but <absent>"):
+        TeacherCache.open(tmp_path / "c", smaller)
+
+
+def test_too_few_rows_refused(tmp_path):
+    _build(tmp_path / "c", _logits())
+    with pytest.raises(CacheMismatch, match="num_rows = 37.*at least 74.*epochs"):
+        TeacherCache.open(tmp_path / "c", FP, min_rows=2 * ROWS)
+    assert TeacherCache.open(tmp_path / "c", FP, min_rows=ROWS).num_rows == ROWS
+
+
+def test_truncated_shard_file_refused(tmp_path):
+    _build(tmp_path / "c", _logits())
+    path = tmp_path / "c" / "shard-00002" / "logits.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[:-8])
+    with pytest.raises(CacheMismatch, match="shard-00002/logits.npy is .* bytes.*truncated"):
+        TeacherCache.open(tmp_path / "c", FP)
+
+
+def test_modified_shard_file_refused_by_hash(tmp_path):
+    _build(tmp_path / "c", _logits())
+    path = tmp_path / "c" / "shard-00001" / "logits.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):
+        TeacherCache.open(tmp_path / "c", FP, verify="full")
+    lazy = TeacherCache.open(tmp_path / "c", FP)  # sizes fine: opens, fails on first read of that shard
+    assert torch.equal(lazy.teacher_logits_at([0], 1.0), _logits()[[0]])
+    with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):
+        lazy.teacher_logits_at([PER_SHARD], 1.0)
+
+
+def test_deleted_shard_marker_or_header_refused(tmp_path):
+    _build(tmp_path / "c", _logits())
+    (tmp_path / "c" / "shard-00003" / "shard.json").unlink()
+    with pytest.raises(CacheMismatch, match="shard-00003/shard.json missing"):
+        TeacherCache.open(tmp_path / "c", FP)
+    (tmp_path / "c" / "header.json").unlink()
+    with pytest.raises(CacheMismatch, match="header.json missing"):
+        TeacherCache.open(tmp_path / "c", FP)
+
+
+def test_object_array_in_a_shard_is_refused_without_running_code(tmp_path):
+    _build(tmp_path / "c", _logits())
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    shard = tmp_path / "c" / "shard-00000"
+    np.save(shard / "logits.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    # Make the shard look complete (sizes and hashes match) so only the loader stands in the way.
+    mark = json.loads((shard / "shard.json").read_text())
+    mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
+                                   "sha256": file_sha256(shard / "logits.npy")}
+    (shard / "shard.json").write_text(json.dumps(mark))
+    cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
+    with pytest.raises(CacheMismatch, match="cannot be read safely"):
+        cache.teacher_logits_at([0], 1.0)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# building
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind_kw", [{}, {"kind": "topk", "topk": 4, "temperatures": (1.0, 4.0), "dtype": "bfloat16"}])
+def test_killed_build_resumes_to_byte_identical_shards(tmp_path, kind_kw):
+    x = _logits()
+    aux = np.linspace(0, 1, ROWS * 2, dtype=np.float32).reshape(ROWS, 2)
+    _build(tmp_path / "ref", x, aux=aux, **kind_kw)
+
+    def writer():
+        return CacheWriter(tmp_path / "killed", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD,
+                           aux_dim=2, fingerprint=FP, **kind_kw)
+
+    first = writer()
+    for i in (0, 2):
+        rows = first.shard_rows(i)
+        first.write_shard(i, x[rows.start:rows.stop], aux[rows.start:rows.stop])
+    # What a kill leaves: a half-written temporary shard and a shard directory without its marker.
+    half = tmp_path / "killed" / ".shard-00001.tmp-999-dead"
+    half.mkdir()
+    (half / "logits.npy").write_bytes(b"\x93NUMPY partial")
+    (tmp_path / "killed" / "shard-00003").mkdir()
+    (tmp_path / "killed" / "shard-00003" / "aux.npy").write_bytes(b"junk")
+
+    resumed = writer()
+    assert resumed.pending_shards() == [1, 3]
+    for i in resumed.pending_shards():
+        rows = resumed.shard_rows(i)
+        resumed.write_shard(i, x[rows.start:rows.stop], aux[rows.start:rows.stop])
+    resumed.write_shard(0, x[:PER_SHARD], aux[:PER_SHARD])  # rewriting a done shard changes nothing
+    resumed.finalize()
+    assert _tree_hashes(tmp_path / "killed") == _tree_hashes(tmp_path / "ref")
+
+
+def test_writer_over_other_header_refused_same_header_resumes(tmp_path):
+    x = _logits()
+    w = CacheWriter(tmp_path / "c", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, fingerprint=FP)
+    w.write_shard(1, x[PER_SHARD:2 * PER_SHARD])
+    with pytest.raises(CacheMismatch, match="fingerprint.teacher_sha256"):
+        CacheWriter(tmp_path / "c", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD,
+                    fingerprint=dict(FP, teacher_sha256="ff"))
+    with pytest.raises(CacheMismatch, match="topk"):
+        CacheWriter(tmp_path / "c", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, kind="topk",
+                    topk=3, temperatures=(1.0,), fingerprint=FP)
+    again = CacheWriter(tmp_path / "c", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, fingerprint=FP)
+    assert again.pending_shards() == [0, 2, 3]
+    with pytest.raises(CacheMismatch, match="incomplete: 3 of 4"):
+        again.finalize()
+    with pytest.raises(CacheMismatch, match="shard-00000/shard.json missing"):
+        TeacherCache.open(tmp_path / "c", FP)
+
+
+def test_bad_writer_inputs_give_clear_errors(tmp_path):
+    kw = dict(num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, fingerprint=FP)
+    with pytest.raises(ValueError, match="temperatures"):
+        CacheWriter(tmp_path / "a", kind="topk", topk=3, **kw)
+    with pytest.raises(ValueError, match="topk must be at most"):
+        CacheWriter(tmp_path / "b", kind="topk", topk=C + 1, temperatures=(1,), **kw)
+    w = CacheWriter(tmp_path / "c", **kw)
+    with pytest.raises(ValueError, match=r"shape \(10, 12\)"):
+        w.write_shard(0, _logits(9))
+    bad = _logits(PER_SHARD)
+    bad[3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        w.write_shard(0, bad)
+    with pytest.raises(ValueError, match="aux_dim=0"):
+        w.write_shard(0, _logits(PER_SHARD), aux=np.zeros((PER_SHARD, 1)))
+    with pytest.raises(ValueError, match="shard index"):
+        w.write_shard(4, _logits(PER_SHARD))
+    _build(tmp_path / "d", _logits())
+    with pytest.raises(ValueError, match=r"row ids must lie in \[0, 37\)"):
+        TeacherCache.open(tmp_path / "d", FP).teacher_logits_at([37], 1.0)
+
+
+def test_fingerprint_normalisation_and_file_hash(tmp_path):
+    fp = make_fingerprint(temperatures=(1, 4.0), epochs=np.int64(3), path=Path("a/b"))
+    assert fp == {"temperatures": [1, 4.0], "epochs": 3, "path": "a/b"}
+    data = os.urandom(3 * (1 << 20) + 17)  # several read chunks
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    with pytest.raises(TypeError, match="JSON-like"):
+        make_fingerprint(model=object())
+
+
+def test_describe_counts_bytes(tmp_path):
+    x = _logits()
+    _build(tmp_path / "c", x, kind="topk", topk=4, temperatures=(1.0, 4.0))
+    info = describe(tmp_path / "c")
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "c").rglob("*") if p.is_file())
+    assert info["bytes_on_disk"] == on_disk
+    assert info["rows"] == ROWS and info["shards"] == info["shards_complete"] == 4
+    assert info["bytes_per_row"] == pytest.approx(on_disk / ROWS)
+    # values fp32 (4 B) + indices int16 (2 B) per kept class + 2 float32 tail LSEs per row, + headers
+    payload = ROWS * (4 * 4 + 4 * 2 + 2 * 4)
+    assert payload < on_disk < payload + 4 * 2000 + 1000
