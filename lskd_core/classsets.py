@@ -14,16 +14,27 @@ Hierarchy rule (:func:`hierarchy_sets`). The hierarchy is a DAG of ``node -> [pa
 length of the shortest path through a common ancestor, ``min_c up(a, c) + up(b, c)`` where
 ``up(x, c)`` counts hypernym edges from x up to c (WordNet's path similarity).
 
-* S1 = the ``num_similar`` classes nearest to the target in tree distance; ties go to the lower
-  class index (deterministic, independent of the seed).
+* S1 = the ``num_similar`` classes nearest to the target in tree distance. Classes tied at the
+  cut (thunder snake has 8 colubrid siblings at distance 2 and k = 4) are ranked by
+  ``tie_distances`` when given (e.g. squared centroid distances to the target in a reference
+  model's features, as App. G.2 uses the teacher), nearest first; remaining ties, or all of them
+  without ``tie_distances``, by a seeded hash of the class NAMES (``sha256(seed, target node,
+  class node)``). No rule looks at class indices, so reordering the classes never changes the sets.
 * The target's *neighbourhood root* r is the common ancestor of the target and all of S1 that is
   nearest to the target (for Chihuahua with k = 4: ``toy_dog``).
-* S2 = ``num_dissimilar`` classes drawn with ``numpy.random.default_rng(seed)`` from the classes
-  outside the subtree of the ancestor ``exclude_levels`` levels above r (default 1: r's parent;
-  for Chihuahua ``dog``, so no dog breed can be "dissimilar"; for a retriever ``sporting_dog``).
-  If fewer than ``num_dissimilar`` classes lie outside that subtree, the exclusion root is lowered
-  one level at a time down to r itself (small hierarchies such as Fashion-MNIST); if even r's
-  subtree leaves too few, ValueError.
+* S2 = ``num_dissimilar`` classes outside the subtree of the *exclusion root*, chosen by the same
+  kind of name-keyed seeded hash (a uniform random draw whose outcome depends on names only).
+  App. G does not spell the G.1 exclusion out; it checks G.1's S2 against G.2's "distant 90 %" and
+  finds 94 % agreement, i.e. S2 avoids roughly the target's nearest 10 % of classes. The
+  hierarchy analogue we use: the exclusion root is the lowest proper ancestor of r whose subtree
+  holds at least ``exclude_fraction`` (default 0.1) of all classes (so never less than the old
+  rule, r's parent; in small hierarchies such as CUB's 9-bird example it is exactly r's parent). On ImageNet that is
+  ``dog`` for every breed (118 classes), so no dog can be "dissimilar" to a retriever, where the
+  old rule (one level above r: ``sporting_dog``) let hounds and terriers in; for thunder snake it
+  is the lowest ancestor above ``snake`` holding 100 classes. ``exclude_levels=n`` keeps the old
+  rule (n levels above r). If fewer than ``num_dissimilar`` classes lie outside, the exclusion
+  root is lowered one ancestor at a time down to r itself (small hierarchies such as
+  Fashion-MNIST); if even r's subtree leaves too few, ValueError.
 
 Fashion-MNIST (:func:`fashion_mnist_parents`): each class is mapped to a WordNet synset
 (``lskd_core/data/fashion_mnist_wordnet.json``) and the parent map is built from WordNet's
@@ -42,6 +53,7 @@ hypernyms between a class and ``clothing`` that would mix regions (``garment``) 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -49,7 +61,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from importlib import resources
-from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Deque, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -78,7 +90,8 @@ DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
 _WNID = re.compile(r"^n(\d{8})$")
 
 Node = Hashable
-ParentMap = Mapping[Node, Sequence[Node]]
+# Any, not Node: Mapping is invariant in its key, and callers pass Dict[str, List[str]]
+ParentMap = Mapping[Any, Sequence[Any]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +207,7 @@ def wordnet_parents(wnids: Iterable[str],
     """Parent map (node -> hypernyms) covering every ancestor of ``wnids`` (for hierarchy_sets)."""
     wn = wordnet if wordnet is not None else load_wordnet()
     parents: Dict[str, List[str]] = {}
-    todo = deque()
+    todo: Deque[str] = deque()
     for w in wnids:
         wn.hypernyms(w)  # validates
         todo.append(w)
@@ -220,6 +233,9 @@ def load_parent_map(json_path: "os.PathLike[str] | str") -> Dict[str, List[str]]
             raw = json.load(fh)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"parent map {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise ValueError(f"parent map {path} is nested too deeply to be a parent map "
+                         f"(expected {{\"node\": \"parent\"}})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"parent map {path} must be a JSON object node -> parent(s)")
     out: Dict[str, List[str]] = {}
@@ -256,7 +272,7 @@ def _check_acyclic(parents: ParentMap, where: str = "parent map") -> None:
                 stack.append((nxt, iter(parents.get(nxt, ()))))
 
 
-def _up_distances(parents: ParentMap, node: Node) -> Dict[Node, int]:
+def _up_distances(parents: ParentMap, node: Any) -> Dict[Any, int]:
     """Shortest number of parent edges from ``node`` to each of its ancestors (itself at 0)."""
     dist = {node: 0}
     todo = deque([node])
@@ -353,8 +369,14 @@ class ClassHierarchy:
         return mask
 
     def sets(self, target: int, num_similar: int = 4, num_dissimilar: int = 20, seed: int = 0,
-             exclude_levels: int = 1) -> Tuple[List[int], List[int]]:
-        """(S1, S2) for ``target`` by the rule in the module docstring."""
+             exclude_levels: Optional[int] = None, exclude_fraction: float = 0.1,
+             tie_distances: Optional[Sequence[float]] = None) -> Tuple[List[int], List[int]]:
+        """(S1, S2) for ``target`` by the rule in the module docstring (S1 nearest first, S2 sorted).
+
+        ``tie_distances`` [K]: ranks classes tied in tree distance (smaller first; NaN = unknown,
+        last). ``exclude_levels``: the old fixed rule (n levels above r) instead of
+        ``exclude_fraction``.
+        """
         k = self.num_classes
         if not 0 <= int(target) < k:
             raise ValueError(f"target {target} is not a class index in 0..{k - 1}")
@@ -363,18 +385,15 @@ class ClassHierarchy:
             raise ValueError(f"num_similar must be >= 1, got {num_similar}")
         if int(num_dissimilar) < 1:
             raise ValueError(f"num_dissimilar must be >= 1, got {num_dissimilar}")
-        if int(exclude_levels) < 0:
+        if exclude_levels is not None and int(exclude_levels) < 0:
             raise ValueError(f"exclude_levels must be >= 0, got {exclude_levels}")
-        dist = self.distances_from(target)
-        others = [c for c in range(k) if c != target and math.isfinite(dist[c])]
-        if len(others) < num_similar:
-            raise ValueError(f"num_similar={num_similar} but only {len(others)} other classes are "
-                             f"connected to '{self.class_nodes[target]}' in the hierarchy")
-        others.sort(key=lambda c: (dist[c], c))
-        s1 = others[:num_similar]
+        if not 0.0 <= float(exclude_fraction) <= 1.0:
+            raise ValueError(f"exclude_fraction must be in [0, 1], got {exclude_fraction}")
+        s1 = self._similar(target, int(num_similar), seed, tie_distances)
         root = self.neighbourhood_root(target, s1)
-        for levels in range(int(exclude_levels), -1, -1):
-            excluded = self.inside(self._ancestors_at(root, levels))
+        candidates: np.ndarray = np.zeros(0, dtype=np.intp)
+        for excl in self._exclusion_roots(root, exclude_levels, float(exclude_fraction)):
+            excluded = self.inside(excl)
             excluded[target] = True
             excluded[s1] = True
             candidates = np.flatnonzero(~excluded)
@@ -384,21 +403,61 @@ class ClassHierarchy:
             raise ValueError(
                 f"num_dissimilar={num_dissimilar} but only {len(candidates)} class(es) lie outside "
                 f"the subtree of '{root}' (the neighbourhood of '{self.class_nodes[target]}')")
-        rng = np.random.default_rng(seed)
-        s2 = sorted(int(c) for c in rng.choice(candidates, size=int(num_dissimilar), replace=False))
-        return s1, s2
+        ranked = sorted((int(c) for c in candidates),
+                        key=lambda c: self._name_key(seed, "S2", target, c))
+        return s1, sorted(ranked[:int(num_dissimilar)])
+
+    def _name_key(self, seed: int, purpose: str, target: int, c: int) -> bytes:
+        """A seeded pseudo-random rank of class ``c`` that depends on names only, never indices."""
+        text = f"{int(seed)}\0{purpose}\0{self.class_nodes[target]}\0{self.class_nodes[c]}"
+        return hashlib.sha256(text.encode("utf-8")).digest()
+
+    def _similar(self, target: int, num_similar: int, seed: int,
+                 tie_distances: Optional[Sequence[float]]) -> List[int]:
+        dist = self.distances_from(target)
+        others = [c for c in range(self.num_classes) if c != target and math.isfinite(dist[c])]
+        if len(others) < num_similar:
+            raise ValueError(f"num_similar={num_similar} but only {len(others)} other classes are "
+                             f"connected to '{self.class_nodes[target]}' in the hierarchy")
+        ref = None
+        if tie_distances is not None:
+            ref = np.asarray(tie_distances, dtype=np.float64)
+            if ref.shape != (self.num_classes,):
+                raise ValueError(f"tie_distances must have one entry per class "
+                                 f"({self.num_classes}), got shape {ref.shape}")
+            ref = np.where(np.isnan(ref), np.inf, ref)
+        others.sort(key=lambda c: (dist[c], 0.0 if ref is None else float(ref[c]),
+                                   self._name_key(seed, "S1", target, c)))
+        return others[:num_similar]
+
+    def _exclusion_roots(self, root: Node, exclude_levels: Optional[int],
+                         exclude_fraction: float) -> List[Set[Node]]:
+        """Exclusion subtrees to try, widest first, ending with r's own subtree."""
+        if exclude_levels is not None:
+            return [self._ancestors_at(root, levels) for levels in range(int(exclude_levels), -1, -1)]
+        up = _up_distances(self.parents, root)
+        chain = sorted(up, key=lambda a: (up[a], str(a)))  # r, its parents, grandparents, ...
+        need = math.ceil(exclude_fraction * self.num_classes)
+        top = len(chain) - 1
+        for i, a in enumerate(chain):
+            if up[a] >= 1 and len(self.members[a][0]) >= need:
+                top = i
+                break
+        return [{a} for a in reversed(chain[:top + 1])]
 
 
 def hierarchy_sets(parents: ParentMap, class_nodes: Sequence[Node], target_index: int,
                    num_similar: int = 4, num_dissimilar: int = 20, seed: int = 0,
-                   exclude_levels: int = 1) -> Tuple[List[int], List[int]]:
+                   exclude_levels: Optional[int] = None, exclude_fraction: float = 0.1,
+                   tie_distances: Optional[Sequence[float]] = None) -> Tuple[List[int], List[int]]:
     """S1 / S2 (indices into ``class_nodes``) from a hierarchy (App. G.1; rule in the module doc).
 
     The paper uses k = 4 similar and 20 dissimilar classes. For many targets build one
     :class:`ClassHierarchy` and call its ``sets``.
     """
     return ClassHierarchy(parents, class_nodes).sets(target_index, num_similar, num_dissimilar,
-                                                     seed, exclude_levels)
+                                                     seed, exclude_levels, exclude_fraction,
+                                                     tie_distances)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,7 +488,7 @@ def feature_space_sets(centroids: np.ndarray, target: int, closest_pct: float = 
                          f"{closest_pct} + {farthest_pct}")
     if not np.isfinite(c[target]).all():
         raise ValueError(f"target class {target} has no centroid (no samples)")
-    valid = np.isfinite(c).all(axis=1)
+    valid = np.array(np.isfinite(c).all(axis=1), dtype=bool)
     valid[target] = False
     others = np.flatnonzero(valid)
     if len(others) < 2:

@@ -6,10 +6,20 @@ import os
 import numpy as np
 import pytest
 
-from lskd_core.classsets import (DEFAULT_WORDNET_DIR, FASHION_MNIST_CLASSES, ClassHierarchy,
-                                 fashion_mnist_parents, fashion_mnist_wnids, feature_space_sets,
-                                 hierarchy_sets, load_parent_map, load_wordnet, set_agreement,
-                                 wnid_to_offset, wordnet_parents)
+from lskd_core.classsets import (
+    DEFAULT_WORDNET_DIR,
+    FASHION_MNIST_CLASSES,
+    ClassHierarchy,
+    fashion_mnist_parents,
+    fashion_mnist_wnids,
+    feature_space_sets,
+    hierarchy_sets,
+    load_parent_map,
+    load_wordnet,
+    set_agreement,
+    wnid_to_offset,
+    wordnet_parents,
+)
 
 WORDNET_DIR = os.environ.get("LSKD_WORDNET_DIR") or DEFAULT_WORDNET_DIR
 HAVE_WORDNET = os.path.isfile(os.path.join(WORDNET_DIR, "data.noun"))
@@ -27,16 +37,17 @@ def wn():
 # the data.noun parser on a fixture we write ourselves
 # ----------------------------------------------------------------------------------------------
 # offset lex_filenum ss_type w_cnt(hex) word lex_id ... p_cnt(3 digits) [sym offset pos src/tgt]...
-FIXTURE = """\
-  1 This software and database is being provided to you, the LICENSEE, by
-  2 Princeton University under the following license.
-00000001 03 n 01 thing 0 000 | the root  
-00000010 03 n 02 animal 0 beast 0 002 @ 00000001 n 0000 ~ 00000100 n 0000 | a living thing  
-00000011 03 n 01 vehicle 0 001 @ 00000001 n 0000 | a conveyance  
-00000100 05 n 01 dog 0 002 @ 00000010 n 0000 #m 00000011 n 0000 | a domestic canine  
-00000101 05 n 01 Rex 0 001 @i 00000100 n 0000 | a famous dog  
-00000102 05 n 0a hybrid_thing 0 a 0 b 0 c 0 d 0 e 0 f 0 g 0 h 0 i 0 002 @ 00000011 n 0000 @ 00000100 n 0000 | ten lemmas, two hypernyms  
-"""
+FIXTURE = "".join(line + "\n" for line in [
+    '  1 This software and database is being provided to you, the LICENSEE, by',
+    '  2 Princeton University under the following license.',
+]) + "".join(line + "  \n" for line in [  # data.noun lines end with two spaces
+    '00000001 03 n 01 thing 0 000 | the root',
+    '00000010 03 n 02 animal 0 beast 0 002 @ 00000001 n 0000 ~ 00000100 n 0000 | a living thing',
+    '00000011 03 n 01 vehicle 0 001 @ 00000001 n 0000 | a conveyance',
+    '00000100 05 n 01 dog 0 002 @ 00000010 n 0000 #m 00000011 n 0000 | a domestic canine',
+    '00000101 05 n 01 Rex 0 001 @i 00000100 n 0000 | a famous dog',
+    '00000102 05 n 0a hybrid_thing 0 a 0 b 0 c 0 d 0 e 0 f 0 g 0 h 0 i 0 002 @ 00000011 n 0000 @ 00000100 n 0000 | ten lemmas, two hypernyms',
+])
 
 
 def test_parser_follows_hypernyms_and_instances(tmp_path, monkeypatch):
@@ -187,9 +198,13 @@ def test_parent_map_json_and_sets(tmp_path):
     assert s1 == [1]
     # neighbourhood root Laniidae; its parent Passeriformes is excluded -> no jays in S2
     assert set(s2) <= {5, 6, 7, 8} and len(s2) == 3
-    # ties in S1 go to the lower index
+    # three jays tie at distance 4 for the 2 remaining S1 places: chosen by name, and the same
+    # named classes whatever the class order
     s1, _ = h.sets(0, num_similar=3, num_dissimilar=2)
-    assert s1 == [1, 2, 3]
+    assert s1[0] == 1 and set(s1[1:]) < {2, 3, 4}
+    rev = BIRD_CLASSES[::-1]
+    s1r, _ = ClassHierarchy(parents, rev).sets(rev.index(BIRD_CLASSES[0]), 3, 2)
+    assert {rev[c] for c in s1r} == {BIRD_CLASSES[c] for c in s1}
     # deterministic per seed, different across seeds
     draws = {tuple(h.sets(0, 1, 2, seed=s)[1]) for s in range(12)}
     assert h.sets(0, 1, 2, seed=5) == h.sets(0, 1, 2, seed=5)
@@ -257,8 +272,94 @@ def test_set_agreement():
     assert set_agreement([1, 2, 3, 4], [2, 3, 9]) == 0.5
     assert set_agreement([5], [5, 6]) == 1.0
     assert set_agreement([1, 2], []) == 0.0
-    # Table G.1's averages: 0.85 over ten S1 agreements
-    vals = [1, .75, 1, .5, .75, 1, 1, .5, 1, 1]
-    assert np.mean(vals) == pytest.approx(0.85)
+    assert set_agreement(np.array([7, 8, 9]), (9,)) == pytest.approx(1 / 3)
+    # Table G.1-shaped rows: |S1_qual & S1_quant| / |S1_qual| for |S1| = 4, counted by hand
+    qualitative = [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8]]
+    quantitative = [[1, 2, 3, 4, 9, 10], [1, 2, 3, 11], [2, 4, 12], [13]]
+    got = [set_agreement(a, b) for a, b in zip(qualitative, quantitative)]
+    assert got == [1.0, 0.75, 0.5, 0.0]
+    assert np.mean(got) == pytest.approx(0.5625)
+    # it is |ref & other| / |ref|, not symmetric
+    assert set_agreement([1, 2], [1, 2, 3, 4]) == 1.0 and set_agreement([1, 2, 3, 4], [1, 2]) == 0.5
     with pytest.raises(ValueError):
         set_agreement([], [1])
+
+
+# ----------------------------------------------------------------------------------------------
+# S1 ties and the S2 exclusion rule (issue 11, item 5)
+# ----------------------------------------------------------------------------------------------
+COLUBRIDS = ["n01728572", "n01728920", "n01729322", "n01729977", "n01734418", "n01735189",
+             "n01737021", "n01739381", "n01740131"]  # thunder snake first, 8 colubrid siblings
+SNAKES_ETC = ["n01742172", "n01744401", "n01748264", "n01749939", "n01751748", "n01753488",
+              "n01755581", "n01756291", "n01664065", "n01665541", "n01667114", "n04037443",
+              "n02690373", "n07747607", "n02085620", "n02099601"]
+
+
+def _named_sets(classes, parents, target_name, **kw):
+    h = ClassHierarchy(parents, classes)
+    s1, s2 = h.sets(classes.index(target_name), **kw)
+    return [classes[c] for c in s1], {classes[c] for c in s2}
+
+
+@needs_wordnet
+def test_thunder_snake_ties_do_not_depend_on_class_order(wn):
+    classes = COLUBRIDS + SNAKES_ETC
+    parents = wordnet_parents(classes, wn)
+    h = ClassHierarchy(parents, classes)
+    assert list(h.distances_from(0)[1:9]) == [2] * 8  # the tie the old rule broke by index
+    ref = _named_sets(classes, parents, COLUBRIDS[0], num_similar=4, num_dissimilar=6)
+    assert set(ref[0]) < set(COLUBRIDS[1:])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        perm = [classes[i] for i in rng.permutation(len(classes))]
+        got = _named_sets(perm, parents, COLUBRIDS[0], num_similar=4, num_dissimilar=6)
+        assert set(got[0]) == set(ref[0]) and got[1] == ref[1]
+    # another seed may pick other siblings (the choice is a seeded draw, keyed by names)
+    picks = {frozenset(_named_sets(classes, parents, COLUBRIDS[0], num_similar=4,
+                                   num_dissimilar=6, seed=s)[0]) for s in range(6)}
+    assert len(picks) > 1
+
+
+@needs_wordnet
+def test_tie_distances_rank_tied_classes_first(wn):
+    classes = COLUBRIDS + SNAKES_ETC
+    h = ClassHierarchy(wordnet_parents(classes, wn), classes)
+    ref = np.full(len(classes), 50.0)
+    ref[[8, 7, 5, 3]] = [1.0, 2.0, 3.0, 4.0]  # the reference model puts these siblings nearest
+    ref[13] = 0.0  # nearer in the reference model but farther in the tree: the tree decides first
+    s1, _ = h.sets(0, 4, 6, tie_distances=ref)
+    assert s1 == [8, 7, 5, 3]
+    with pytest.raises(ValueError, match="one entry per class"):
+        h.sets(0, 4, 6, tie_distances=ref[:-1])
+
+
+def test_s2_excludes_the_smallest_ancestor_holding_a_tenth_of_the_classes():
+    # 100 classes: group A (12 = a1 with 3 classes + a2 with 9) and group B (88 in 8 families)
+    parents = {"A": ["root"], "B": ["root"], "root": [], "A1": ["A"], "a1": ["A1"], "a2": ["A"]}
+    classes = []
+    for i in range(3):
+        parents[f"a1_{i}"] = ["a1"]
+        classes.append(f"a1_{i}")
+    for i in range(9):
+        parents[f"a2_{i}"] = ["a2"]
+        classes.append(f"a2_{i}")
+    for f in range(8):
+        parents[f"b{f}"] = ["B"]
+        for i in range(11):
+            parents[f"b{f}_{i}"] = [f"b{f}"]
+            classes.append(f"b{f}_{i}")
+    assert len(classes) == 100
+    h = ClassHierarchy(parents, classes)
+    in_a = set(range(12))
+    for seed in range(5):
+        s1, s2 = h.sets(0, num_similar=2, num_dissimilar=40, seed=seed)
+        assert sorted(s1) == [1, 2]  # r = a1; A1 (3 classes) is too small, A (12 >= 10) is excluded
+        assert not set(s2) & in_a and len(s2) == 40
+    # the old rule (one level above r: A1) let the rest of A in
+    olds = set()
+    for seed in range(5):
+        olds |= set(h.sets(0, 2, 40, seed=seed, exclude_levels=1)[1])
+    assert olds & in_a
+    # too few outside A: fall back to A1 = r's parent, then to r itself
+    _, s2 = h.sets(0, num_similar=2, num_dissimilar=97)
+    assert len(s2) == 97
