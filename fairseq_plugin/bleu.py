@@ -24,6 +24,8 @@ import json
 import sys
 from typing import Dict, List, Optional, Sequence, TextIO
 
+from .errors import InputFileError, UsageError, run_cli
+
 
 def parse_generate_output(lines: Sequence[str]) -> Dict[int, Dict[str, str]]:
     """``{sentence id: {"S": source, "T": reference, "H": hypothesis}}`` from fairseq-generate logs.
@@ -64,12 +66,12 @@ def score(
     entries = parse_generate_output(generate_lines)
     ids = sorted(i for i, e in entries.items() if "H" in e and "T" in e)
     if not ids:
-        raise ValueError("no H-/T- line pairs found: is this fairseq-generate output?")
+        raise UsageError("no H-/T- line pairs found: is this fairseq-generate output?")
     hyps_tok = [entries[i]["H"] for i in ids]
     refs_tok = [entries[i]["T"] for i in ids]
     if references is not None:
         if max(ids) >= len(references):
-            raise ValueError(
+            raise UsageError(
                 f"sentence id {max(ids)} has no line in the reference file ({len(references)} lines)"
             )
         refs_detok = [references[i].rstrip("\n") for i in ids]
@@ -90,7 +92,19 @@ def score(
     }
 
 
-def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout) -> int:
+def read_lines(path: str, what: str) -> List[str]:
+    """Lines of a UTF-8 text file ('-' = stdin); a binary or damaged file is one clear error."""
+    try:
+        if path == "-":
+            return sys.stdin.readlines()
+        with open(path, encoding="utf-8") as handle:
+            return handle.readlines()
+    except UnicodeDecodeError as error:
+        name = "standard input" if path == "-" else path
+        raise InputFileError(f"{name}: not UTF-8 text (byte {error.start}); pass the {what}") from None
+
+
+def _main(argv: Optional[Sequence[str]], stdout: TextIO) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fairseq_plugin.bleu",
         description="Detokenised sacreBLEU and tokenised (IWSLT-style) BLEU of fairseq-generate output.",
@@ -101,20 +115,12 @@ def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout) -> i
     parser.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU (lower-cased data)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.generate_output == "-":
-        lines = sys.stdin.readlines()
-    else:
-        with open(args.generate_output, encoding="utf-8") as handle:
-            lines = handle.readlines()
-    references = None
-    if args.ref:
-        with open(args.ref, encoding="utf-8") as handle:
-            references = handle.readlines()
+    lines = read_lines(args.generate_output, "text output of fairseq-generate")
+    references = read_lines(args.ref, "detokenised reference text") if args.ref else None
     try:
         result = score(lines, args.lang, references, lowercase=args.lowercase)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except UsageError as error:
+        raise UsageError(f"{args.generate_output}: {error}") from None
     if args.json:
         print(json.dumps(result), file=stdout)
     else:
@@ -125,6 +131,11 @@ def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout) -> i
             file=stdout,
         )
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout) -> int:
+    """CLI; unreadable/corrupt inputs and bad arguments -> one line on stderr, exit status 2."""
+    return run_cli(lambda a: _main(a, stdout), argv, prog="bleu")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .errors import InputFileError, MissingInputError, UsageError, run_cli
 from .prepare_offline import _write_lines, apply_bpe, binarize, learn_joint_bpe, tokenize_lines
 
 _TRAIN_SKIP = re.compile(r"^\s*<(url|talkid|keywords|speaker|reviewer|translator|doc|/doc)\b")
@@ -36,18 +37,26 @@ _SEG = re.compile(r"<seg[^>]*>(.*?)</seg>")
 def read_train_tags(path: str) -> List[str]:
     """Text lines of a ``train.tags.*`` file: metadata lines dropped, title/description unwrapped."""
     lines = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if _TRAIN_SKIP.match(line):
-                continue
-            lines.append(html.unescape(_TRAIN_STRIP.sub("", line)).strip())
+    for line in _read_text(path).splitlines():
+        if _TRAIN_SKIP.match(line):
+            continue
+        lines.append(html.unescape(_TRAIN_STRIP.sub("", line)).strip())
     return lines
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as error:
+        raise InputFileError(
+            f"{path}: not UTF-8 text (byte {error.start}); the archive is damaged: extract it again"
+        ) from None
 
 
 def read_xml_segments(path: str) -> List[str]:
     """``<seg id=..>text</seg>`` contents of an IWSLT dev/test XML file, in file order."""
-    with open(path, encoding="utf-8") as handle:
-        return [html.unescape(m.group(1)).strip() for m in _SEG.finditer(handle.read())]
+    return [html.unescape(m.group(1)).strip() for m in _SEG.finditer(_read_text(path))]
 
 
 def eval_files(orig: str, archive_pair: str, lang: str) -> List[str]:
@@ -73,21 +82,21 @@ def clean_tokenized(src: Sequence[str], tgt: Sequence[str], min_len: int = 1, ma
 def prepare_iwslt(pair: str, orig: str, out: str, bpe_size: int = 10000, workers: int = 4) -> Dict:
     """Run the recipe on an extracted archive directory ``orig``; returns the summary dict."""
     if pair not in ("en-de", "en-ru"):
-        raise ValueError(f"pair must be en-de or en-ru, got {pair!r}")
+        raise UsageError(f"pair must be en-de or en-ru, got {pair!r}")
     src, tgt = pair.split("-")
     archive_pair = "de-en" if pair == "en-de" else "en-ru"
     train_files = {lang: os.path.join(orig, f"train.tags.{archive_pair}.{lang}") for lang in (src, tgt)}
     for path in train_files.values():
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: is {orig} the extracted IWSLT'14 {archive_pair} archive?")
+            raise MissingInputError(f"{path} not found: is {orig} the extracted IWSLT'14 {archive_pair} archive?")
     train_raw = {lang: read_train_tags(path) for lang, path in train_files.items()}
     if len(train_raw[src]) != len(train_raw[tgt]):
-        raise ValueError(f"train sides differ in length: {len(train_raw[src])} vs {len(train_raw[tgt])} lines")
+        raise UsageError(f"train sides differ in length: {len(train_raw[src])} vs {len(train_raw[tgt])} lines")
     test_raw: Dict[str, List[str]] = {}
     for lang in (src, tgt):
         files = eval_files(orig, archive_pair, lang)
         if not files:
-            raise FileNotFoundError(f"no IWSLT14.*.{archive_pair}.{lang}.xml dev/test files in {orig}")
+            raise MissingInputError(f"no IWSLT14.*.{archive_pair}.{lang}.xml dev/test files in {orig}")
         test_raw[lang] = [seg for path in files for seg in read_xml_segments(path)]
 
     tok_train = {lang: tokenize_lines(train_raw[lang], lang) for lang in (src, tgt)}
@@ -127,7 +136,7 @@ def prepare_iwslt(pair: str, orig: str, out: str, bpe_size: int = 10000, workers
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = argparse.ArgumentParser(prog="python -m fairseq_plugin.prepare_iwslt", description=__doc__.split("\n")[0])
     parser.add_argument("--pair", required=True, choices=("en-de", "en-ru"))
     parser.add_argument("--orig", required=True, help="extracted archive directory (holds train.tags.*)")
@@ -135,13 +144,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--bpe-size", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_iwslt(args.pair, args.orig, args.out, args.bpe_size, args.workers)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    _main.out = args.out  # type: ignore[attr-defined]
+    summary = prepare_iwslt(args.pair, args.orig, args.out, args.bpe_size, args.workers)
     print(json.dumps(summary))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI; bad input, missing/corrupt archive files and OS errors -> one line, exit status 2."""
+    _main.out = None  # type: ignore[attr-defined]
+    return run_cli(_main, argv, prog="prepare_iwslt", fallback_path=lambda: getattr(_main, "out", None))
 
 
 if __name__ == "__main__":

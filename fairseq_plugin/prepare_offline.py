@@ -38,10 +38,13 @@ import re
 import subprocess
 import sys
 import unicodedata
+import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lskd_core.atomic import atomic_write_json, atomic_write_text
+
+from .errors import InputFileError, MissingInputError, UsageError, run_cli
 
 Pair = Tuple[str, str]  # (english source, foreign target)
 
@@ -115,8 +118,14 @@ def read_mueller_pairs(dict_path: str, index_path: str) -> List[Pair]:
     phrase followed by Cyrillic text is an example with its translation.
     """
     opener = gzip.open if dict_path.endswith(".dz") or dict_path.endswith(".gz") else open
-    with opener(dict_path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(dict_path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # truncated or damaged .dz
+        raise InputFileError(
+            f"{dict_path}: corrupt compressed dictionary ({error}); reinstall the package or point "
+            f"--source-file at an intact copy"
+        ) from None
     pairs: List[Pair] = []
     with open(index_path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
@@ -180,7 +189,7 @@ def split_pairs(
     if max_pairs is not None:
         ordered = ordered[:max_pairs]
     if valid_size + test_size >= len(ordered):
-        raise ValueError(
+        raise UsageError(
             f"valid_size + test_size ({valid_size} + {test_size}) must leave training pairs out of "
             f"{len(ordered)} pairs"
         )
@@ -253,7 +262,7 @@ def binarize(bpe_dir: Path, bin_dir: Path, src: str, tgt: str, workers: int = 1)
 def source_files(pair: str, source_file: Optional[str] = None) -> List[str]:
     """The Debian files to read for ``pair``; a clear error names the package when one is missing."""
     if pair not in SOURCES:
-        raise ValueError(f"pair must be one of {PAIRS}, got {pair!r}")
+        raise UsageError(f"pair must be one of {PAIRS}, got {pair!r}")
     spec = SOURCES[pair]
     if source_file is None:
         source_file = os.environ.get(spec["env"])
@@ -264,7 +273,7 @@ def source_files(pair: str, source_file: Optional[str] = None) -> List[str]:
             files[1] = re.sub(r"\.dict(\.dz)?$", "", source_file) + ".index"
     for path in files:
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path} not found: the {pair} offline corpus is built from the Debian package "
                 f"{spec['package']!r}; install it with `apt-get install {spec['package']}` "
                 f"(or point --source-file / {spec['env']} at a copy)"
@@ -296,9 +305,9 @@ def prepare(
     lower-cased text, ``bpe/`` BPE codes and segmented text, ``bin/`` the fairseq data.
     """
     if max_pairs is not None and int(max_pairs) < 3:
-        raise ValueError(f"max_pairs must be at least 3, got {max_pairs!r}")
+        raise UsageError(f"max_pairs must be at least 3, got {max_pairs!r}")
     if int(bpe_size) < 1:
-        raise ValueError(f"bpe_size must be a positive number of merges, got {bpe_size!r}")
+        raise UsageError(f"bpe_size must be a positive number of merges, got {bpe_size!r}")
     src, tgt = pair.split("-")
     pairs = clean_pairs(read_pairs(pair, source_file))
     total = len(pairs) if max_pairs is None else min(len(pairs), int(max_pairs))
@@ -357,19 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = prepare(
-            args.pair, args.out, max_pairs=args.max_pairs, bpe_size=args.bpe_size,
-            valid_size=args.valid_size, test_size=args.test_size, seed=args.seed,
-            source_file=args.source_file, workers=args.workers,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    _main.out = args.out  # type: ignore[attr-defined]  (names the output when the OS does not)
+    summary = prepare(
+        args.pair, args.out, max_pairs=args.max_pairs, bpe_size=args.bpe_size,
+        valid_size=args.valid_size, test_size=args.test_size, seed=args.seed,
+        source_file=args.source_file, workers=args.workers,
+    )
     print(json.dumps(summary, ensure_ascii=False))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI; bad input, missing/corrupt sources and OS errors -> one line, exit status 2."""
+    _main.out = None  # type: ignore[attr-defined]
+    return run_cli(_main, argv, prog="prepare_offline", fallback_path=lambda: getattr(_main, "out", None))
 
 
 if __name__ == "__main__":

@@ -35,10 +35,12 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
+from .errors import LskdPluginError
+
 UNSAFE_FLAG = "--teacher-unsafe-load"
 
 
-class CheckpointLoadError(RuntimeError):
+class CheckpointLoadError(LskdPluginError, RuntimeError):
     """A checkpoint file exists but cannot be read (corrupt, not a torch file, or not safe)."""
 
 

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .errors import TeacherMismatchError
 from .safe_load import load_checkpoint_state
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def check_dictionaries(teacher_dicts: Dict[str, object], student_dicts: Dict[str
         diff = first_difference(teacher, student)
         if diff is not None:
             index, sym_t, sym_s = diff
-            raise ValueError(
+            raise TeacherMismatchError(
                 f"teacher {path}: its {side} dictionary ({len(teacher)} symbols) differs from the "
                 f"student task's {side} dictionary ({len(student)} symbols); first difference at "
                 f"index {index}: teacher {sym_t!r} vs student {sym_s!r}. Train the teacher on the "
@@ -94,7 +95,7 @@ def _check_embedding_sizes(model_state, student_dicts, path: str) -> None:
     for side, prefix in (("source", "encoder"), ("target", "decoder")):
         rows, student = _embedding_rows(model_state, prefix), student_dicts.get(side)
         if rows is not None and student is not None and rows != len(student):
-            raise ValueError(
+            raise TeacherMismatchError(
                 f"teacher {path}: its {side} embedding has {rows} rows but the student task's "
                 f"{side} dictionary has {len(student)} symbols; the teacher was trained on a "
                 f"different dictionary (its own data directory is not reachable, so the first "
@@ -119,7 +120,7 @@ def _dictionaries_beside(path: str, teacher_data, student_task) -> Dict[str, obj
         else:
             missing.append(f"dict.{lang}.txt")
     if missing:
-        raise ValueError(
+        raise TeacherMismatchError(
             f"teacher {path}: its data directory {teacher_data!r} is not reachable, so its "
             f"dictionaries cannot be compared with the student's symbol by symbol (equal sizes do "
             f"not prove equal vocabularies). Copy the teacher's {' and '.join(missing)} next to the "

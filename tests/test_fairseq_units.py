@@ -259,9 +259,56 @@ def test_criterion_rejects_bad_arguments(kwargs, match, tmp_path):
         LskdCriterion(_NoDictTask(), sentence_avg=False, **args)
 
 
-def test_criterion_missing_teacher_fails_at_construction(tmp_path):
-    with pytest.raises(FileNotFoundError, match="teacher checkpoint not found: .*absent.pt"):
-        LskdCriterion(_NoDictTask(), sentence_avg=False, teacher_path=str(tmp_path / "absent.pt"))
+class _Pad:
+    def pad(self) -> int:
+        return 1
+
+
+class _PadTask:
+    target_dictionary = _Pad()
+
+
+class _TinyDecoderModel(torch.nn.Module):
+    """Stands in for a fairseq model: logits [B, L, V] from the target tokens, targets = sample's."""
+
+    def __init__(self, vocab: int = 6):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, src_tokens, prev_output_tokens, **_):
+        return (self.embed(prev_output_tokens),)
+
+    def get_targets(self, sample, net_output):
+        return sample["target"]
+
+
+def _tiny_sample():
+    target = torch.tensor([[3, 4, 2], [5, 2, 1]])  # pad = 1
+    return {"id": torch.tensor([0, 1]),
+            "net_input": {"src_tokens": target, "prev_output_tokens": torch.tensor([[2, 3, 4], [2, 5, 1]])},
+            "target": target, "ntokens": 5}
+
+
+def test_missing_teacher_fails_a_training_step_but_evaluation_skips_kd(tmp_path):
+    """fairseq-validate on a student must not need the teacher file its checkpoint names."""
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    from fairseq_plugin.errors import LskdPluginError
+
+    criterion = LskdCriterion(_PadTask(), sentence_avg=False, teacher_path=str(tmp_path / "absent.pt"),
+                              label_smoothing=0.1, kd_temperature=2.0)
+    torch.manual_seed(0)
+    model, sample = _TinyDecoderModel(), _tiny_sample()
+    criterion.eval()  # what fairseq-validate does
+    loss, size, log = criterion(model, sample)
+    lprobs = torch.log_softmax(model(**sample["net_input"])[0], dim=-1)
+    expected, nll = label_smoothed_nll_loss(lprobs.view(-1, 6), sample["target"].view(-1), 0.1, ignore_index=1)
+    assert size == 5 and "kd_loss" not in log
+    assert torch.allclose(loss, expected, rtol=1e-6) and torch.allclose(log["nll_loss"], nll, rtol=1e-6)
+    criterion.train()  # what fairseq's trainer does before every training step
+    with pytest.raises(FileNotFoundError, match="teacher checkpoint not found: .*absent.pt") as info:
+        criterion(model, sample)
+    assert isinstance(info.value, LskdPluginError)
 
 
 def test_criterion_without_teacher_is_allowed_at_beta_zero():

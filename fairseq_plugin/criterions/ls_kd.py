@@ -11,6 +11,21 @@ following Mueller et al. and Shen et al.); ``beta = 0`` is exactly fairseq's
 ``label_smoothed_cross_entropy`` with the same ``--label-smoothing``. The math comes from
 ``lskd_core.losses`` (``ls_kd_loss_terms``): this file only adapts fairseq's batch layout.
 
+Shaped like fairseq's ``label_smoothed_cross_entropy``: ``forward`` runs the model and delegates to
+``compute_loss``, which takes the student's logits and targets from ``get_logits_and_target`` and
+the teacher's from ``get_teacher_logits``; a subclass overrides either. Metrics are reduced in
+``reduce_metrics`` only.
+
+Where the teacher's logits come from (``get_teacher_logits``):
+
+* ``--teacher-cache DIR`` (built by ``python -m fairseq_plugin.teacher_cache build``): during
+  training steps, read by sample id from the cache; the teacher is never run.
+* ``--teacher-path CKPT[:CKPT...]``: the live teacher(s), loaded lazily on the first batch.
+* Evaluation without a usable teacher (``fairseq-validate`` on a student whose teacher file has
+  been moved, or validation batches of a cache-only run, whose sample ids are not the cache's):
+  the KD term is skipped and logged once; ``loss`` is then the label-smoothed CE term while
+  ``nll_loss``/``ppl`` are unchanged. A training step without its teacher is an error.
+
 Table 5 / Table B.2 of the paper are the grid alpha (teacher's ``--label-smoothing`` when it was
 trained with ``label_smoothed_cross_entropy``) x T (``--kd-temperature`` here) in {1, 2, 3, 64}.
 
@@ -21,10 +36,11 @@ unweighted by beta.
 
 # No `from __future__ import annotations` here: fairseq reads the config dataclass field types
 # at runtime (string annotations make it fail with "field should be a type").
+import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,20 +53,31 @@ from omegaconf import II
 from lskd_core.checks import check_alpha, check_beta, check_temperature
 from lskd_core.losses import ls_cross_entropy, ls_kd_loss_terms
 
+from ..errors import CriterionConfigError, TeacherNotFoundError
 from ..teacher import TeacherEnsemble, get_teacher, split_teacher_paths
+
+logger = logging.getLogger(__name__)
 
 CRITERION_NAME = "ls_kd"
 _NLL_CHUNK_ELEMENTS = 1 << 22  # rows x vocab per chunk for the logged NLL (no autograd graph)
 
 
 @dataclass
-class LskdCriterionConfig(FairseqDataclass):
+class LsKdConfig(FairseqDataclass):
     teacher_path: str = field(
         default="",
         metadata={
             "help": "teacher checkpoint (fairseq, trained with label_smoothed_cross_entropy); several "
             "paths separated by ':' form an ensemble whose probabilities at T are averaged. Required "
-            "unless --kd-beta 0"
+            "unless --kd-beta 0 or --teacher-cache"
+        },
+    )
+    teacher_cache: str = field(
+        default="",
+        metadata={
+            "help": "teacher-output cache directory (python -m fairseq_plugin.teacher_cache build): "
+            "training steps read the teacher's logits by sample id instead of running the teacher. "
+            "With --teacher-path too, the cache must have been built from that checkpoint"
         },
     )
     kd_temperature: float = field(
@@ -87,6 +114,51 @@ class LskdCriterionConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
+LskdCriterionConfig = LsKdConfig  # the name before fairseq's naming convention was adopted
+
+
+class LossParts(NamedTuple):
+    """What ``compute_loss`` returns besides the loss (all detached, float32 sums)."""
+
+    nll_loss: torch.Tensor
+    ce_loss: torch.Tensor
+    kd_loss: Optional[torch.Tensor]  # None when no teacher output was used for this batch
+
+
+def register_once(name: str, dataclass=None):
+    """fairseq's ``register_criterion`` decorator, safe against a second import of this file.
+
+    fairseq's registry refuses a second registration of the same name. This file can be imported
+    twice under different module names (e.g. ``fairseq_plugin.criterions.ls_kd`` through the
+    autoload and ``criterions.ls_kd`` through a ``--user-dir`` spelling): the second import keeps
+    the first class. A different class already holding the name is a real conflict, reported.
+    """
+
+    def decorate(cls):
+        from fairseq.criterions import CRITERION_REGISTRY
+
+        existing = CRITERION_REGISTRY.get(name)
+        if existing is None:
+            return register_criterion(name, dataclass=dataclass)(cls)
+        if (existing.__qualname__ == cls.__qualname__
+                and existing.__module__.split(".")[-1] == cls.__module__.split(".")[-1]):
+            return existing
+        raise ImportError(
+            f"fairseq criterion name {name!r} is already registered by "
+            f"{existing.__module__}.{existing.__qualname__}; cannot register lskd's criterion"
+        )
+
+    return decorate
+
+
+def _checked(check, value, name):
+    try:
+        return check(value, name)
+    except ValueError as error:
+        raise CriterionConfigError(str(error)) from None
+
+
+@register_once(CRITERION_NAME, dataclass=LsKdConfig)
 class LskdCriterion(FairseqCriterion):
     """Label-smoothed CE + temperature KD from frozen fairseq teacher(s); see the module docstring."""
 
@@ -103,34 +175,46 @@ class LskdCriterion(FairseqCriterion):
         teacher_unsafe_load: bool = False,
         report_accuracy: bool = False,
         ignore_prefix_size: int = 0,
+        teacher_cache: str = "",
     ):
         super().__init__(task)
         self.sentence_avg = sentence_avg
-        self.kd_temperature = check_temperature(kd_temperature, "kd_temperature")
-        self.beta = check_beta(kd_beta, "kd_beta")
-        self.eps = check_alpha(label_smoothing, "label_smoothing")
-        if int(kd_topk) < 0:
-            raise ValueError(f"kd_topk must be >= 0 (0 = full vocabulary), got {kd_topk!r}")
+        self.kd_temperature = _checked(check_temperature, kd_temperature, "kd_temperature")
+        self.beta = _checked(check_beta, kd_beta, "kd_beta")
+        self.eps = _checked(check_alpha, label_smoothing, "label_smoothing")
+        for name, value, meaning in (("kd_topk", kd_topk, "0 = full vocabulary"),
+                                     ("kd_chunk_rows", kd_chunk_rows, "0 = automatic"),
+                                     ("ignore_prefix_size", ignore_prefix_size, "0 = none")):
+            if int(value) < 0:
+                raise CriterionConfigError(f"{name} must be >= 0 ({meaning}), got {value!r}")
         self.topk = int(kd_topk)
-        if int(kd_chunk_rows) < 0:
-            raise ValueError(f"kd_chunk_rows must be >= 0 (0 = automatic), got {kd_chunk_rows!r}")
         self.chunk_rows = int(kd_chunk_rows) or None
-        if int(ignore_prefix_size) < 0:
-            raise ValueError(f"ignore_prefix_size must be >= 0, got {ignore_prefix_size!r}")
         self.ignore_prefix_size = int(ignore_prefix_size)
         self.report_accuracy = report_accuracy
         self.unsafe_load = bool(teacher_unsafe_load)
         # Plain strings only: the teacher itself lives in fairseq_plugin.teacher's cache, outside
         # this module's tree (not saved, not DDP-wrapped, not counted as parameters).
         self.teacher_paths: Tuple[str, ...] = tuple(split_teacher_paths(teacher_path))
-        if not self.teacher_paths and self.beta > 0:
-            raise ValueError(
+        self.cache_dir = os.path.expanduser(str(teacher_cache or "").strip())
+        self._cache = None  # opened on the first training step (evaluation never needs it)
+        self._skip_logged = False
+        if not self.teacher_paths and not self.cache_dir and self.beta > 0:
+            raise CriterionConfigError(
                 f"teacher_path is required when kd_beta > 0 (got kd_beta={self.beta}); pass "
-                f"--teacher-path CKPT[:CKPT...], or --kd-beta 0 for plain label-smoothed CE"
+                f"--teacher-path CKPT[:CKPT...] or --teacher-cache DIR, or --kd-beta 0 for plain "
+                f"label-smoothed CE"
             )
-        for path in self.teacher_paths:  # fail at start-up, not at the first batch
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"teacher checkpoint not found: {path} (from --teacher-path)")
+        if self.cache_dir and len(self.teacher_paths) > 1:
+            raise CriterionConfigError(
+                "--teacher-cache holds one teacher's logits; an ensemble (--teacher-path a:b) has no "
+                "raw logits to cache: drop --teacher-cache or pass a single --teacher-path"
+            )
+        # A missing teacher is an error only when a training step needs it: evaluating a student
+        # (fairseq-validate) must not need the teacher whose path its checkpoint remembers.
+        self.missing_teachers = [p for p in self.teacher_paths if not os.path.isfile(p)]
+        if self.missing_teachers:
+            logger.warning("teacher checkpoint not found: %s; training steps will fail, evaluation "
+                           "skips the KD term", ":".join(self.missing_teachers))
 
     # -- teacher ---------------------------------------------------------------------------
     def teacher(self, model) -> TeacherEnsemble:
@@ -140,12 +224,48 @@ class LskdCriterion(FairseqCriterion):
         return ensemble.to(param.device, param.dtype)
 
     def teacher_kd_logits(self, model, sample) -> torch.Tensor:
-        """The one entry point for teacher inference: logits z with softmax(z / T) = KD target.
-
-        Override (or replace) this to read cached top-K teacher outputs instead of running the
-        teacher (``fairseq_plugin.teacher.expand_topk`` densifies such a cache entry).
-        """
+        """The live teacher's logits z with softmax(z / T) = KD target, [B, L, V] (unstripped)."""
         return self.teacher(model).kd_logits(sample["net_input"], self.kd_temperature, self.topk)
+
+    def teacher_cache(self):
+        """The opened, fingerprint-checked teacher-output cache (``--teacher-cache``)."""
+        if self._cache is None:
+            from ..teacher_cache import open_for_task
+
+            teacher = self.teacher_paths[0] if self.teacher_paths else None
+            self._cache = open_for_task(self.cache_dir, self.task, teacher_path=teacher,
+                                        topk=self.topk, temperature=self.kd_temperature)
+        return self._cache
+
+    def _skip_kd(self, reason: str) -> None:
+        if not self._skip_logged:
+            logger.warning("ls_kd: %s; evaluation reports loss without the KD term (nll_loss and "
+                           "ppl are unaffected)", reason)
+            self._skip_logged = True
+
+    def get_teacher_logits(self, model, sample) -> Optional[torch.Tensor]:
+        """Teacher logits [B, L', V] aligned with ``get_logits_and_target`` (prefix stripped), or
+        None when this batch has no teacher term (see the module docstring). Override to read
+        teacher outputs from elsewhere."""
+        if not self.teacher_paths and not self.cache_dir:
+            return None
+        if self.cache_dir and self.training:
+            param = next(model.parameters())
+            logits = self.teacher_cache().logits_for_sample(sample, self.kd_temperature, param.device)
+            return self._strip_prefix(logits)
+        if self.missing_teachers:
+            if self.training:
+                raise TeacherNotFoundError(
+                    f"teacher checkpoint not found: {self.missing_teachers[0]} (from --teacher-path); "
+                    f"restore it, pass the right path, or train from --teacher-cache DIR"
+                )
+            self._skip_kd(f"teacher {self.missing_teachers[0]} not found")
+            return None
+        if not self.teacher_paths:  # cache only, evaluation: valid sample ids are not the cache's
+            self._skip_kd("the teacher cache covers the training set only (pass --teacher-path to "
+                          "validate with the live teacher)")
+            return None
+        return self._strip_prefix(self.teacher_kd_logits(model, sample))
 
     # -- loss ----------------------------------------------------------------------------------
     def _strip_prefix(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -153,49 +273,62 @@ class LskdCriterion(FairseqCriterion):
             return tensor[:, self.ignore_prefix_size:].contiguous()
         return tensor
 
-    def forward(self, model, sample, reduce=True):
-        """Loss, sample size and logging outputs for one batch (fairseq criterion API)."""
-        if not reduce:
-            raise ValueError("the ls_kd criterion supports reduce=True only")
-        net_output = model(**sample["net_input"])
+    def get_logits_and_target(self, model, net_output, sample) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Student logits [B, L', V] (unnormalised) and targets [B, L'], prefix stripped."""
         if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
-            raise ValueError("the ls_kd criterion needs full-vocabulary logits; adaptive softmax is not supported")
+            raise CriterionConfigError(
+                "the ls_kd criterion needs full-vocabulary logits; adaptive softmax is not supported")
         logits = self._strip_prefix(net_output[0])
         target = self._strip_prefix(model.get_targets(sample, net_output))
-        mask = target.ne(self.padding_idx)
+        return logits, target
 
+    def compute_loss(self, model, net_output, sample, reduce=True) -> Tuple[torch.Tensor, LossParts]:
+        """Summed loss over the batch's target tokens and its logged parts."""
+        if not reduce:
+            raise CriterionConfigError("the ls_kd criterion supports reduce=True only")
+        logits, target = self.get_logits_and_target(model, net_output, sample)
+        mask = target.ne(self.padding_idx)
+        teacher_logits = self.get_teacher_logits(model, sample)
         kd_value: Optional[torch.Tensor] = None
-        if self.teacher_paths:
-            teacher_logits = self._strip_prefix(self.teacher_kd_logits(model, sample))
+        if teacher_logits is not None:
             terms = ls_kd_loss_terms(
                 logits, teacher_logits, target, self.kd_temperature, beta=self.beta,
                 label_smoothing=self.eps, mask=mask, reduction="sum", exclude_true_class=True,
                 chunk_size=self.chunk_rows,
             )
             loss, ce_value, kd_value = terms.loss, terms.ce_loss, terms.kd_loss
-        else:  # kd_beta == 0 without a teacher: fairseq's label-smoothed CE
+        else:  # no teacher term: fairseq's label-smoothed CE
             loss = ls_cross_entropy(
                 logits, target, self.eps, mask=mask, reduction="sum", exclude_true_class=True
             )
             ce_value = loss.detach()
-        nll = masked_nll_sum(logits, target, mask)
+        return loss, LossParts(masked_nll_sum(logits, target, mask), ce_value, kd_value)
 
+    @torch.no_grad()
+    def compute_accuracy(self, model, net_output, sample) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits, target = self.get_logits_and_target(model, net_output, sample)
+        mask = target.ne(self.padding_idx)
+        return (logits.argmax(-1).eq(target) & mask).sum(), mask.sum()
+
+    def forward(self, model, sample, reduce=True):
+        """Loss, sample size and logging outputs for one batch (fairseq criterion API)."""
+        net_output = model(**sample["net_input"])
+        loss, parts = self.compute_loss(model, net_output, sample, reduce=reduce)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": loss.data,
-            "nll_loss": nll.data,
-            "ce_loss": ce_value.data,
+            "nll_loss": parts.nll_loss.data,
+            "ce_loss": parts.ce_loss.data,
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
         }
-        if kd_value is not None:
-            logging_output["kd_loss"] = kd_value.data
+        if parts.kd_loss is not None:
+            logging_output["kd_loss"] = parts.kd_loss.data
         if self.report_accuracy:
-            with torch.no_grad():
-                correct = logits.argmax(-1).eq(target) & mask
-            logging_output["n_correct"] = utils.item(correct.sum())
-            logging_output["total"] = utils.item(mask.sum())
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct)
+            logging_output["total"] = utils.item(total)
         return loss, sample_size, logging_output
 
     @classmethod
@@ -248,24 +381,4 @@ def masked_nll_sum(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return total
 
 
-def _register(cls):
-    """Register ``ls_kd`` once, even if this plugin is imported under a second module name.
-
-    fairseq's registry refuses a second registration of the same name; a second import of this
-    file (e.g. as ``fairseq_plugin.criterions.ls_kd`` and as ``criterions.ls_kd``) keeps the first
-    class. A different class already holding the name is a real conflict and is reported.
-    """
-    from fairseq.criterions import CRITERION_REGISTRY
-
-    existing = CRITERION_REGISTRY.get(CRITERION_NAME)
-    if existing is None:
-        return register_criterion(CRITERION_NAME, dataclass=LskdCriterionConfig)(cls)
-    if existing.__qualname__ == cls.__qualname__ and existing.__module__.split(".")[-1] == __name__.split(".")[-1]:
-        return existing
-    raise ImportError(
-        f"fairseq criterion name {CRITERION_NAME!r} is already registered by "
-        f"{existing.__module__}.{existing.__qualname__}; cannot register lskd's criterion"
-    )
-
-
-LskdCriterion = _register(LskdCriterion)
+_register = register_once(CRITERION_NAME, dataclass=LsKdConfig)  # kept for the conflict test
