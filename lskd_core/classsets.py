@@ -370,7 +370,7 @@ class ClassHierarchy:
 
     def sets(self, target: int, num_similar: int = 4, num_dissimilar: int = 20, seed: int = 0,
              exclude_levels: Optional[int] = None, exclude_fraction: float = 0.1,
-             tie_distances: Optional[Sequence[float]] = None) -> Tuple[List[int], List[int]]:
+             tie_distances: Optional[Union[Sequence[float], np.ndarray]] = None) -> Tuple[List[int], List[int]]:
         """(S1, S2) for ``target`` by the rule in the module docstring (S1 nearest first, S2 sorted).
 
         ``tie_distances`` [K]: ranks classes tied in tree distance (smaller first; NaN = unknown,
@@ -413,7 +413,7 @@ class ClassHierarchy:
         return hashlib.sha256(text.encode("utf-8")).digest()
 
     def _similar(self, target: int, num_similar: int, seed: int,
-                 tie_distances: Optional[Sequence[float]]) -> List[int]:
+                 tie_distances: Optional[Union[Sequence[float], np.ndarray]]) -> List[int]:
         dist = self.distances_from(target)
         others = [c for c in range(self.num_classes) if c != target and math.isfinite(dist[c])]
         if len(others) < num_similar:
@@ -449,7 +449,7 @@ class ClassHierarchy:
 def hierarchy_sets(parents: ParentMap, class_nodes: Sequence[Node], target_index: int,
                    num_similar: int = 4, num_dissimilar: int = 20, seed: int = 0,
                    exclude_levels: Optional[int] = None, exclude_fraction: float = 0.1,
-                   tie_distances: Optional[Sequence[float]] = None) -> Tuple[List[int], List[int]]:
+                   tie_distances: Optional[Union[Sequence[float], np.ndarray]] = None) -> Tuple[List[int], List[int]]:
     """S1 / S2 (indices into ``class_nodes``) from a hierarchy (App. G.1; rule in the module doc).
 
     The paper uses k = 4 similar and 20 dissimilar classes. For many targets build one

@@ -13,13 +13,16 @@ R is always taken over S1 and S2 together, for eta(S1) and eta(S2) alike. We rep
 PERCENT (Eq. 1's fraction x 100), as the paper's tables do: Table 3's -4.618 is a 4.618 % decrease
 (a fraction could not go below -1).
 
-App. K's pairwise variant replaces the squared centroid distance by the mean squared distance over
-all cross-class sample pairs, which has the closed form
+App. K, two variants. (1) ``pairwise=True`` here: the MEAN SQUARED pairwise distance over all
+cross-class sample pairs of the raw features, in closed form,
 
     mean_{x in a, y in b} ||x - y||^2 = ||mu_a - mu_b||^2 + tr(Cov_a) + tr(Cov_b)
 
 (population covariances), so it needs only per-class counts, sums and sums of squared norms:
-never an N x M distance matrix.
+never an N x M distance matrix. Its keys are ``eta_s1_pairwise_sq`` / ``eta_s2_pairwise_sq``
+(``eta_s1_pairwise`` / ``eta_s2_pairwise`` are kept as deprecated aliases of the same numbers).
+(2) The paper's own variant (average NON-squared Euclidean distance between the PROJECTED
+representations) needs the samples themselves: :mod:`lskd_core.pairwise`.
 
 Everything here starts from :class:`ClassStats`, accumulated in ONE pass over the features for all
 classes at once (float64 accumulators, row chunks of a few tens of MiB), so any number of targets
@@ -33,6 +36,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lskd_core.features_io import MAX_INFERRED_CLASSES
+
 __all__ = [
     "ClassStats",
     "class_stats",
@@ -40,6 +45,7 @@ __all__ = [
     "squared_distances",
     "diffusion_index",
     "diffusion_indices",
+    "eta_from_distances",
     "class_accuracy",
     "check_class_sets",
     "DEFAULT_CHUNK_BYTES",
@@ -134,6 +140,10 @@ def class_stats(features: np.ndarray, labels: np.ndarray, num_classes: Optional[
         if n == 0:
             raise ValueError("num_classes is required when there are no samples")
         num_classes = int(labels.max()) + 1
+        if num_classes > max(n, MAX_INFERRED_CLASSES):
+            # one stray label must not become a [max_label, D] float64 allocation
+            raise ValueError(f"the largest label {num_classes - 1} would make {num_classes} classes "
+                             f"for {n} samples: pass num_classes (or fix the labels)")
     num_classes = int(num_classes)
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -236,8 +246,8 @@ def squared_distances(stats: ClassStats, target: int, classes: Sequence[int],
                       pairwise: bool = False) -> np.ndarray:
     """Squared centroid distances ||c_target - c_k||^2 for k in ``classes`` (float64).
 
-    ``pairwise=True``: mean squared distance over all cross-class sample pairs (App. K),
-    ``||mu_t - mu_k||^2 + tr(Cov_t) + tr(Cov_k)``.
+    ``pairwise=True``: mean SQUARED distance over all cross-class sample pairs of the raw features
+    (App. K's closed-form variant), ``||mu_t - mu_k||^2 + tr(Cov_t) + tr(Cov_k)``.
     """
     target = _check_index(target, stats.num_classes, "target")
     idx = np.asarray([_check_index(c, stats.num_classes, "class") for c in classes], dtype=np.intp)
@@ -268,18 +278,36 @@ def relative_distances(stats: ClassStats, target: int, classes: Sequence[int],
     return dist / total
 
 
-def _eta_pair(before: ClassStats, after: ClassStats, target: int, s1: List[int], s2: List[int],
-              pairwise: bool) -> Tuple[float, float]:
-    classes = s1 + s2
-    d1 = relative_distances(before, target, classes, pairwise=pairwise)
-    d2 = relative_distances(after, target, classes, pairwise=pairwise)
+def eta_from_distances(before: np.ndarray, after: np.ndarray, n_similar: int, target: int,
+                       classes: Sequence[int]) -> Tuple[float, float]:
+    """Eq. 1 from distances to ``classes`` = S1 + S2 (first ``n_similar`` are S1), in PERCENT.
+
+    ``before``/``after`` hold any cluster distance (squared centroid distance in Eq. 1, a pairwise
+    distance in App. K); each is normalised by its own sum R before the relative change.
+    """
+    d = []
+    for which, dist in (("before", before), ("after", after)):
+        dist = np.asarray(dist, dtype=np.float64)
+        total = dist.sum()
+        if not total > 0:
+            raise ValueError(f"all listed classes share the centroid of target {target} in the "
+                             f"{which} features: R = 0")
+        d.append(dist / total)
+    d1, d2 = d
     if (d1 == 0).any():
         bad = classes[int(np.flatnonzero(d1 == 0)[0])]
         raise ValueError(f"class {bad} has the same centroid as target {target} in the before "
                          f"features: its relative change is undefined")
     change = (d2 - d1) / d1
-    n1 = len(s1)
-    return float(100.0 * change[:n1].mean()), float(100.0 * change[n1:].mean())
+    return float(100.0 * change[:n_similar].mean()), float(100.0 * change[n_similar:].mean())
+
+
+def _eta_pair(before: ClassStats, after: ClassStats, target: int, s1: List[int], s2: List[int],
+              pairwise: bool) -> Tuple[float, float]:
+    classes = s1 + s2
+    return eta_from_distances(squared_distances(before, target, classes, pairwise=pairwise),
+                              squared_distances(after, target, classes, pairwise=pairwise),
+                              len(s1), target, classes)
 
 
 def diffusion_index(before: ClassStats, after: ClassStats, target: int, similar: Sequence[int],
@@ -287,8 +315,9 @@ def diffusion_index(before: ClassStats, after: ClassStats, target: int, similar:
     """eta(T1, T2; target, S1) and eta(T1, T2; target, S2) of Eq. 1, in PERCENT.
 
     ``before``/``after`` are the statistics of the features at T1 and T2. Returns
-    ``{"eta_s1", "eta_s2"}``; with ``pairwise=True`` also ``eta_s1_pairwise``/``eta_s2_pairwise``
-    (App. K). Raises ValueError on mismatched statistics, invalid sets (empty, overlapping,
+    ``{"eta_s1", "eta_s2"}``; with ``pairwise=True`` also ``eta_s1_pairwise_sq`` /
+    ``eta_s2_pairwise_sq``, App. K with the mean SQUARED pairwise distance of the raw features
+    (closed form), and the deprecated aliases ``eta_s1_pairwise`` / ``eta_s2_pairwise``. Raises ValueError on mismatched statistics, invalid sets (empty, overlapping,
     containing the target, out of range) or classes without samples in either file.
     """
     if before.dim != after.dim:
@@ -304,7 +333,8 @@ def diffusion_index(before: ClassStats, after: ClassStats, target: int, similar:
     out = {"eta_s1": eta_s1, "eta_s2": eta_s2}
     if pairwise:
         p1, p2 = _eta_pair(before, after, target, s1, s2, pairwise=True)
-        out.update(eta_s1_pairwise=p1, eta_s2_pairwise=p2)
+        out.update(eta_s1_pairwise_sq=p1, eta_s2_pairwise_sq=p2,
+                   eta_s1_pairwise=p1, eta_s2_pairwise=p2)
     return out
 
 
@@ -314,7 +344,7 @@ def diffusion_indices(before: ClassStats, after: ClassStats,
     """Eq. 1 for many targets from one pass's statistics.
 
     ``sets`` maps target -> (S1, S2). Returns one dict per target, in the mapping's order:
-    ``{"target", "eta_s1", "eta_s2"[, "eta_s1_pairwise", "eta_s2_pairwise"]}`` (percent).
+    ``{"target", "eta_s1", "eta_s2"[, pairwise keys as in diffusion_index]}`` (percent).
     """
     results = []
     for target, pair in sets.items():

@@ -17,21 +17,33 @@ train split (1.3M x 2048 float16, 5.3 GB) costs no resident memory until it is w
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from lskd_core.atomic import atomic_open
 
 __all__ = ["FeatureFile", "FeaturesFileError", "load_features", "save_features", "REQUIRED_KEYS",
-           "OPTIONAL_KEYS"]
+           "OPTIONAL_KEYS", "MAX_INFERRED_CLASSES"]
 
 REQUIRED_KEYS = ("features", "labels")
 OPTIONAL_KEYS = ("class_names", "weight", "bias", "meta", "logits")
+
+# Without class_names / weight / bias / logits the class count is inferred as max(label) + 1, and
+# every consumer allocates [K, D] float64 statistics. A K above the number of samples is normal
+# (a small val subset of ImageNet), but one above max(N, this cap) is a damaged or mis-written
+# label: refusing it keeps a single bad label (10**12) from becoming a MemoryError or a silent
+# multi-gigabyte allocation. 2**16 leaves room for ImageNet-21k (21,841 classes).
+MAX_INFERRED_CLASSES = 1 << 16
+
+# CRC-32 of memory-mapped members is checked in blocks of this many bytes.
+_CRC_BLOCK = 16 << 20
 
 
 class FeaturesFileError(ValueError):
@@ -88,9 +100,15 @@ def _validate(features: np.ndarray, labels: np.ndarray, class_names: Optional[Se
     if labels.shape[0] != n:
         raise FeaturesFileError(
             f"{where}: labels has {labels.shape[0]} entries but features has {n} rows")
-    k = None
-    if class_names is not None:
-        k = len(class_names)
+    k = _declared_classes(n, d, class_names, weight, bias, logits, where)
+    _validate_labels(labels, n, k, where)
+
+
+def _declared_classes(n: int, d: int, class_names: Optional[Sequence[str]],
+                      weight: Optional[np.ndarray], bias: Optional[np.ndarray],
+                      logits: Optional[np.ndarray], where: str) -> Optional[int]:
+    """K as stated by class_names / weight / bias / logits (all must agree), else None."""
+    k = None if class_names is None else len(class_names)
     if weight is not None:
         if weight.ndim != 2:
             raise FeaturesFileError(f"{where}: weight must be 2-D [K, D], got shape {weight.shape}")
@@ -113,6 +131,33 @@ def _validate(features: np.ndarray, labels: np.ndarray, class_names: Optional[Se
                 f"{where}: logits must be [N={n}, K], got shape {logits.shape}")
         if k is not None and logits.shape[1] != k:
             raise FeaturesFileError(f"{where}: logits has {logits.shape[1]} columns but K = {k}")
+        k = logits.shape[1]
+    return k
+
+
+def _validate_labels(labels: np.ndarray, n: int, k: Optional[int], where: str) -> None:
+    """Labels must be >= 0 and < K (declared), or below max(N, MAX_INFERRED_CLASSES) (inferred)."""
+    if n == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        row = int(np.flatnonzero(labels < 0)[0])
+        raise FeaturesFileError(f"{where}: label {lo} (row {row}) is negative; class labels are "
+                                f"0..K-1: fix the labels")
+    if k is not None:
+        if hi >= k:
+            row = int(np.flatnonzero(labels >= k)[0])
+            raise FeaturesFileError(f"{where}: label {int(labels[row])} (row {row}) is out of range "
+                                    f"for the file's {k} classes (0..{k - 1}): fix the labels")
+        return
+    bound = max(n, MAX_INFERRED_CLASSES)
+    if hi >= bound:
+        row = int(np.flatnonzero(labels >= bound)[0])
+        raise FeaturesFileError(
+            f"{where}: label {hi} (row {row}) would make {hi + 1} classes for {n} samples; without "
+            f"class_names the class count is max(label) + 1 and must stay below "
+            f"max(N, {MAX_INFERRED_CLASSES}): store class_names (or weight/bias) with the real "
+            f"class count, or fix the labels")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +199,8 @@ def save_features(path: "os.PathLike[str] | str", features: np.ndarray, labels: 
     path = os.fspath(path)
     with atomic_open(path, "wb") as fh:
         # a file object stops numpy from appending ".npz" to the temporary name
-        (np.savez_compressed if compress else np.savez)(fh, **arrays)
+        savez: Callable[..., None] = np.savez_compressed if compress else np.savez
+        savez(fh, **arrays)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,10 +230,101 @@ def _memmap_member(path: str, zf: zipfile.ZipFile, member: str) -> Optional[np.n
         if dtype.hasobject:
             return None
         offset = fh.tell()
-    if int(np.prod(shape)) == 0:
+    size = math.prod(int(x) for x in shape)
+    if size == 0:
         return None  # np.memmap refuses empty maps
+    _check_member_crc(path, info, start)
+    if offset + size * dtype.itemsize != start + info.compress_size:
+        raise FeaturesFileError(f"features file {path}: member {member} is shorter than its "
+                                f"header says; the file is damaged")
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order="F" if fortran else "C")
+
+
+def _check_member_crc(path: str, info: zipfile.ZipInfo, start: int) -> None:
+    """Raise FeaturesFileError unless the stored bytes of ``info`` match its zip CRC-32.
+
+    A memory map bypasses zipfile, and with it the CRC check that every other read gets, so a
+    damaged byte would silently change the numbers. One sequential read of the member (page cache,
+    ~GB/s) is the price of never measuring corrupt data.
+    """
+    crc = 0
+    left = int(info.compress_size)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while left > 0:
+            block = fh.read(min(left, _CRC_BLOCK))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    if left > 0 or crc != info.CRC:
+        raise FeaturesFileError(
+            f"features file {path} is damaged: member {info.filename} fails its CRC-32 check "
+            f"(re-export or re-copy the file)")
+
+
+def _verify_member(zf: zipfile.ZipFile, member: str, path: str) -> None:
+    """Check a member before numpy reads it: its .npy header agrees with its size, and its CRC-32.
+
+    numpy allocates the array from the header's shape before reading a byte, and zipfile checks
+    the CRC only at the end of the member, so a damaged (or hostile) header could otherwise ask for
+    terabytes. Members are small (labels, names, meta, weight) or read anyway.
+    """
+    info = zf.getinfo(member)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise FeaturesFileError(f"features file {path}: member {member} has an unknown .npy "
+                                    f"format version {version}")
+        header_len = fh.tell()
+        if not dtype.hasobject:  # object arrays are refused by np.load(allow_pickle=False)
+            want = math.prod(int(x) for x in shape) * dtype.itemsize
+            if header_len + want != info.file_size:
+                raise FeaturesFileError(
+                    f"features file {path} is damaged: member {member} says shape {shape} "
+                    f"({want} bytes) but holds {info.file_size - header_len} bytes (re-export or "
+                    f"re-copy the file)")
+        while fh.read(_CRC_BLOCK):  # zipfile raises BadZipFile on a CRC mismatch at the end
+            pass
+
+
+def _read_members(path: str, mmap_mode: Optional[str]) -> Dict[str, Optional[np.ndarray]]:
+    """Every known key of the archive (None when absent), each member checked before use."""
+    try:
+        with np.load(path, allow_pickle=False) as npz, zipfile.ZipFile(path) as zf:
+            keys = set(npz.files)
+            members = set(zf.namelist())
+            missing = [k for k in REQUIRED_KEYS if k not in keys]
+            if missing:
+                raise FeaturesFileError(
+                    f"features file {path} lacks required key(s) {missing}; found {sorted(keys)}")
+
+            def get(key: str, mappable: bool = False) -> Optional[np.ndarray]:
+                if key not in keys:
+                    return None
+                # np.load lists member "x.npy" (and a bare "x") as key "x"
+                member = key + ".npy" if key + ".npy" in members else key
+                if mappable and mmap_mode == "r":
+                    mapped = _memmap_member(path, zf, member)
+                    if mapped is not None:
+                        return mapped
+                _verify_member(zf, member, path)
+                return npz[key]
+
+            return {key: get(key, mappable=key in ("features", "logits"))
+                    for key in REQUIRED_KEYS + OPTIONAL_KEYS}
+    except FeaturesFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, struct.error, zlib.error,
+            NotImplementedError, RuntimeError, OverflowError) as exc:
+        # NotImplementedError: unknown compression method; RuntimeError: "encrypted" flag set
+        # numpy says "pickled data" for object arrays; a CRC error means a damaged archive
+        raise FeaturesFileError(f"cannot read features file {path}: {exc}") from None
 
 
 def load_features(path: "os.PathLike[str] | str", mmap_mode: Optional[str] = None) -> FeatureFile:
@@ -208,36 +345,12 @@ def load_features(path: "os.PathLike[str] | str", mmap_mode: Optional[str] = Non
     if not zipfile.is_zipfile(path):
         raise FeaturesFileError(
             f"features file {path} is not an .npz (zip) archive; it may be corrupt or truncated")
-    try:
-        with np.load(path, allow_pickle=False) as npz, zipfile.ZipFile(path) as zf:
-            keys = set(npz.files)
-            missing = [k for k in REQUIRED_KEYS if k not in keys]
-            if missing:
-                raise FeaturesFileError(
-                    f"features file {path} lacks required key(s) {missing}; found {sorted(keys)}")
-
-            def get(key: str, mappable: bool = False) -> Optional[np.ndarray]:
-                if key not in keys:
-                    return None
-                if mappable and mmap_mode == "r":
-                    mapped = _memmap_member(path, zf, key + ".npy")
-                    if mapped is not None:
-                        return mapped
-                return npz[key]
-
-            features = get("features", mappable=True)
-            labels = get("labels")
-            names_arr = get("class_names")
-            weight = get("weight")
-            bias = get("bias")
-            logits = get("logits", mappable=True)
-            meta_arr = get("meta")
-    except FeaturesFileError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, struct.error) as exc:
-        # numpy says "pickled data" for object arrays; a CRC error means a damaged archive
-        raise FeaturesFileError(f"cannot read features file {path}: {exc}") from None
-
+    arrays = _read_members(path, mmap_mode)
+    features, labels = arrays["features"], arrays["labels"]
+    if features is None or labels is None:  # pragma: no cover - REQUIRED_KEYS checked on read
+        raise FeaturesFileError(f"features file {path} lacks features or labels")
+    names_arr, meta_arr = arrays["class_names"], arrays["meta"]
+    weight, bias, logits = arrays["weight"], arrays["bias"], arrays["logits"]
     class_names = None
     if names_arr is not None:
         if names_arr.ndim != 1 or names_arr.dtype.kind not in "US":
