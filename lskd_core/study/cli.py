@@ -1,0 +1,117 @@
+"""``python -m lskd_core.study`` / ``lskd-study``: parser, flag overrides, main."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lskd_core.study.config import available_presets, load_config
+from lskd_core.study.runner import prepare_for_dispatch, run_study
+from lskd_core.study.tasks import task_names
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lskd_core.study",
+        description="Run the label-smoothing x KD-temperature study (teachers per alpha, students per "
+                    "alpha x T x seed, analyses) and write a report. Settings: preset < --config file < flags.")
+    p.add_argument("--preset", help=f"base settings (default demo); one of: {', '.join(available_presets())}")
+    p.add_argument("--config", help="study config file (.json or .toml) with StudyConfig settings")
+    p.add_argument("--out", help="study directory (default runs/<preset>)")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print every run's command (one per line, dependency order) and exit; also writes "
+                        "each run dir's run_config.json so --report-only can verify the collected results")
+    p.add_argument("--report-only", action="store_true",
+                   help="launch nothing: write the report from the run dirs that are finished")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("settings (override the preset and the config file)")
+    g.add_argument("--task", choices=task_names())
+    for flag in ("--dataset", "--data-path", "--teacher-model", "--student-model"):
+        g.add_argument(flag)
+    g.add_argument("--alphas", type=float, nargs="+")
+    g.add_argument("--temperatures", type=float, nargs="+")
+    g.add_argument("--seeds", type=int, help="number of student seeds (0..n-1)")
+    g.add_argument("--teacher-seed", type=int)
+    g.add_argument("--epochs", type=int, help="teacher and student epochs")
+    g.add_argument("--teacher-epochs", type=int)
+    g.add_argument("--student-epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="teacher and student batch size")
+    g.add_argument("--lr", type=float, help="teacher and student learning rate")
+    g.add_argument("--teacher-lr", type=float)
+    g.add_argument("--student-lr", type=float)
+    g.add_argument("--train-samples", type=int)
+    g.add_argument("--val-samples", type=int)
+    g.add_argument("--target-classes", type=int, nargs="+")
+    g.add_argument("--projection-classes", type=int, nargs=3)
+    g.add_argument("--kd-beta", type=float)
+    g.add_argument("--device")
+    g.add_argument("--nproc", type=int, help="processes per run (torch.distributed.run when > 1)")
+    g.add_argument("--workers", type=int)
+    g.add_argument("--jobs", type=int, help="runs executed at the same time (default 1)")
+    g.add_argument("--no-analysis", action="store_true", help="train only; skip feature exports and analyses")
+    return p
+
+
+_DIRECT = ("task", "dataset", "data_path", "teacher_model", "student_model", "alphas", "temperatures", "seeds",
+           "teacher_seed", "teacher_epochs", "student_epochs", "teacher_lr", "student_lr", "train_samples",
+           "val_samples", "target_classes", "projection_classes", "kd_beta", "device", "nproc", "workers",
+           "jobs", "out")
+
+
+def _overrides(ns: argparse.Namespace) -> dict:
+    """Flags -> StudyConfig fields (values are validated once, by StudyConfig.validate)."""
+    o = {k: getattr(ns, k) for k in _DIRECT if getattr(ns, k, None) is not None}
+    if ns.epochs is not None:
+        o.setdefault("teacher_epochs", ns.epochs)
+        o.setdefault("student_epochs", ns.epochs)
+    if ns.batch_size is not None:
+        o["teacher_batch_size"] = o["student_batch_size"] = ns.batch_size
+    if ns.lr is not None:
+        o.setdefault("teacher_lr", ns.lr)
+        o.setdefault("student_lr", ns.lr)
+    if ns.no_analysis:
+        o["analysis"] = False
+    return o
+
+
+def _print_commands(lines: Sequence[str]) -> int:
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        cfg = load_config(ns.preset, ns.config, _overrides(ns))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    study_dir = Path(cfg.out or os.path.join("runs", cfg.name))
+    try:
+        if ns.print_commands:
+            return _print_commands(prepare_for_dispatch(cfg, study_dir))
+        outcome = run_study(cfg, study_dir, report_only=ns.report_only, progress=not ns.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted; re-run the same command to resume ({study_dir})", file=sys.stderr)
+        return 130
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"study '{cfg.name}': {len(outcome.launched)} run(s) launched, {len(outcome.skipped)} already done, "
+          f"{len(outcome.failed)} failed/missing, {len(outcome.blocked)} blocked")
+    for run_id, why in outcome.failed.items():
+        print(f"  {run_id}: {why}")
+    if outcome.report_dir is not None:
+        print(f"report: {outcome.report_dir / 'report.md'}")
+    print(f"wall time: {outcome.wall_time_s:.1f} s ({outcome.wall_time_s / 60:.1f} min)")
+    return 0 if outcome.ok else 1

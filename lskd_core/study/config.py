@@ -1,0 +1,364 @@
+"""Study configuration: :class:`StudyConfig`, its validation (group by group), presets and files.
+
+Presets (``lskd_core/presets/*.json``), config files (JSON/TOML) and command-line flags all set
+the same fields; later sources override earlier ones. Every field is validated exactly once, in
+the group it belongs to; a task's own settings are validated by its backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Mapping, Optional
+
+from lskd_core.checks import check_alpha, check_beta, check_temperature
+
+__all__ = ["StudyConfig", "load_config", "read_config_file", "read_preset", "available_presets", "PRESET_DIR"]
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study.
+
+    TOML/JSON tables are flattened with an underscore: ``[teacher] model = "x"`` is ``teacher_model``.
+    """
+
+    name: str = "study"
+    task: str = "vision"  # a task backend: "vision" (vision_plugin) or "translation" (fairseq + fairseq_plugin)
+    out: Optional[str] = None
+    # --- data (vision task) ---
+    dataset: str = "fashion-mnist"
+    data_path: Optional[str] = None  # None: the Debian package's location for fashion-mnist
+    train_samples: Optional[int] = None  # stratified, seeded caps (None or 0: all)
+    val_samples: Optional[int] = None
+    # --- models and optimisation ---
+    teacher_model: str = "resnet18"
+    student_model: str = "resnet18"
+    teacher_epochs: int = 10
+    student_epochs: int = 10
+    teacher_batch_size: int = 128
+    student_batch_size: int = 128
+    teacher_lr: float = 0.1
+    student_lr: float = 0.1
+    teacher_args: list = field(default_factory=list)  # extra trainer flags, verbatim
+    student_args: list = field(default_factory=list)
+    export_args: list = field(default_factory=list)
+    # --- the grid ---
+    alphas: list = field(default_factory=lambda: [0.0, 0.1])
+    temperatures: list = field(default_factory=lambda: [1.0, 2.0, 3.0, 64.0])
+    seeds: Any = 1  # n (seeds 0..n-1) or an explicit list of seeds for the students
+    teacher_seed: int = 0  # one teacher per alpha, as in the paper
+    data_seed: int = 0  # seed of the stratified sample caps: every run (and export) sees the same subset
+    kd_beta: float = 1.0  # the paper's setting: pure KD term
+    # --- analyses ---
+    analysis: bool = True
+    analysis_seed: Optional[int] = None  # whose students' features are analysed (default: first seed)
+    analysis_train_samples: Optional[int] = None  # caps for the feature exports
+    analysis_val_samples: Optional[int] = None
+    target_classes: list = field(default_factory=list)  # eta / Table I targets (default: all classes)
+    projection_classes: list = field(default_factory=list)  # Fig. 1: two similar classes + one dissimilar
+    profile_class: Optional[int] = None  # Fig. 2 class (default: the first projection class)
+    profile_temperatures: list = field(default_factory=lambda: [1.0, 2.0])
+    entropy_temperatures: list = field(default_factory=list)  # extra T for Table H.1
+    hierarchy: str = "fashion-mnist"  # "fashion-mnist", "wordnet" (class names are wnids) or a parent-map JSON
+    num_similar: int = 4  # |S1| (paper: 4)
+    num_dissimilar: int = 20  # |S2| (paper: 20)
+    feature_sets: Optional[list] = None  # [closest %, farthest %] (App. G method 2); None: sized like the hierarchy sets
+    projection_per_class: Optional[int] = 150  # the paper plots 150 samples per class
+    # --- translation task ---
+    pair: str = "en-de"
+    data_dir: Optional[str] = None  # binarised fairseq data; None: prepared offline by the study
+    arch: str = "transformer_iwslt_de_en"
+    teacher_arch: Optional[str] = None
+    student_arch: Optional[str] = None
+    max_tokens: int = 4096
+    beam: int = 5
+    generate_args: list = field(default_factory=list)
+    prepare_args: list = field(default_factory=list)  # e.g. ["--max-pairs", "20000"]
+    # --- execution (not part of any run's hash, except nproc for training) ---
+    device: str = "cpu"
+    nproc: int = 1
+    workers: int = 0
+    jobs: int = 1  # independent runs executed at the same time
+    python: Optional[str] = None  # interpreter for the runs (default: this one)
+    launcher: str = "local"  # how runs are started (lskd_core.study.launchers.LAUNCHERS)
+
+    # ---------------------------------------------------------------- derived values
+    @property
+    def seed_list(self) -> List[int]:
+        if isinstance(self.seeds, (list, tuple)):
+            return [int(s) for s in self.seeds]
+        return list(range(int(self.seeds)))
+
+    @property
+    def first_seed(self) -> int:
+        return self.analysis_seed if self.analysis_seed is not None else self.seed_list[0]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> "StudyConfig":
+        """Normalise types and raise ValueError naming the field and the value on bad input."""
+        from lskd_core.study.tasks import get_task
+
+        if not isinstance(self.task, str):
+            raise ValueError(f"task must be a task name, got {self.task!r}")
+        backend = get_task(self.task)
+        _validate_grid(self)
+        _validate_training(self)
+        _validate_data(self)
+        backend.validate(self)
+        _validate_analysis(self)
+        _validate_execution(self)
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# validation, one group at a time
+# ------------------------------------------------------------------------------------------------
+def _as_list(v: Any, name: str) -> list:
+    if v is None:
+        return []
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return [v]
+    if isinstance(v, str):
+        return [x for x in v.replace(",", " ").split()]
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    raise ValueError(f"{name} must be a list, got {v!r}")
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {v!r}") from None
+    if not f.is_integer():
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    return int(f)
+
+
+def _ints_at_least(cfg: StudyConfig, names: tuple, low: int) -> None:
+    for name in names:
+        v = _int(getattr(cfg, name), name)
+        if v < low:
+            raise ValueError(f"{name} must be >= {low}, got {v!r}")
+        setattr(cfg, name, v)
+
+
+def _caps(cfg: StudyConfig, names: tuple) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None:
+            v = _int(v, name)
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0 (0 or null: no cap), got {v!r}")
+            # 0 means "no cap": TOML has no null to override a preset's cap with
+            setattr(cfg, name, v or None)
+
+
+def _temperature_list(v: Any, name: str) -> List[float]:
+    return [check_temperature(t, name) for t in _as_list(v, name)]
+
+
+def _validate_seeds(cfg: StudyConfig) -> None:
+    if isinstance(cfg.seeds, bool):
+        raise ValueError(f"seeds must be a count or a list of integers, got {cfg.seeds!r}")
+    if isinstance(cfg.seeds, (list, tuple)):
+        seeds = [_int(s, "seeds") for s in cfg.seeds]
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative integers, got {cfg.seeds!r}")
+        cfg.seeds = seeds
+    else:
+        cfg.seeds = _int(cfg.seeds, "seeds")
+        if cfg.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {cfg.seeds!r}")
+
+
+def _validate_grid(cfg: StudyConfig) -> None:
+    """alpha x T x seeds, the teacher's seed, the data subset's seed and the KD weight."""
+    cfg.alphas = [check_alpha(a, "alphas") for a in _as_list(cfg.alphas, "alphas")]
+    cfg.temperatures = _temperature_list(cfg.temperatures, "temperatures")
+    for name in ("alphas", "temperatures"):
+        vals = getattr(cfg, name)
+        if not vals:
+            raise ValueError(f"{name} must not be empty")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"{name} has duplicates: {vals}")
+        setattr(cfg, name, sorted(vals))
+    _validate_seeds(cfg)
+    _ints_at_least(cfg, ("teacher_seed", "data_seed"), 0)
+    cfg.kd_beta = check_beta(cfg.kd_beta, "kd_beta")
+
+
+def _validate_data(cfg: StudyConfig) -> None:
+    """Sample caps of training and of the feature exports (the dataset itself: the task backend)."""
+    _caps(cfg, ("train_samples", "val_samples", "analysis_train_samples", "analysis_val_samples"))
+
+
+def _validate_training(cfg: StudyConfig) -> None:
+    """Epochs, batch sizes, learning rates, the pass-through argument lists, translation sizes."""
+    _ints_at_least(cfg, ("teacher_epochs", "student_epochs", "teacher_batch_size", "student_batch_size",
+                         "max_tokens", "beam"), 1)
+    for name in ("teacher_lr", "student_lr"):
+        v = getattr(cfg, name)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a positive number, got {v!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+        setattr(cfg, name, v)
+    for name in ("teacher_args", "student_args", "export_args", "generate_args", "prepare_args"):
+        v = getattr(cfg, name)
+        if isinstance(v, str):
+            v = shlex.split(v)
+        if not isinstance(v, (list, tuple)) or not all(isinstance(a, (str, int, float)) for a in v):
+            raise ValueError(f"{name} must be a list of command-line arguments, got {v!r}")
+        setattr(cfg, name, [str(a) for a in v])
+
+
+def _validate_class_ids(cfg: StudyConfig) -> None:
+    cfg.target_classes = [_int(c, "target_classes") for c in _as_list(cfg.target_classes, "target_classes")]
+    if any(c < 0 for c in cfg.target_classes) or len(set(cfg.target_classes)) != len(cfg.target_classes):
+        raise ValueError(f"target_classes must be distinct non-negative class ids, got {cfg.target_classes}")
+    proj = [_int(c, "projection_classes") for c in _as_list(cfg.projection_classes, "projection_classes")]
+    if proj and (len(proj) != 3 or len(set(proj)) != 3 or min(proj) < 0):
+        raise ValueError(f"projection_classes must be 3 distinct class ids (two similar, one dissimilar), got {proj}")
+    cfg.projection_classes = proj
+    if cfg.profile_class is not None:
+        cfg.profile_class = _int(cfg.profile_class, "profile_class")
+
+
+def _validate_feature_sets(cfg: StudyConfig) -> None:
+    if cfg.feature_sets is None:
+        return
+    fs = _as_list(cfg.feature_sets, "feature_sets")
+    if len(fs) != 2:
+        raise ValueError(f"feature_sets must be [closest_pct, farthest_pct], got {cfg.feature_sets!r}")
+    try:
+        pct = [float(x) for x in fs]
+    except (TypeError, ValueError):
+        raise ValueError(f"feature_sets must be two percentages, got {cfg.feature_sets!r}") from None
+    if not (0 < pct[0] <= 100 and 0 < pct[1] <= 100):
+        raise ValueError(f"feature_sets percentages must be in (0, 100], got {pct}")
+    cfg.feature_sets = pct
+
+
+def _validate_analysis(cfg: StudyConfig) -> None:
+    """Which classes, temperatures, seed and set sizes the report's analyses use."""
+    cfg.profile_temperatures = _temperature_list(cfg.profile_temperatures, "profile_temperatures")
+    cfg.entropy_temperatures = _temperature_list(cfg.entropy_temperatures, "entropy_temperatures")
+    _validate_class_ids(cfg)
+    _ints_at_least(cfg, ("num_similar", "num_dissimilar"), 1)
+    _caps(cfg, ("projection_per_class",))
+    if cfg.analysis_seed is not None:
+        cfg.analysis_seed = _int(cfg.analysis_seed, "analysis_seed")
+        if cfg.analysis_seed not in cfg.seed_list:
+            raise ValueError(f"analysis_seed {cfg.analysis_seed} is not one of the seeds {cfg.seed_list}")
+    _validate_feature_sets(cfg)
+
+
+def _validate_execution(cfg: StudyConfig) -> None:
+    """Processes per run, runs at a time, data-loading workers and the launcher."""
+    from lskd_core.study.launchers import LAUNCHERS
+
+    _ints_at_least(cfg, ("nproc", "jobs"), 1)
+    _ints_at_least(cfg, ("workers",), 0)
+    if not isinstance(cfg.launcher, str) or cfg.launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {sorted(LAUNCHERS)}, got {cfg.launcher!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# sources: presets, files, overrides
+# ------------------------------------------------------------------------------------------------
+def _flatten(mapping: Mapping, prefix: str = "") -> dict:
+    """Flatten tables: ``[teacher] epochs`` -> ``teacher_epochs``. A table whose name is not a field
+    prefix only groups settings (``[grid] alphas`` -> ``alphas``, ``[analysis] target_classes``)."""
+    known = {f.name for f in dataclasses.fields(StudyConfig)}
+    out = {}
+    for k, v in mapping.items():
+        k = str(k).replace("-", "_")
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "_"))
+        elif key not in known and prefix and k in known:
+            out[k] = v
+        else:
+            out[key] = v
+    return out
+
+
+def _load_toml(text: str, p: Path) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ValueError(f"reading {p} needs Python >= 3.11 (tomllib) or `pip install tomli`; "
+                             "or write the config as JSON") from None
+    return tomllib.loads(text)
+
+
+def read_config_file(path: "os.PathLike[str] | str") -> dict:
+    """Read a study config (``.json`` or ``.toml``) into a flat dict of StudyConfig fields."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ValueError(f"config file must end in .json or .toml, got {str(p)!r}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = _load_toml(text, p) if suffix == ".toml" else json.loads(text)
+    except ValueError as exc:
+        if "tomllib" in str(exc):
+            raise
+        raise ValueError(f"config file {str(p)!r} cannot be parsed: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config file {str(p)!r} must hold a table/object of settings")
+    return _flatten(data)
+
+
+def available_presets() -> List[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def read_preset(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"preset must be one of {available_presets()}, got {name!r}")
+    data = _flatten(json.loads(path.read_text(encoding="utf-8")))
+    data.pop("description", None)
+    return data
+
+
+def load_config(preset: Optional[str] = None, config_file: Optional[str] = None,
+                overrides: Optional[Mapping] = None) -> StudyConfig:
+    """Preset (default ``demo``, or the file's ``preset`` key) < config file < ``overrides``."""
+    file_values = read_config_file(config_file) if config_file else {}
+    base = preset or file_values.pop("preset", None) or "demo"
+    file_values.pop("preset", None)
+    file_values.pop("description", None)
+    values = read_preset(base)
+    values.update(file_values)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(StudyConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown study setting(s) {unknown}; known settings: {sorted(known)}")
+    cfg = StudyConfig(**values)
+    if cfg.name == "study":
+        cfg.name = base
+    return cfg.validate()

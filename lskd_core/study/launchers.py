@@ -1,0 +1,147 @@
+"""How runs are started: the :class:`Launcher` interface and the local subprocess launcher.
+
+The runner only talks to a launcher through :meth:`Launcher.start`, :meth:`Launcher.poll` and
+:meth:`Launcher.stop`, and decides how to schedule from two class attributes:
+
+* ``queues_dependencies``: the launcher can accept a run before the runs it depends on have
+  finished (``start(..., after=[their handles])``), as a batch scheduler's job dependencies do.
+  False: the runner starts a run only once its dependencies are done.
+* ``detached``: runs keep going without the runner (a cluster queue), so the runner may exit while
+  runs are in flight and a later invocation reconciles them from their recorded handles.
+
+A handle is a JSON-serialisable dict (at least ``launcher``, ``log`` and ``started``; the local
+launcher adds ``pid`` and ``host``, a batch launcher its job id). The runner writes it to the run's
+``launch.json``; ``poll`` must accept a handle read back from there.
+
+A new launcher: subclass :class:`Launcher`, set ``name`` and the two attributes, and add it to
+:data:`LAUNCHERS`; the ``launcher`` setting selects it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Type
+
+from lskd_core.study.plan import Run
+
+__all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher"]
+
+#: A started run as the launcher describes it (JSON-serialisable).
+Handle = Dict[str, Any]
+
+
+class Launcher(ABC):
+    """Starts, polls and stops runs. See the module docstring for the contract."""
+
+    name: str = ""
+    queues_dependencies: bool = False
+    detached: bool = False
+
+    @abstractmethod
+    def start(self, run: Run, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+              cwd: Optional[Path] = None, after: Sequence[Handle] = ()) -> Handle:
+        """Start ``argv`` for ``run`` with output appended to ``log_path``. ``after``: handles of the
+        runs it depends on that are still in flight (only when ``queues_dependencies``)."""
+
+    @abstractmethod
+    def poll(self, handle: Handle) -> Optional[int]:
+        """None while the run is pending or running; its exit status once it has ended."""
+
+    @abstractmethod
+    def stop(self, handle: Handle) -> None:
+        """Stop the run (and its children); return once it no longer runs."""
+
+
+#: Exit status reported for a local run whose process cannot be found (e.g. a handle from an
+#: earlier invocation whose process has ended: its real status is unknowable).
+LOST = 255
+
+
+class LocalLauncher(Launcher):
+    """Each run is a child process of the runner (its own process group, output to ``log_path``).
+
+    Subclass and override :meth:`start` to dispatch elsewhere (tests fake launches this way).
+    """
+
+    name = "local"
+    queues_dependencies = False
+    detached = False
+
+    def __init__(self) -> None:
+        self._procs: Dict[int, subprocess.Popen] = {}
+
+    def start(self, run: Run, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+              cwd: Optional[Path] = None, after: Sequence[Handle] = ()) -> Handle:
+        if after:
+            raise ValueError("the local launcher cannot queue a run behind unfinished runs")
+        log = open(log_path, "ab")
+        try:
+            proc = subprocess.Popen(list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+        finally:
+            log.close()  # the child holds its own descriptor
+        self._procs[proc.pid] = proc
+        return {"launcher": self.name, "pid": proc.pid, "host": socket.gethostname(), "log": str(log_path),
+                "started": time.time()}
+
+    def poll(self, handle: Handle) -> Optional[int]:
+        proc = self._procs.get(int(handle.get("pid", -1)))
+        if proc is not None:
+            return proc.poll()
+        # A handle reloaded from disk: this process is not the child's parent, so only its
+        # liveness can be seen (same host only).
+        if handle.get("host") == socket.gethostname() and _alive(int(handle.get("pid", -1))):
+            return None
+        return LOST
+
+    def stop(self, handle: Handle) -> None:
+        """Terminate a started run and its children (its process group), then reap it."""
+        pid = int(handle.get("pid", -1))
+        if pid <= 0:
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc = self._procs.pop(pid, None)
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: Former name of :class:`LocalLauncher`.
+SubprocessLauncher = LocalLauncher
+
+#: The ``launcher`` setting -> class.
+LAUNCHERS: Dict[str, Type[Launcher]] = {"local": LocalLauncher}
+
+
+def make_launcher(name: str) -> Launcher:
+    if name not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {sorted(LAUNCHERS)}, got {name!r}")
+    return LAUNCHERS[name]()

@@ -1,0 +1,383 @@
+"""The study loop: start every ready run, reap the finished ones, repeat; then write the report.
+
+Resumability (each run directory ``<out>/runs/<run_id>/``, see :mod:`lskd_core.study.state`):
+
+* ``run_config.json`` records the run's *defining* arguments (the command with execution details
+  such as paths of this study, ``--device`` and ``--workers`` abstracted away) and their SHA-256,
+  which also covers the hashes of the runs it depends on. A changed teacher therefore changes its
+  students' hashes, and they re-run too.
+* A run is skipped iff its ``result.json`` says ``"status": "done"``, its recorded hash equals the
+  current one, its outputs exist, and the dependencies it consumed are the ones on disk now.
+* A killed training run whose config still matches resumes from its ``checkpoint.pth``
+  (``--resume``), so a killed study loses at most the epoch in progress.
+* A run dir that cannot be trusted (unparseable JSON, "done" but checkpoint missing, produced by an
+  older config) is reported and moved aside to ``<dir>.corrupt-<time>`` / ``<dir>.stale-<time>``:
+  nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from lskd_core.jsonio import BadJson, read_json_object, write_json
+from lskd_core.study.config import StudyConfig
+from lskd_core.study.launchers import Handle, Launcher, make_launcher
+from lskd_core.study.plan import Run, build_plan, plugin_root, run_command, run_dir
+from lskd_core.study.progress import make_bar, running_postfix
+from lskd_core.study.state import (
+    LAUNCH_LOG,
+    RESULT,
+    RUN_CONFIG,
+    RunState,
+    append_jsonl,
+    dep_fingerprints,
+    inspect_run,
+    log_event,
+    move_aside,
+    outputs_problem,
+    read_launch,
+    record_inputs,
+    write_launch,
+    write_manifest,
+    write_run_config,
+)
+from lskd_core.study.tasks import get_task
+
+__all__ = ["StudyOutcome", "run_study", "prepare_for_dispatch", "child_env"]
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    report_dir: Optional[Path]
+    launched: list  # run ids started by this invocation
+    skipped: list  # run ids found done
+    failed: dict  # run id -> reason
+    blocked: list  # run ids not run because a dependency failed
+    problems: list  # corrupt / stale dirs found, with where they were moved
+    wall_time_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
+
+
+@dataclass
+class _InFlight:
+    handle: Handle
+    started: float
+    resume: bool
+
+
+def child_env(cfg: StudyConfig) -> Dict[str, str]:
+    """The runs' environment: the checkout on PYTHONPATH, cores shared between concurrent runs."""
+    env = dict(os.environ)
+    root = plugin_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if cfg.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores between concurrent runs instead of oversubscribing them.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg.jobs))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def finish_run(run: Run, study: Path, task: str, rc: int, wall: float) -> Optional[str]:
+    """Check a finished process's outputs; write result.json for programs that do not. Returns an
+    error message, or None when the run is done."""
+    rdir = run_dir(study, run.run_id)
+    if rc != 0:
+        return f"exit status {rc}"
+    if run.self_reporting:
+        try:
+            result = read_json_object(rdir / RESULT)
+        except BadJson as exc:
+            return str(exc)
+        if result is None or result.get("status") != "done":
+            return f"{RESULT} missing or not done after a zero exit status"
+        return outputs_problem(run, rdir)
+    missing = outputs_problem(run, rdir)
+    if missing:
+        return missing
+    extra, err = get_task(task).complete_result(run, rdir)
+    if err is not None:
+        return err
+    result = {"status": "done", "run_id": run.run_id, "kind": run.kind, "wall_time_s": round(wall, 3),
+              "outputs": list(run.outputs), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    write_json(rdir / RESULT, result)
+    return None
+
+
+@dataclass
+class _Loop:
+    """State of one invocation: what is pending, in flight, done, failed and blocked."""
+
+    cfg: StudyConfig
+    study: Path
+    plan: List[Run]
+    launcher: Launcher
+    echo: Callable[[str], None]
+    bar: Any
+    env: Dict[str, str] = field(default_factory=dict)
+    pending: List[Run] = field(default_factory=list)
+    running: Dict[str, _InFlight] = field(default_factory=dict)
+    done: set = field(default_factory=set)
+    failed: dict = field(default_factory=dict)
+    blocked: list = field(default_factory=list)
+    launched: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.by_id = {r.run_id: r for r in self.plan}
+        self.pending = list(self.plan)
+
+    # ------------------------------------------------------------------ start
+    def _ready(self, run: Run) -> bool:
+        ok = self.done | set(self.running) if self.launcher.queues_dependencies else self.done
+        return all(d in ok for d in run.deps)
+
+    def _block(self, run_id: str) -> None:
+        self.blocked.append(run_id)
+        log_event(self.study, "blocked", run_id=run_id, deps=self.by_id[run_id].deps)
+        self.bar.update(1)
+
+    def start_ready(self) -> bool:
+        """Start every ready run, up to ``jobs`` at a time; True when anything changed."""
+        progressed = False
+        for run in list(self.pending):
+            if len(self.running) >= self.cfg.jobs:
+                break
+            if any(d in self.failed or d in self.blocked for d in run.deps):
+                self.pending.remove(run)
+                self._block(run.run_id)
+                progressed = True
+                continue
+            if not self._ready(run):
+                continue
+            self.pending.remove(run)
+            progressed = True
+            self._start(run)
+        return progressed
+
+    def _state(self, run: Run) -> RunState:
+        in_flight = [d for d in run.deps if d in self.running]
+        state = inspect_run(run, self.study, dep_fingerprints(run, self.study))
+        if in_flight and state.status != "new":
+            # queued behind dependencies that are being re-run: whatever is on disk predates them
+            return RunState("stale", f"its input run(s) {in_flight} are being re-run")
+        return state
+
+    def _start(self, run: Run) -> None:
+        state = self._state(run)
+        if state.status == "done":
+            self.done.add(run.run_id)
+            self.skipped.append(run.run_id)
+            self.bar.update(1)
+            return
+        rdir = run_dir(self.study, run.run_id)
+        if state.status in ("corrupt", "stale"):
+            moved = move_aside(rdir, state.status)
+            self.problems.append(log_event(self.study, state.status, run_id=run.run_id, reason=state.reason,
+                                           action=f"moved to {moved.name} and re-run"))
+            self.echo(f"[study] {run.run_id}: {state.status} ({state.reason}); moved to {moved} and re-running")
+        resume = state.status == "resume"
+        argv = run_command(run, self.study, self.cfg, resume=resume)
+        rdir.mkdir(parents=True, exist_ok=True)
+        if not resume and (rdir / RESULT).exists():
+            os.replace(rdir / RESULT, rdir / (RESULT + ".previous"))
+        write_run_config(run, self.study, self.cfg, argv, dep_fingerprints(run, self.study), launched_by="study")
+        log_path = rdir / "stdout.log"
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"\n# {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(argv)}\n")
+        append_jsonl(self.study / LAUNCH_LOG, {"time": time.time(), "run_id": run.run_id, "resume": resume,
+                                               "argv": argv})
+        after = [self.running[d].handle for d in run.deps if d in self.running]
+        handle = self.launcher.start(run, argv, self.env, log_path, after=after)
+        write_launch(rdir, handle)
+        self.running[run.run_id] = _InFlight(handle, time.time(), resume)
+        self.launched.append(run.run_id)
+
+    def adopt_in_flight(self) -> None:
+        """Detached launchers: take over runs a previous invocation left in flight (their recorded
+        handle still polls as running) instead of starting them again."""
+        if not self.launcher.detached:
+            return
+        for run in list(self.pending):
+            handle = read_launch(run_dir(self.study, run.run_id))
+            if handle is None or handle.get("launcher") != self.launcher.name:
+                continue
+            if self.launcher.poll(handle) is None:
+                self.pending.remove(run)
+                self.running[run.run_id] = _InFlight(handle, float(handle.get("started", time.time())), False)
+                log_event(self.study, "adopted", run_id=run.run_id, handle=handle)
+
+    # ------------------------------------------------------------------ reap
+    def reap_finished(self) -> bool:
+        """Collect every run whose process ended; True when anything changed."""
+        progressed = False
+        for run_id, fl in list(self.running.items()):
+            rc = self.launcher.poll(fl.handle)
+            if rc is None:
+                continue
+            del self.running[run_id]
+            progressed = True
+            run = self.by_id[run_id]
+            record_inputs(run, self.study)
+            err = finish_run(run, self.study, self.cfg.task, rc, time.time() - fl.started)
+            self.bar.update(1)
+            if err is None:
+                self.done.add(run_id)
+                log_event(self.study, "done", run_id=run_id, wall_time_s=round(time.time() - fl.started, 2),
+                          resumed=fl.resume)
+                continue
+            self.failed[run_id] = err
+            log_path = run_dir(self.study, run_id) / "stdout.log"
+            log_event(self.study, "failed", run_id=run_id, reason=err, log=str(log_path))
+            self.echo(f"[study] {run_id} failed ({err}); last lines of {log_path}:\n{_tail(log_path)}")
+        if progressed:
+            self._stop_orphans()
+        return progressed
+
+    def _stop_orphans(self) -> None:
+        """Queued runs whose dependency failed will never start: stop them and count them blocked."""
+        changed = True
+        while changed:
+            changed = False
+            for run_id in list(self.running):
+                if any(d in self.failed or d in self.blocked for d in self.by_id[run_id].deps):
+                    self.launcher.stop(self.running.pop(run_id).handle)
+                    if run_id in self.launched:  # not when adopted from an earlier invocation
+                        self.launched.remove(run_id)
+                    self._block(run_id)
+                    changed = True
+
+    def stop_all(self) -> None:
+        for run_id, fl in self.running.items():
+            if not self.launcher.detached:
+                self.launcher.stop(fl.handle)
+            log_event(self.study, "interrupted" if not self.launcher.detached else "left-running", run_id=run_id)
+
+    def outcome(self, report_dir: Optional[Path], t0: float) -> StudyOutcome:
+        return StudyOutcome(self.study, report_dir, self.launched, self.skipped, self.failed, self.blocked,
+                            self.problems, time.time() - t0)
+
+
+def _report_only(loop: _Loop, report: bool, t0: float) -> StudyOutcome:
+    for run in loop.plan:
+        state = inspect_run(run, loop.study, dep_fingerprints(run, loop.study), strict=False)
+        if state.status == "done":
+            loop.done.add(run.run_id)
+            loop.skipped.append(run.run_id)
+            continue
+        reason = state.reason or state.status
+        if state.status in ("corrupt", "stale"):
+            loop.problems.append(log_event(loop.study, state.status, run_id=run.run_id, reason=reason,
+                                           action="not used (report-only)"))
+        loop.failed[run.run_id] = f"not done: {reason}"
+    return loop.outcome(_maybe_report(loop, report, t0), t0)
+
+
+def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: Optional[Launcher] = None,
+              report: bool = True, report_only: bool = False, progress: bool = True,
+              echo: Optional[Callable[[str], None]] = None) -> StudyOutcome:
+    """Run (or resume) every run of the plan that is not already done, then write the report.
+
+    ``report_only``: launch nothing; classify the run dirs leniently (runs dispatched by an external
+    scheduler are accepted) and write the report from whatever is finished.
+    """
+    t0 = time.time()
+    study = Path(study_dir).resolve()
+    study.mkdir(parents=True, exist_ok=True)
+    launcher = launcher or make_launcher(cfg.launcher)
+    plan = build_plan(cfg)
+    write_manifest(study, cfg, plan)
+    if report_only:
+        return _report_only(_Loop(cfg, study, plan, launcher, echo or (lambda s: None), None), report, t0)
+    bar = make_bar(len(plan), progress)
+    if echo is None:  # messages above the progress bar, not through it
+        echo = bar.write if progress else (lambda msg: print(msg, file=sys.stderr))
+    loop = _Loop(cfg, study, plan, launcher, echo, bar, env=child_env(cfg))
+    loop.adopt_in_flight()
+    interrupted = False
+    prev_handler = _install_sigterm_handler()
+    try:
+        while loop.pending or loop.running:
+            progressed = loop.start_ready()
+            progressed = loop.reap_finished() or progressed
+            bar.set_postfix_str(running_postfix(loop.running, study, loop.by_id, cfg), refresh=False)
+            if not progressed:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        loop.stop_all()
+        echo("[study] interrupted: finished runs are kept and unfinished training runs resume from their "
+             "last checkpoint on the next invocation")
+    finally:
+        _restore_sigterm_handler(prev_handler)
+        bar.close()
+    if interrupted:
+        raise KeyboardInterrupt
+    return loop.outcome(_maybe_report(loop, report, t0), t0)
+
+
+def _maybe_report(loop: _Loop, report: bool, t0: float) -> Optional[Path]:
+    if not report:
+        return None
+    from lskd_core.report import write_report
+
+    return write_report(loop.study, problems=loop.problems, study_wall_time_s=time.time() - t0,
+                        usable=set(loop.done))
+
+
+def _install_sigterm_handler() -> Any:
+    # SIGTERM (e.g. from a batch scheduler) behaves like Ctrl-C: stop children, keep checkpoints.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _restore_sigterm_handler(prev: Any) -> None:
+    if prev is not None:
+        try:
+            signal.signal(signal.SIGTERM, prev)
+        except ValueError:
+            pass
+
+
+def prepare_for_dispatch(cfg: StudyConfig, study_dir: "os.PathLike[str] | str") -> List[str]:
+    """Write the manifest and each run's run_config.json (so ``--report-only`` can later verify the
+    collected results) and return the commands, in dependency order."""
+    study = Path(study_dir).resolve()
+    plan = build_plan(cfg)
+    study.mkdir(parents=True, exist_ok=True)
+    write_manifest(study, cfg, plan)
+    cmds = []
+    for run in plan:
+        argv = run_command(run, study, cfg)
+        rdir = run_dir(study, run.run_id)
+        state = inspect_run(run, study, dep_fingerprints(run, study), strict=False)
+        if state.status in ("new", "restart") and not (rdir / RUN_CONFIG).exists():
+            rdir.mkdir(parents=True, exist_ok=True)
+            write_run_config(run, study, cfg, argv, None, launched_by="external")
+        cmds.append(shlex.join(argv))
+    return cmds
