@@ -177,7 +177,12 @@ def _shared(cells: Sequence[Cellish]) -> str:
 def _headline(analysis: Mapping[str, Any], unit: str) -> Dict[str, Any]:
     best, sug = analysis["best"], analysis["best_suggestive"]
     sampled = analysis["teacher_variance"]["sampled"]
-    if len(best["set"]) == 1 and len(analysis["cells"]) > 1:
+    if len(analysis["cells"]) == 1:
+        cell = best["set"][0]
+        return {"sentence": f"Only one cell ran, {_cell_words(analysis, cell, unit)}: there is nothing to compare it "
+                            "with, so no recommendation.", "confidence": "none", "recommended": None,
+                "indistinguishable": best["set"]}
+    if len(best["set"]) == 1:
         cell = best["set"][0]
         conf = "clear" if sampled else "clear for these teachers"
         cap = "" if sampled else ("; the intervals cover student seeds only (one teacher per alpha), so the "

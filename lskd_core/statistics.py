@@ -412,7 +412,7 @@ def _unpaired_slope_difference(obs: Sequence[Obs], alpha_ls: float, alpha_plain:
 
 
 def interaction(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float, method: str = "t",
-                seed: int = 0) -> Dict[str, Any]:
+                seed: int = 0, n_resamples: int = BOOTSTRAP_RESAMPLES) -> Dict[str, Any]:
     """slope(LS) - slope(plain) of value on ln T: does T hurt the LS teacher's students more?
 
     Paired by design when both alphas hold the same units (same student seed, or same teacher seed
@@ -428,7 +428,7 @@ def interaction(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float, method:
     paired = bool(s_ls) and set(s_ls) == set(s_pl) and len(s_ls) >= 2
     if paired:
         d = [s_ls[k] - s_pl[k] for k in s_ls]
-        est = (bootstrap_mean_estimate(d, unit, by_t, seed=seed) if method == "bootstrap" else
+        est = (bootstrap_mean_estimate(d, unit, by_t, seed=seed, n_resamples=n_resamples) if method == "bootstrap" else
                mean_estimate(d, unit, "paired: per-unit slope difference on ln T, t interval over units", by_t))
     else:
         est = _unpaired_slope_difference(obs, alpha_ls, alpha_plain)

@@ -221,5 +221,7 @@ def test_teacher_variance_enters_the_verdict():
 
 def test_missing_and_bad_input():
     assert findings.verdict(findings.analyze([]))["status"] == "missing"
+    one = findings.verdict(findings.analyze([{"alpha": 0.1, "T": 1, "seed": s, "value": 70.0 + s} for s in range(3)]))
+    assert one["recommended"] is None and one["sentence"].startswith("Only one cell ran")
     with pytest.raises(ValueError, match="delta"):
         findings.analyze([{"alpha": 0, "T": 1, "seed": 0, "value": 1.0}], delta=0)
