@@ -249,7 +249,7 @@ def test_bootstrap_interval_covers_at_nominal_rate():
     hits = 0
     for sim in range(200):
         obs = []
-        for s in range(20):
+        for s in range(30):
             u = rng.normal(0, 1)
             slope_pl = rng.normal(-0.3, 0.4)
             slope_ls = slope_pl + true_diff + rng.normal(0, 0.4)
