@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from lskd_core import study as S
 
 ROOT = Path(__file__).resolve().parent.parent
-FASHION = Path(os.environ.get("LSKD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
 def _ids(plan):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
 from lskd_core import study as S
 
 ROOT = Path(__file__).resolve().parent.parent
-FASHION = Path(os.environ.get("LSKD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
 def _ids(plan):

@@ -20,9 +20,10 @@ import pytest
 
 from lskd_core import study as S
 from lskd_core.jsonio import num
+from lskd_core.study.tasks.vision import default_fashion_mnist_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-FASHION = Path(os.environ.get("LSKD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION = Path(default_fashion_mnist_dir())
 
 
 def _ids(plan):

@@ -1,0 +1,206 @@
+"""Section 2: the diffusion index (Eq. 1; Table 3, pairwise variant Table K.1) and the S1/S2 sets
+from the class hierarchy (App. G.1) and from feature space (App. G.2) with their agreement (Table G.1).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from lskd_core.jsonio import num
+from lskd_core.report.cache import AnalysisCache
+from lskd_core.report.hierarchy import select_hierarchy
+from lskd_core.report.markdown import fmt, md_table, section_status
+from lskd_core.report.view import StudyView
+
+__all__ = ["eta_section", "eta_markdown"]
+
+
+def _class_sets(view: StudyView, centroids_ref: Optional[np.ndarray], num_classes: int,
+                targets: Sequence[int]) -> dict:
+    """S1/S2 per target from the hierarchy (App. G.1) and from feature space (App. G.2)."""
+    from lskd_core import classsets
+
+    cfg = view.config
+    k_sim, k_dis = int(cfg["num_similar"]), int(cfg["num_dissimilar"])
+    choice = select_hierarchy(cfg.get("hierarchy") or "fashion-mnist", view.class_names(), num_classes)
+    tree = classsets.ClassHierarchy(choice.parents, choice.nodes)
+    hier = {}
+    for t in targets:
+        s1, s2 = tree.sets(t, k_sim, k_dis, seed=0)
+        hier[int(t)] = (list(map(int, s1)), list(map(int, s2)))
+    feat = {}
+    agreement = []
+    pct = cfg.get("feature_sets")
+    if pct is None:
+        # sized like the hierarchy sets, so that their agreement (Table G.1) is a fair comparison
+        pct = [100.0 * k_sim / (num_classes - 1), 100.0 * k_dis / (num_classes - 1)]
+    if centroids_ref is not None:
+        for t in targets:
+            s1, s2 = classsets.feature_space_sets(centroids_ref, t, closest_pct=float(pct[0]),
+                                                  farthest_pct=float(pct[1]))
+            feat[int(t)] = (list(map(int, s1)), list(map(int, s2)))
+            agreement.append({"target": int(t),
+                              "s1": float(classsets.set_agreement(hier[t][0], s1)),
+                              "s2": float(classsets.set_agreement(hier[t][1], s2))})
+    return {"hierarchy": hier, "feature": feat, "agreement": agreement, "hierarchy_source": choice.source,
+            "feature_pct": [float(pct[0]), float(pct[1])]}
+
+
+def eta_section(view: StudyView, cache: AnalysisCache) -> dict:
+    """Eq. 1 between the lowest T and each higher T, train and val, per alpha (Tables 3, K.1, G.1)."""
+
+    num_classes = view.num_classes()
+    if num_classes is None:
+        return {"status": "missing", "reason": "no finished run reports its classes"}
+    targets = [int(t) for t in (view.config.get("target_classes") or range(num_classes))]
+    t1 = view.temperatures[0]
+    higher = view.temperatures[1:]
+    if not higher:
+        return {"status": "missing", "reason": "eta needs at least two temperatures"}
+    seed = view.analysis_seed
+    needed = [view.export(view.student(a, t, seed), sp) for a in view.alphas for t in view.temperatures
+              for sp in ("train", "val")]
+    ref_alpha = 0.0 if 0.0 in view.alphas else view.alphas[0]
+    ref_export = view.export(view.teacher(ref_alpha), "val")
+    key = {"targets": targets, "cfg": {k: view.config.get(k) for k in ("num_similar", "num_dissimilar",
+                                                                        "hierarchy", "feature_sets")},
+           "inputs": view.fingerprint(needed + [ref_export]), "v": 2}
+
+    def compute() -> dict:
+        from lskd_core.diffusion import class_stats, diffusion_indices
+
+        ref = view.features(view.teacher(ref_alpha), "val")
+        centroids = class_stats(ref.features, ref.labels, num_classes).centroids if ref is not None else None
+        sets = _class_sets(view, centroids, num_classes, targets)
+        tables = []
+        missing = []
+        for a in view.alphas:
+            for split in ("train", "val"):
+                base = view.features(view.student(a, t1, seed), split)
+                if base is None:
+                    missing.append(view.export(view.student(a, t1, seed), split))
+                    continue
+                before = class_stats(base.features, base.labels, num_classes)
+                for t2 in higher:
+                    f2 = view.features(view.student(a, t2, seed), split)
+                    if f2 is None:
+                        missing.append(view.export(view.student(a, t2, seed), split))
+                        continue
+                    after = class_stats(f2.features, f2.labels, num_classes)
+                    for method in ("hierarchy", "feature"):
+                        if not sets[method]:
+                            continue
+                        rows = diffusion_indices(before, after, sets[method], pairwise=True)
+                        tables.append({"alpha": a, "split": split, "t1": t1, "t2": t2, "sets": method,
+                                       "rows": rows,
+                                       "mean_eta_s1": float(np.mean([r["eta_s1"] for r in rows])),
+                                       "mean_eta_s2": float(np.mean([r["eta_s2"] for r in rows]))})
+        return {"status": "ok" if not missing else ("partial" if tables else "missing"),
+                "missing_inputs": missing, "targets": targets, "t1": t1, "seed": seed,
+                "reference_model": view.teacher(ref_alpha) + " (val split)",
+                "sets": {"hierarchy": {str(k): v for k, v in sets["hierarchy"].items()},
+                         "feature": {str(k): v for k, v in sets["feature"].items()},
+                         "agreement": sets["agreement"], "hierarchy_source": sets["hierarchy_source"],
+                         "feature_pct": sets["feature_pct"]},
+                "tables": tables}
+
+    return cache.get("eta", key, compute)
+
+
+def _eta_summary_md(eta: dict) -> str:
+    """One row per (sets, teacher alpha, T2): mean eta over the targets and how many show systematic diffusion."""
+    rows = []
+    for method in ("hierarchy", "feature"):
+        tabs = [t for t in eta["tables"] if t["sets"] == method]
+        for a in sorted({t["alpha"] for t in tabs}, reverse=True):
+            for t2 in sorted({t["t2"] for t in tabs}):
+                row = [method, num(a), f"{num(eta['t1'])} -> {num(t2)}"]
+                for split in ("train", "val"):
+                    tab = next((t for t in tabs if t["alpha"] == a and t["t2"] == t2 and t["split"] == split), None)
+                    if tab is None:
+                        row += ["—", "—", "—"]
+                        continue
+                    k = sum(1 for r in tab["rows"] if r["eta_s1"] < 0 and r["eta_s2"] > 0)
+                    row += [f"{tab['mean_eta_s1']:.3f}", f"{tab['mean_eta_s2']:.3f}", f"{k}/{len(tab['rows'])}"]
+                rows.append(row)
+    return md_table(["S1/S2 from", "teacher alpha", "T1 -> T2", "train: mean eta_S1", "train: mean eta_S2",
+                      "train: systematic", "val: mean eta_S1", "val: mean eta_S2", "val: systematic"], rows)
+
+
+def _eta_md(eta: dict, names: List[str], method: str = "hierarchy") -> str:
+    """Table 3-style per-target tables (pairwise variant of Table K.1 in brackets)."""
+    parts = []
+    nm = (lambda c: names[c] if c < len(names) else str(c))
+    tabs = [t for t in eta["tables"] if t["sets"] == method]
+    for a in sorted({t["alpha"] for t in tabs}, reverse=True):
+        for t2 in sorted({t["t2"] for t in tabs}):
+            tr = next((t for t in tabs if t["alpha"] == a and t["t2"] == t2 and t["split"] == "train"), None)
+            va = next((t for t in tabs if t["alpha"] == a and t["t2"] == t2 and t["split"] == "val"), None)
+            if tr is None and va is None:
+                continue
+            parts.append(f"Teacher alpha = {num(a)}, eta(T1 = {num(eta['t1'])}, T2 = {num(t2)}), percent "
+                         "(pairwise variant in brackets):\n")
+            rows = []
+            for target in eta["targets"]:
+                r_tr = next((r for r in (tr or {}).get("rows", []) if r["target"] == target), None)
+                r_va = next((r for r in (va or {}).get("rows", []) if r["target"] == target), None)
+
+                def f(r, k):
+                    if r is None:
+                        return "—"
+                    return f"{r[k]:.3f} ({r[k + '_pairwise']:.3f})"
+
+                rows.append([nm(target), f(r_tr, "eta_s1"), f(r_tr, "eta_s2"), f(r_va, "eta_s1"), f(r_va, "eta_s2")])
+            mean_row = ["**mean**"]
+            for tab in (tr, va):
+                for k in ("eta_s1", "eta_s2"):
+                    mean_row.append(f"**{tab['mean_' + k]:.3f}**" if tab else "—")
+            rows.append(mean_row)
+            parts.append(md_table(["target", "train: S1", "train: S2", "val: S1", "val: S2"], rows) + "\n")
+    return "\n".join(parts)
+
+
+def _sets_md(eta: dict, names: List[str]) -> str:
+    nm = (lambda c: names[c] if c < len(names) else str(c))
+    s = eta["sets"]
+    rows = []
+    agree = {a["target"]: a for a in s.get("agreement", [])}
+    for t in eta["targets"]:
+        h = s["hierarchy"].get(str(t))
+        fs = s["feature"].get(str(t))
+        a = agree.get(t)
+        rows.append([nm(t), ", ".join(nm(c) for c in h[0]) if h else "—", ", ".join(nm(c) for c in h[1]) if h else "—",
+                     ", ".join(nm(c) for c in fs[0]) if fs else "—", ", ".join(nm(c) for c in fs[1]) if fs else "—",
+                     fmt(a["s1"], 3) if a else "—", fmt(a["s2"], 3) if a else "—"])
+    if agree:
+        rows.append(["**average**", "", "", "", "",
+                     f"**{np.mean([a['s1'] for a in agree.values()]):.3f}**",
+                     f"**{np.mean([a['s2'] for a in agree.values()]):.3f}**"])
+    return md_table(["target", "hierarchy S1", "hierarchy S2", "feature S1", "feature S2",
+                      "agreement S1", "agreement S2"], rows)
+
+
+def eta_markdown(res: dict, names: List[str]) -> List[str]:
+    eta = res["eta"]
+    md = ["## 2. Diffusion index (Table 3, pairwise: Table K.1)\n", section_status(eta)]
+    if not eta.get("tables"):
+        return md
+    md.append(f"Students of seed {eta['seed']}; features of the train and val splits. eta_S1 < 0 and "
+              "eta_S2 > 0 mean the target class moved towards its semantically similar classes "
+              "relative to the dissimilar ones (systematic diffusion). The paper expects it for the LS "
+              "teacher's students (shown first) and less of it for the alpha = 0 teacher's.\n")
+    md.append("Summary (mean over the target classes; 'systematic' = targets with eta_S1 < 0 and "
+              "eta_S2 > 0):\n")
+    md.append(_eta_summary_md(eta) + "\n")
+    md.append("Per target class, S1/S2 from the class hierarchy (Table 3; feature-space sets: "
+              "results.json):\n")
+    md.append(_eta_md(eta, names))
+    md.append("### S1/S2 selection and agreement (Table G.1)\n")
+    md.append(f"Hierarchy: {eta['sets']['hierarchy_source']}. Feature space: closest "
+              f"{eta['sets']['feature_pct'][0]:.1f} % / farthest {eta['sets']['feature_pct'][1]:.1f} % of "
+              f"the other classes by centroid distance in {eta['reference_model']} (App. G.2). Agreement = "
+              "|hierarchy ∩ feature| / |hierarchy|.\n")
+    md.append(_sets_md(eta, names) + "\n")
+    return md

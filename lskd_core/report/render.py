@@ -1,0 +1,73 @@
+"""``report.md``: the header, the verdict, the sections that apply to the task, the runs."""
+
+from __future__ import annotations
+
+from typing import List
+
+from lskd_core.jsonio import num
+from lskd_core.report.accuracy import grid_markdown
+from lskd_core.report.classwise import classwise_markdown
+from lskd_core.report.entropy import entropy_markdown
+from lskd_core.report.eta import eta_markdown
+from lskd_core.report.profile import profile_markdown
+from lskd_core.report.projection import projection_markdown
+from lskd_core.report.view import StudyView
+
+__all__ = ["render"]
+
+
+def _header(view: StudyView, res: dict) -> List[str]:
+    cfg = view.config
+    md = [f"# LS x KD study: {cfg.get('name')}\n"]
+    md.append(view.task.setup_line(cfg) + f". alpha in {{{', '.join(num(a) for a in view.alphas)}}}, T in "
+              f"{{{', '.join(num(t) for t in view.temperatures)}}}, {len(view.seeds)} student seed(s) "
+              f"({', '.join(map(str, view.seeds))}), KD beta = {cfg.get('kd_beta')}.")
+    if res.get("study_wall_time_s") is not None:
+        md.append(f"Study wall time (this invocation): {res['study_wall_time_s'] / 60:.1f} min.")
+    md.append(f"Report written {res['written']}.\n")
+    return md
+
+
+def _analyses(view: StudyView, res: dict) -> List[str]:
+    names = view.class_names() or []
+    applies = view.task.analyses
+    md: List[str] = []
+    note = view.task.not_applicable_note()
+    if note:
+        md.append(note)
+    if "eta" in applies:
+        md += eta_markdown(res, names)
+    if "entropy" in applies:
+        md += entropy_markdown(res)
+    if "projection" in applies:
+        md += projection_markdown(res)
+    if "soft_output" in applies:
+        md += profile_markdown(res, names)
+    if "classwise" in applies:
+        md += classwise_markdown(res, names)
+    return md
+
+
+def _runs(view: StudyView, res: dict) -> List[str]:
+    md = ["## Runs\n"]
+    runs = res["runs"]
+    md.append(f"{runs['done']} of {runs['planned']} runs finished. Run directories: `{view.dir / 'runs'}`.\n")
+    if runs["not_done"]:
+        md.append("Not finished: " + ", ".join(f"`{r}`" for r in runs["not_done"][:30])
+                  + (" ..." if len(runs["not_done"]) > 30 else "") + "\n")
+    if res.get("problems"):
+        md.append("Problems found and handled in this invocation:\n")
+        for p in res["problems"]:
+            md.append(f"- `{p.get('run_id')}`: {p.get('event')} — {p.get('reason')}; {p.get('action')}")
+        md.append("")
+    return md
+
+
+def render(view: StudyView, res: dict) -> str:
+    md = _header(view, res)
+    md.append("## Verdict\n")
+    md.append(res["verdict"].get("text", "—") + "\n")
+    md += grid_markdown(res, view.task)
+    md += _analyses(view, res)
+    md += _runs(view, res)
+    return "\n".join(md) + "\n"
