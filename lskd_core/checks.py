@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+# Sane temperatures. kd_loss is measured accurate for T in [0.1, 1000] (lskd_core.losses). We accept
+# more on each side, for reasons: the entropy-matching search of App. H brackets T' in [0.01, 1e4]
+# (smoothness.match_temperature's defaults) and a matched T' must be usable as a KD temperature;
+# kd_loss's large-T limit (logit matching, Hinton et al. 2015) is exercised at T = 1e5. Beyond
+# that nothing is meaningful: at T = 1e-300 or 1e300, z / T overflows or rounds every target to
+# one-hot / uniform, and such values are typos or unit mistakes.
+T_MIN, T_MAX = 1e-2, 1e5
 
 
-def _as_float(value, name: str, requirement: str) -> float:
+def _as_float(value: Any, name: str, requirement: str) -> float:
     """``float(value)``, or ValueError "NAME must be REQUIREMENT, got VALUE" (bools are refused)."""
     if not isinstance(value, bool):
         try:
@@ -15,25 +24,27 @@ def _as_float(value, name: str, requirement: str) -> float:
     raise ValueError(f"{name} must be {requirement}, got {value!r}")
 
 
-def check_temperature(value: float, name: str = "temperature") -> float:
-    """Return ``value`` as float; raise ValueError unless it is finite and > 0."""
-    value = _as_float(value, name, "a positive finite number")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
+def check_temperature(value: Any, name: str = "temperature") -> float:
+    """Return ``value`` as float; ValueError unless it is finite and in [T_MIN, T_MAX] = [0.01, 1e5]."""
+    out = _as_float(value, name, "a positive finite number")
+    if not math.isfinite(out) or not T_MIN <= out <= T_MAX:
+        # the old wording first (callers and users match on it), then the accepted range
+        raise ValueError(f"{name} must be a positive finite number, got {value!r} "
+                         f"(accepted: {T_MIN:g} <= T <= {T_MAX:g})")
+    return out
 
 
-def check_alpha(value: float, name: str = "label_smoothing") -> float:
+def check_alpha(value: Any, name: str = "label_smoothing") -> float:
     """Label-smoothing mixture parameter alpha must lie in [0, 1)."""
-    value = _as_float(value, name, "a number in [0, 1)")
-    if not (0.0 <= value < 1.0):
+    out = _as_float(value, name, "a number in [0, 1)")
+    if not (0.0 <= out < 1.0):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return value
+    return out
 
 
-def check_beta(value: float, name: str = "beta") -> float:
+def check_beta(value: Any, name: str = "beta") -> float:
     """KD mixing weight beta must lie in [0, 1] (1 = pure KD, the paper's setting)."""
-    value = _as_float(value, name, "a number in [0, 1]")
-    if not (0.0 <= value <= 1.0):
+    out = _as_float(value, name, "a number in [0, 1]")
+    if not (0.0 <= out <= 1.0):
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
+    return out

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -219,6 +220,8 @@ def _memmap_member(path: str, zf: zipfile.ZipFile, member: str) -> Optional[np.n
             return None
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         start = info.header_offset + 30 + name_len + extra_len
+    _check_member_crc(path, info, start)  # before trusting a byte of the .npy header
+    with open(path, "rb") as fh:
         fh.seek(start)
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -233,7 +236,6 @@ def _memmap_member(path: str, zf: zipfile.ZipFile, member: str) -> Optional[np.n
     size = math.prod(int(x) for x in shape)
     if size == 0:
         return None  # np.memmap refuses empty maps
-    _check_member_crc(path, info, start)
     if offset + size * dtype.itemsize != start + info.compress_size:
         raise FeaturesFileError(f"features file {path}: member {member} is shorter than its "
                                 f"header says; the file is damaged")
@@ -273,6 +275,9 @@ def _verify_member(zf: zipfile.ZipFile, member: str, path: str) -> None:
     """
     info = zf.getinfo(member)
     with zf.open(info) as fh:
+        while fh.read(_CRC_BLOCK):  # zipfile raises BadZipFile on a CRC mismatch at the end
+            pass
+    with zf.open(info) as fh:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
             shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -282,21 +287,57 @@ def _verify_member(zf: zipfile.ZipFile, member: str, path: str) -> None:
             raise FeaturesFileError(f"features file {path}: member {member} has an unknown .npy "
                                     f"format version {version}")
         header_len = fh.tell()
-        if not dtype.hasobject:  # object arrays are refused by np.load(allow_pickle=False)
-            want = math.prod(int(x) for x in shape) * dtype.itemsize
-            if header_len + want != info.file_size:
-                raise FeaturesFileError(
-                    f"features file {path} is damaged: member {member} says shape {shape} "
-                    f"({want} bytes) but holds {info.file_size - header_len} bytes (re-export or "
-                    f"re-copy the file)")
-        while fh.read(_CRC_BLOCK):  # zipfile raises BadZipFile on a CRC mismatch at the end
-            pass
+    if not dtype.hasobject:  # object arrays are refused by np.load(allow_pickle=False)
+        want = math.prod(int(x) for x in shape) * dtype.itemsize
+        if header_len + want != info.file_size:
+            raise FeaturesFileError(
+                f"features file {path} is damaged: member {member} says shape {shape} "
+                f"({want} bytes) but holds {info.file_size - header_len} bytes (re-export or "
+                f"re-copy the file)")
+
+
+def _end_record_entries(path: str) -> Optional[int]:
+    """Member count stated by the zip's end-of-central-directory record (None if not found/zip64)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - (22 + 0xFFFF)))  # the record plus the longest possible comment
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    total = struct.unpack("<H", tail[at + 10:at + 12])[0]
+    return None if total == 0xFFFF else int(total)
+
+
+def _check_directory(path: str, zf: zipfile.ZipFile) -> None:
+    """Damage in the central directory can drop or rename a member without any CRC noticing (an
+    optional key such as ``bias`` would silently vanish): the directory must list as many members
+    as the end record states, and each entry must point at a local header of the same name."""
+    infos = zf.infolist()
+    stated = _end_record_entries(path)
+    if stated is not None and stated != len(infos):
+        raise FeaturesFileError(f"features file {path} is damaged: its zip directory lists "
+                                f"{len(infos)} of {stated} members (re-export or re-copy the file)")
+    with open(path, "rb") as fh:
+        for info in infos:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise FeaturesFileError(f"features file {path} is damaged: member {info.filename} "
+                                        f"has no local header (re-export or re-copy the file)")
+            name = fh.read(struct.unpack("<H", local[26:28])[0])
+            if name != info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"):
+                raise FeaturesFileError(f"features file {path} is damaged: directory entry "
+                                        f"{info.filename!r} points at member {name!r} (re-export "
+                                        f"or re-copy the file)")
 
 
 def _read_members(path: str, mmap_mode: Optional[str]) -> Dict[str, Optional[np.ndarray]]:
     """Every known key of the archive (None when absent), each member checked before use."""
     try:
         with np.load(path, allow_pickle=False) as npz, zipfile.ZipFile(path) as zf:
+            _check_directory(path, zf)
             keys = set(npz.files)
             members = set(zf.namelist())
             missing = [k for k in REQUIRED_KEYS if k not in keys]
@@ -321,8 +362,9 @@ def _read_members(path: str, mmap_mode: Optional[str]) -> Dict[str, Optional[np.
     except FeaturesFileError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, struct.error, zlib.error,
-            NotImplementedError, RuntimeError, OverflowError) as exc:
-        # NotImplementedError: unknown compression method; RuntimeError: "encrypted" flag set
+            NotImplementedError, RuntimeError, OverflowError, SyntaxError, tokenize.TokenError) as exc:
+        # NotImplementedError: unknown compression method; RuntimeError: "encrypted" flag set;
+        # SyntaxError / TokenError: numpy parsing a garbled .npy header dict
         # numpy says "pickled data" for object arrays; a CRC error means a damaged archive
         raise FeaturesFileError(f"cannot read features file {path}: {exc}") from None
 

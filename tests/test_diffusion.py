@@ -2,15 +2,22 @@
 
 import json
 import os
+import struct
 import zipfile
 
 import numpy as np
 import pytest
 
-from lskd_core.diffusion import (class_accuracy, class_stats, diffusion_index,
-                                 diffusion_indices, relative_distances, squared_distances)
-from lskd_core.features_io import FeaturesFileError, load_features, save_features
-
+from lskd_core.diffusion import (
+    class_accuracy,
+    class_stats,
+    diffusion_index,
+    diffusion_indices,
+    relative_distances,
+    squared_distances,
+)
+from lskd_core.features_io import FeatureFile, FeaturesFileError, load_features, save_features
+from lskd_core.pairwise import mean_pairwise_distance, projected_pairwise_distances, projected_pairwise_eta
 
 # ----------------------------------------------------------------------------------------------
 # a toy whose distances can be written down
@@ -378,3 +385,143 @@ def test_zip_crc_damage_is_reported(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(FeaturesFileError):
         load_features(bad)
+
+
+@pytest.mark.parametrize("member", ["features.npy", "logits.npy"])
+@pytest.mark.parametrize("mmap", [None, "r"])
+def test_damaged_mapped_member_is_refused(tmp_path, member, mmap):
+    # issue 9, bug 1: a memory map skips zipfile's CRC check, so a flipped byte in the stored
+    # features changed eta silently
+    good = tmp_path / "g.npz"
+    save_features(good, np.arange(40, dtype=np.float32).reshape(10, 4), np.arange(10) % 3,
+                  logits=np.ones((10, 3), dtype=np.float32))
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.getinfo(member)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + 128 + 5] ^= 0x01  # past the npy header
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FeaturesFileError, match="CRC-32|Bad CRC"):
+        load_features(bad, mmap_mode=mmap)
+    assert load_features(good, mmap_mode=mmap).features[3, 1] == 13  # the clean file still loads
+
+
+def test_npy_header_claiming_more_than_the_member_holds_is_refused(tmp_path):
+    # a consistent zip (valid CRC) whose labels header says 10**12 entries: never allocated
+    path = tmp_path / "hostile.npz"
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.arange(4))
+    raw = buf.getvalue().replace(b"(4,)", b"(1000000000000,)".ljust(4 + 12))
+    raw = raw[:np.lib.format.MAGIC_LEN + 2] + raw[np.lib.format.MAGIC_LEN + 2:]
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("labels.npy", buf.getvalue().replace(b"'shape': (4,), ", b"'shape': (10000000000,),"))
+        f = io.BytesIO()
+        np.lib.format.write_array(f, np.ones((4, 2)))
+        zf.writestr("features.npy", f.getvalue())
+    with pytest.raises(FeaturesFileError, match="damaged|cannot read"):
+        load_features(path)
+
+
+@pytest.mark.parametrize("labels, needle", [
+    ([0, 1, -3], "label -3 \\(row 2\\) is negative"),
+    ([0, 1, 10 ** 12], "label 1000000000000 \\(row 2\\) would make"),
+    ([0, 1, 65536], "label 65536"),
+])
+def test_implausible_labels_are_refused_naming_file_label_and_remedy(tmp_path, labels, needle):
+    path = tmp_path / "l.npz"
+    np.savez(path, features=np.ones((3, 2)), labels=np.array(labels))
+    with pytest.raises(FeaturesFileError, match=needle) as exc:
+        load_features(path)
+    assert str(path) in str(exc.value) and "fix the labels" in str(exc.value)
+    with pytest.raises(FeaturesFileError, match=needle):  # never written either
+        save_features(tmp_path / "s.npz", np.ones((3, 2)), np.array(labels))
+
+
+def test_label_bounds_with_and_without_declared_classes(tmp_path):
+    # K > N is fine (a small val subset of 1000 classes) ...
+    save_features(tmp_path / "ok.npz", np.ones((3, 2)), np.array([0, 500, 999]))
+    assert load_features(tmp_path / "ok.npz").labels.max() == 999
+    # ... and with class_names a label must be < K
+    with pytest.raises(FeaturesFileError, match="out of range for the file's 3 classes"):
+        save_features(tmp_path / "k.npz", np.ones((3, 2)), np.array([0, 1, 3]),
+                      class_names=["a", "b", "c"])
+    # class_stats alone guards the same allocation
+    with pytest.raises(ValueError, match="pass num_classes"):
+        class_stats(np.ones((3, 2)), np.array([0, 1, 10 ** 9]))
+
+
+# ----------------------------------------------------------------------------------------------
+# App. K, the paper's variant: average distance between projected features (lskd_core.pairwise)
+# ----------------------------------------------------------------------------------------------
+
+def test_projected_pairwise_hand_computed():
+    # D = 2, no bias, templates of classes 0 and 1 span the x axis only (w0 = (1, 0), w1 = (2, 0)):
+    # projection keeps x. Class 0 at x = 0, class 1 at x = 3 and 5 (y is dropped): mean |dx| = 4.
+    feats = np.array([[0.0, 7.0], [3.0, -2.0], [5.0, 9.0]])
+    labels = np.array([0, 1, 1])
+    w = np.array([[1.0, 0.0], [2.0, 0.0]])
+    with pytest.raises(ValueError, match="linearly dependent"):
+        projected_pairwise_distances(feats, labels, w, None, 0, [1])
+    w = np.array([[1.0, 0.0], [1.0, 1e-30]])  # still one direction numerically
+    with pytest.raises(ValueError, match="linearly dependent"):
+        projected_pairwise_distances(feats, labels, w, None, 0, [1])
+    # templates (1, 0, 0) and (0, 0, 1) with bias: span x and the constant; [x, y, 1] -> (x, 1)
+    w = np.array([[1.0, 0.0], [0.0, 0.0]])
+    b = np.array([0.0, 1.0])
+    got = projected_pairwise_distances(feats, labels, w, b, 0, [1])
+    assert got == pytest.approx([4.0])
+    assert mean_pairwise_distance(np.array([[0.0], [1.0]]), np.array([[3.0], [5.0]])) == pytest.approx(3.5)
+
+
+def test_projected_pairwise_eta_against_brute_force():
+    from conftest import eta_projected_reference
+
+    rng = np.random.default_rng(3)
+    k, d = 7, 12
+    labels = rng.integers(0, k, size=90)
+    labels[:k] = np.arange(k)
+    fb, fa = rng.normal(size=(90, d)), rng.normal(size=(90, d)) * 1.5
+    wb, wa, bb, ba = rng.normal(size=(k, d)), rng.normal(size=(k, d)), rng.normal(size=k), None
+    before = FeatureFile(fb.astype(np.float32), labels, weight=wb, bias=bb)
+    after = FeatureFile(fa.astype(np.float32), labels, weight=wa, bias=ba)
+    out = projected_pairwise_eta(before, after, 2, [0, 5], [1, 3, 6])
+    e1, e2 = eta_projected_reference((before.features, labels, wb, bb),
+                                     (after.features, labels, wa, None), 2, [0, 5], [1, 3, 6])
+    assert out["eta_s1_pairwise_proj"] == pytest.approx(e1, rel=1e-9)
+    assert out["eta_s2_pairwise_proj"] == pytest.approx(e2, rel=1e-9)
+    # a subsample is a seeded subset: reproducible, and all rows when the cap is large
+    a = projected_pairwise_eta(before, after, 2, [0, 5], [1, 3, 6], max_per_class=3, seed=1)
+    assert a == projected_pairwise_eta(before, after, 2, [0, 5], [1, 3, 6], max_per_class=3, seed=1)
+    assert projected_pairwise_eta(before, after, 2, [0, 5], [1, 3, 6], max_per_class=1000) == out
+    with pytest.raises(ValueError, match="needs the final layer's weight"):
+        projected_pairwise_eta(FeatureFile(fb, labels), after, 2, [0], [1])
+    with pytest.raises(ValueError, match="inside its own"):
+        projected_pairwise_eta(before, after, 2, [2], [1])
+
+
+def test_closed_form_keys_are_named_for_what_they_are(toy):
+    (fb, lb), (fa, la) = toy
+    out = diffusion_index(class_stats(fb, lb), class_stats(fa, la), 0, [1], [2, 3], pairwise=True)
+    assert out["eta_s1_pairwise_sq"] == pytest.approx(ETA_S1_PW, rel=1e-12)
+    assert out["eta_s2_pairwise_sq"] == pytest.approx(ETA_S2_PW, rel=1e-12)
+    assert out["eta_s1_pairwise"] == out["eta_s1_pairwise_sq"]  # deprecated alias
+
+
+def test_damaged_zip_directory_cannot_drop_or_rename_an_optional_member(tmp_path):
+    # found by fuzzing: a damaged central directory listed 4 of 6 members; bias silently vanished
+    # and the projected eta changed with exit 0
+    good = _write(tmp_path)
+    raw = good.read_bytes()
+    central = raw.rindex(b"bias.npy")  # the directory's copy (the local header's comes first)
+    renamed = tmp_path / "renamed.npz"
+    renamed.write_bytes(raw[:central] + b"bixs.npy" + raw[central + 8:])
+    with pytest.raises(FeaturesFileError, match="points at member"):
+        load_features(renamed, mmap_mode="r")
+    eocd = raw.rindex(b"PK\x05\x06")
+    count = struct.unpack("<H", raw[eocd + 10:eocd + 12])[0]
+    fewer = tmp_path / "fewer.npz"  # the directory says one more member than it lists
+    fewer.write_bytes(raw[:eocd + 10] + struct.pack("<H", count + 1) + raw[eocd + 12:])
+    with pytest.raises(FeaturesFileError, match=f"lists {count} of {count + 1} members"):
+        load_features(fewer)

@@ -5,6 +5,7 @@ different number for a damaged file)."""
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -312,7 +313,8 @@ def _flip_feature_byte(tmp_path, arrays):
     raw = bytearray(b.read_bytes())
     with zipfile.ZipFile(b) as zf:
         info = zf.getinfo("features.npy")
-    raw[info.header_offset + 30 + len("features.npy") + 128 + 40] ^= 0x10  # inside the data
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + 128 + 40] ^= 0x10  # inside the data
     b.write_bytes(bytes(raw))
     return b
 
