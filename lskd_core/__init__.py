@@ -4,4 +4,4 @@ Framework-light: depends on torch, numpy, scipy and matplotlib only. Submodules 
 lazily by callers (``from lskd_core.losses import kd_loss``) so that ``import lskd_core`` stays cheap.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
