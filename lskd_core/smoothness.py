@@ -6,7 +6,8 @@
 * ``match_temperature``: the T' at which a teacher's mean entropy equals a given value (Table
   H.1's pairs, e.g. the alpha = 0 teacher at T = 1.481375 matches the alpha = 0.1 teacher at T = 1).
 * ``class_mean_probs`` / ``soft_output_profile``: the mean soft output of one class's samples,
-  restricted to the true class, its most similar classes and a few others (Fig. 2).
+  restricted to the true class, its most similar classes and a few random dissimilar ones
+  (Fig. 2; at most ``MAX_PROFILE_OTHERS`` of them, so the figure stays readable at any K).
 * ``count_negligible``: App. E's count of classes at least 100x less likely than the runner-up.
 * ``plot_soft_output_profiles``: Fig. 2-style bar charts (matplotlib, Agg canvas, PNG).
 
@@ -35,7 +36,15 @@ __all__ = [
     "soft_output_profile",
     "count_negligible",
     "plot_soft_output_profiles",
+    "MAX_PROFILE_OTHERS",
+    "MAX_PLOT_BARS",
 ]
+
+# Fig. 2 shows the true class, its similar classes and "randomly-chosen semantically dissimilar
+# classes": a handful, not the other 997 (a 132,000-pixel-wide PNG at K = 1000). More random
+# others than this are never drawn, and a panel never shows more bars than MAX_PLOT_BARS.
+MAX_PROFILE_OTHERS = 12
+MAX_PLOT_BARS = 24
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -184,6 +193,23 @@ def entropy_table(
     return dict(zip(temps, means))
 
 
+def _target_and_tol(target_entropy: float, tol: float) -> tuple:
+    """``(float(target_entropy), float(tol))``, or ValueError naming the bad argument."""
+    try:
+        target = float(target_entropy)
+    except (TypeError, ValueError):
+        raise ValueError(f"target_entropy must be a finite number, got {target_entropy!r}") from None
+    if not math.isfinite(target):
+        raise ValueError(f"target_entropy must be a finite number, got {target_entropy!r}")
+    try:
+        tol_f = float(tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"tol must be a positive number, got {tol!r}") from None
+    if not (tol_f > 0 and math.isfinite(tol_f)):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    return target, tol_f
+
+
 def match_temperature(
     logits: ArrayLike,
     target_entropy: float,
@@ -209,18 +235,7 @@ def match_temperature(
     t_max = check_temperature(t_max, "t_max")
     if not t_min < t_max:
         raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min!r}, t_max={t_max!r}")
-    try:
-        target = float(target_entropy)
-    except (TypeError, ValueError):
-        raise ValueError(f"target_entropy must be a finite number, got {target_entropy!r}") from None
-    if not math.isfinite(target):
-        raise ValueError(f"target_entropy must be a finite number, got {target_entropy!r}")
-    try:
-        tol = float(tol)
-    except (TypeError, ValueError):
-        raise ValueError(f"tol must be a positive number, got {tol!r}") from None
-    if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    target, tol = _target_and_tol(target_entropy, tol)
 
     lo, hi = math.log(t_min), math.log(t_max)
     x = 0.5 * (lo + hi)
@@ -282,7 +297,7 @@ def class_mean_probs(
     count = int(selected.sum())
     if count == 0:
         raise ValueError(f"target_class {target_class} has no samples in labels")
-    total = None
+    total: Optional[torch.Tensor] = None
     for start, stop, x in _chunks(logits, chunk_size):
         local = np.flatnonzero(selected[start:stop])
         if local.size == 0:
@@ -292,6 +307,7 @@ def class_mean_probs(
         _check_rows(selected_x, selected_x, start + local)
         probs = torch.softmax(selected_x / temperature, dim=1).sum(dim=0)
         total = probs if total is None else total + probs
+    assert total is not None  # count > 0 rows were selected
     return (total / count).cpu().numpy()
 
 
@@ -305,13 +321,15 @@ def soft_output_profile(
     num_others: int = 8,
     seed: int = 0,
     chunk_size: int = 65536,
+    dissimilar: Optional[Sequence[int]] = None,
 ) -> dict:
     """Fig. 2's soft-output profile of ``target_class`` at temperature T.
 
     Returns ``{"classes", "probs", "groups", "temperature", "target_class", "num_samples"}``:
     ``classes`` lists the target, then the ``similar`` classes (default: the ``num_similar`` most
-    probable wrong classes at this T), then ``num_others`` classes drawn at random (seeded, sorted)
-    from the rest; ``probs`` are their mean probabilities; ``groups`` is "true"/"similar"/"other"
+    probable wrong classes at this T), then ``min(num_others, MAX_PROFILE_OTHERS)`` classes drawn at
+    random (seeded, sorted) from ``dissimilar`` (e.g. the target's S2) or, without it, from all
+    remaining classes; ``probs`` are their mean probabilities; ``groups`` is "true"/"similar"/"other"
     per entry. Pass ``similar`` explicitly (and the same ``seed``) to compare several T on the
     same classes, as Fig. 2's two panels do.
     """
@@ -334,8 +352,10 @@ def soft_output_profile(
             raise ValueError(f"similar must not repeat a class, got {list(similar)}")
 
     taken = set(similar_ids) | {target_class}
-    rest = np.array([c for c in range(num_classes) if c not in taken], dtype=np.int64)
-    count = min(int(num_others), rest.size)
+    pool = range(num_classes) if dissimilar is None else \
+        [_class_id(c, num_classes, "dissimilar") for c in dissimilar]
+    rest = np.array(sorted({c for c in pool if c not in taken}), dtype=np.int64)
+    count = min(int(num_others), MAX_PROFILE_OTHERS, rest.size)
     rng = np.random.default_rng(seed)
     others = sorted(int(c) for c in rng.choice(rest, size=count, replace=False)) if count else []
 
@@ -379,6 +399,27 @@ def count_negligible(mean_probs, true_class: int, factor: float = 100.0) -> int:
     return int(np.count_nonzero(probs[runner_up] >= factor * probs[others]))
 
 
+def _bounded(profile: dict) -> dict:
+    """At most MAX_PLOT_BARS bars: the true and similar classes first, then evenly spaced others.
+
+    Guards profiles built elsewhere (e.g. with every class as "other"), so the PNG width is
+    bounded at any K; the panel title then says how many classes are shown.
+    """
+    n = len(profile["classes"])
+    if n <= MAX_PLOT_BARS:
+        return profile
+    keep_head = [i for i, g in enumerate(profile["groups"]) if g in ("true", "similar")][:MAX_PLOT_BARS]
+    rest = [i for i in range(n) if i not in set(keep_head)]
+    room = MAX_PLOT_BARS - len(keep_head)
+    picked = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, room).round()] if room > 0 else []
+    keep = keep_head + sorted(set(picked))
+    out = dict(profile)
+    for key in ("classes", "probs", "groups"):
+        out[key] = [profile[key][i] for i in keep]
+    out["shown_of"] = n
+    return out
+
+
 def plot_soft_output_profiles(
     profiles: List[dict],
     class_names: Optional[Sequence[str]],
@@ -410,6 +451,7 @@ def plot_soft_output_profiles(
             raise ValueError(f"class_names has {len(class_names)} entries, no name for class {c}")
         return str(class_names[c])
 
+    profiles = [_bounded(p) for p in profiles]
     fig = Figure(figsize=(max(4.0, 0.55 * len(profiles[0]["classes"])) * len(profiles), 4.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(profiles), squeeze=False)[0]
@@ -424,7 +466,10 @@ def plot_soft_output_profiles(
         if log_scale:
             ax.set_yscale("log")
         ax.set_ylabel("mean soft output")
-        ax.set_title(prof.get("title") or f"T = {prof['temperature']:g}", fontsize=9)
+        title = prof.get("title") or f"T = {prof['temperature']:g}"
+        if prof.get("shown_of"):
+            title += f" ({len(prof['classes'])} of {prof['shown_of']} classes shown)"
+        ax.set_title(title, fontsize=9)
     handles = [Patch(color=c, label=g) for g, c in _GROUP_COLORS.items()]
     axes[-1].legend(handles=handles, fontsize=8)
     fig.tight_layout()

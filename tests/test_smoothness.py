@@ -11,6 +11,8 @@ from scipy.special import softmax as np_softmax
 from scipy.stats import entropy as np_entropy
 
 from lskd_core.smoothness import (
+    MAX_PLOT_BARS,
+    MAX_PROFILE_OTHERS,
     class_mean_probs,
     count_negligible,
     entropy_table,
@@ -75,13 +77,19 @@ def test_memmap_input(tmp_path):
     assert mean_entropy(ro, 1.5, chunk_size=64) == pytest.approx(scipy_mean_entropy(logits, 1.5), rel=1e-10)
 
 
-def test_entropy_table_equals_individual_calls():
+def test_entropy_table_against_scipy_and_hand_values():
     logits = _logits(120, 15, seed=4)
     temps = [1.0, 1.481375, 2.0, 3.0, 64.0]
     table = entropy_table(logits, temps, chunk_size=50)
     assert list(table) == temps
-    for t in temps:
-        assert table[t] == pytest.approx(mean_entropy(logits, t), rel=1e-12)
+    for t in temps:  # scipy.stats.entropy of scipy.special.softmax, row by row: shares no code
+        assert table[t] == pytest.approx(scipy_mean_entropy(logits, t), rel=1e-10)
+    # by hand: logits (0, ln 3) at T = 1 give p = (1/4, 3/4); at T = 2, p = (1, sqrt 3) / (1 + sqrt 3)
+    two = np.array([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
+    h1 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    q = 1 / (1 + math.sqrt(3))
+    h2 = -(q * math.log(q) + (1 - q) * math.log(1 - q))
+    assert entropy_table(two, [1.0, 2.0]) == pytest.approx({1.0: h1, 2.0: h2}, rel=1e-12)
 
 
 def test_entropy_non_decreasing_in_temperature_with_right_limits():
@@ -219,6 +227,47 @@ def test_count_negligible_bad_input():
         count_negligible([[0.5, 0.5]], 0)
     with pytest.raises(ValueError, match="mean_probs"):
         count_negligible([0.5, -0.1, 0.6], 0)
+
+
+def _png_size(path):
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_fig2_profile_at_k_1000_is_a_few_random_dissimilar_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    k = 1000
+    labels = rng.integers(0, k, size=3000)
+    labels[:20] = 7
+    logits = rng.normal(size=(3000, k)).astype(np.float32)
+    logits[np.arange(3000), labels] += 9
+    logits[labels == 7, 11] += 6
+    # the way the study's report asked for it: every remaining class as "other"
+    prof = soft_output_profile(logits, labels, 7, 1.0, num_similar=2, num_others=k - 3)
+    assert prof["groups"].count("other") == MAX_PROFILE_OTHERS == 12
+    assert prof["classes"][:2] == [7, 11]
+    # "randomly chosen semantically dissimilar classes": drawn from the given pool only
+    s2 = list(range(500, 540))
+    prof2 = soft_output_profile(logits, labels, 7, 2.0, similar=prof["classes"][1:3], dissimilar=s2)
+    others = [c for c, g in zip(prof2["classes"], prof2["groups"]) if g == "other"]
+    assert len(others) == 8 and set(others) <= set(s2)
+    out = plot_soft_output_profiles([prof, prof2], None, tmp_path / "fig2.png")
+    width, height = _png_size(out)
+    # 2 panels of at most MAX_PLOT_BARS bars: 0.55 in per bar at 120 dpi (was 132,000 px wide)
+    assert width <= 2 * 0.55 * MAX_PLOT_BARS * 120 + 1 and height < 1000
+
+
+def test_plot_bounds_a_profile_with_every_class(tmp_path):
+    k = 1000
+    probs = np.full(k, 1e-4)
+    probs[3], probs[4] = 0.8, 0.1
+    prof = {"classes": [3, 4] + [c for c in range(k) if c not in (3, 4)], "temperature": 1.0,
+            "groups": ["true", "similar"] + ["other"] * (k - 2)}
+    prof["probs"] = [float(probs[c]) for c in prof["classes"]]
+    out = plot_soft_output_profiles([prof], [f"c{i}" for i in range(k)], tmp_path / "all.png")
+    assert _png_size(out)[0] <= 0.55 * MAX_PLOT_BARS * 120 + 1
 
 
 def test_plot_soft_output_profiles_writes_png(tmp_path):
