@@ -254,7 +254,7 @@ class Pca2:
         return self
 
     def transform(self, points: Any) -> np.ndarray:
-        if not self.fitted:
+        if self.components_ is None or self.mean_ is None:
             raise ValueError("Pca2 is not fitted: call fit(points) first")
         x = np.asarray(_as_matrix(points, "points"), dtype=np.float64)
         if x.shape[1] != self.components_.shape[1]:
@@ -414,6 +414,8 @@ class ProjectionView:
     def transform(self, features: Any) -> np.ndarray:
         """2-D coordinates of ``features`` [N, D] using the train-fitted basis and PCA (no refit)."""
         proj = self.project3(features)  # raises first when the view is not fitted
+        if self.pca is None:  # pragma: no cover - project3 raised already
+            raise ValueError("ProjectionView is not fitted: call fit(...) first")
         return self.pca.transform(proj) @ self.frame
 
     def transform_classes(self, features: Any, labels: Any, per_class: Optional[int] = None,
@@ -422,7 +424,7 @@ class ProjectionView:
 
         Returns ``(points2d [M, 2], labels [M])`` ready for a :func:`plot_projection_grid` panel.
         """
-        if not self.fitted:
+        if not self.fitted or self.class_ids is None:
             raise ValueError("ProjectionView is not fitted: call fit(...) first")
         sel_x, sel_y, _ = select_three_classes(features, labels, self.class_ids, per_class=per_class, seed=seed)
         return self.transform(sel_x), sel_y
@@ -505,7 +507,7 @@ def _check_panels(panels: Any) -> list:
     for r, row in enumerate(panels):
         if isinstance(row, Mapping) or not isinstance(row, Sequence):
             raise ValueError(f"panels[{r}] must be a list of panel dicts (or None), got {type(row).__name__}")
-        checked = []
+        checked: list = []
         for c, panel in enumerate(row):
             if panel is None:
                 checked.append(None)
@@ -526,6 +528,31 @@ def _check_panels(panels: Any) -> list:
     if not any(p is not None for row in rows for p in row):
         raise ValueError("panels holds no panel dicts (all cells are None)")
     return rows
+
+
+def _class_order(rows: list) -> list:
+    """Labels in order of first appearance across the panels (one colour each)."""
+    order: list = []
+    for row in rows:
+        for p in row:
+            if p is not None:
+                for c in p["labels"].tolist():
+                    if c not in order:
+                        order.append(c)
+    return order
+
+
+def _draw_panel(ax: Any, panel: dict, order: list, colours: dict, names: dict, point_size: float) -> None:
+    for cls in order:
+        sel = panel["labels"] == cls
+        if sel.any():
+            pts = panel["points2d"][sel]
+            ax.scatter(pts[:, 0], pts[:, 1], s=point_size, color=colours[cls], alpha=0.6,
+                       linewidths=0, label=names[cls])
+    ax.set_aspect("equal", adjustable="datalim")  # keep distances comparable within a panel
+    if panel["note"]:
+        ax.text(0.02, 0.02, str(panel["note"]), transform=ax.transAxes, fontsize=7, va="bottom",
+                ha="left", bbox=dict(boxstyle="round", facecolor="white", alpha=0.7, linewidth=0))
 
 
 def projection_grid_figure(panels: Sequence[Sequence[Optional[Mapping]]], class_names: Any,
@@ -550,13 +577,7 @@ def projection_grid_figure(panels: Sequence[Sequence[Optional[Mapping]]], class_
         raise ValueError(f"row_labels has {len(row_labels)} entries for {n_rows} rows of panels")
     if col_labels is not None and len(col_labels) != n_cols:
         raise ValueError(f"col_labels has {len(col_labels)} entries for {n_cols} columns of panels")
-    order: list = []
-    for row in rows:
-        for p in row:
-            if p is not None:
-                for c in p["labels"].tolist():
-                    if c not in order:
-                        order.append(c)
+    order = _class_order(rows)
     # Resolve names up front so a missing name fails before any drawing.
     names = {c: _class_name(class_names, c) for c in order}
     colours = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(order)}
@@ -583,16 +604,7 @@ def projection_grid_figure(panels: Sequence[Sequence[Optional[Mapping]]], class_
                 for spine in ax.spines.values():
                     spine.set_visible(False)
                 continue
-            for cls in order:
-                sel = panel["labels"] == cls
-                if sel.any():
-                    pts = panel["points2d"][sel]
-                    ax.scatter(pts[:, 0], pts[:, 1], s=point_size, color=colours[cls], alpha=0.6,
-                               linewidths=0, label=names[cls])
-            ax.set_aspect("equal", adjustable="datalim")  # keep distances comparable within a panel
-            if panel["note"]:
-                ax.text(0.02, 0.02, str(panel["note"]), transform=ax.transAxes, fontsize=7, va="bottom",
-                        ha="left", bbox=dict(boxstyle="round", facecolor="white", alpha=0.7, linewidth=0))
+            _draw_panel(ax, panel, order, colours, names, point_size)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", linestyle="", markersize=6, color=colours[c], label=names[c])
