@@ -396,10 +396,11 @@ def trend(obs: Sequence[Obs], alpha: float) -> Dict[str, Any]:
     return out
 
 
-def _unpaired_slope_difference(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float) -> Dict[str, Any]:
+def _unpaired_slope_difference(obs: Sequence[Obs], alpha_ls: float,
+                               alpha_plain: float) -> Optional[Dict[str, Any]]:
     a, b = trend(obs, alpha_ls)["slope_per_ln_T"], trend(obs, alpha_plain)["slope_per_ln_T"]
     if a is None or b is None:
-        raise ValueError("the interaction needs at least two temperatures for both alphas")
+        return None  # an alpha has runs at a single T only (a partial study): no slope to compare
     diff = a["estimate"] - b["estimate"]
     n = a["n"] + b["n"]
     method = "difference of the two trends' slopes (unpaired, Welch-Satterthwaite df)"
@@ -415,6 +416,7 @@ def interaction(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float, method:
                 seed: int = 0, n_resamples: int = BOOTSTRAP_RESAMPLES) -> Dict[str, Any]:
     """slope(LS) - slope(plain) of value on ln T: does T hurt the LS teacher's students more?
 
+    ``None`` estimates (with a ``reason``) when an alpha has runs at a single T only.
     Paired by design when both alphas hold the same units (same student seed, or same teacher seed
     index): per unit, the difference of its two slopes, then a t interval (``method="t"``) or a BCa
     bootstrap over the units (``method="bootstrap"``). Otherwise the two trends' slopes are
@@ -426,6 +428,7 @@ def interaction(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float, method:
     s_ls, s_pl = _unit_slopes(obs, alpha_ls, by_t), _unit_slopes(obs, alpha_plain, by_t)
     unit = _unit_name(by_t)
     paired = bool(s_ls) and set(s_ls) == set(s_pl) and len(s_ls) >= 2
+    est: Optional[Dict[str, Any]]
     if paired:
         d = [s_ls[k] - s_pl[k] for k in s_ls]
         est = (bootstrap_mean_estimate(d, unit, by_t, seed=seed, n_resamples=n_resamples) if method == "bootstrap" else
@@ -433,8 +436,11 @@ def interaction(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float, method:
     else:
         est = _unpaired_slope_difference(obs, alpha_ls, alpha_plain)
     t_min, t_max, span = _span(obs, [alpha_ls, alpha_plain])
-    return {"alpha_ls": alpha_ls, "alpha_plain": alpha_plain, "paired": paired, "range": [t_min, t_max],
-            "slope_difference_per_ln_T": est, "change_over_range": scaled(est, span)}
+    out = {"alpha_ls": alpha_ls, "alpha_plain": alpha_plain, "paired": paired, "range": [t_min, t_max],
+           "slope_difference_per_ln_T": est, "change_over_range": None if est is None else scaled(est, span)}
+    if est is None:
+        out["reason"] = "each alpha needs runs at two or more temperatures"
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

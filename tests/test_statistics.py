@@ -215,6 +215,12 @@ def test_interaction_unpaired_is_welch_of_the_two_slopes():
     assert est["ci"] == pytest.approx(list(_t_interval(b1 - b0, se, df)))
 
 
+def test_interaction_of_a_partial_study_says_why():
+    obs = [st.Obs(0.0, 1.0, 0, 70.0), st.Obs(0.1, 1.0, 0, 70.0), st.Obs(0.1, 2.0, 0, 69.0)]
+    inter = st.interaction(obs, 0.1, 0.0)
+    assert inter["slope_difference_per_ln_T"] is None and "two or more temperatures" in inter["reason"]
+
+
 def test_teacher_is_the_unit_when_several_teachers():
     # three teachers per alpha whose students' slopes differ a lot by teacher, little by student seed
     rng = np.random.default_rng(7)

@@ -2,7 +2,10 @@
 
 Student score mean +- std over seeds per alpha x T, the teachers' row, and the cells where LS and
 KD are compatible (the LS teacher's student at least as good as the alpha = 0 teacher's student at
-the same T). The score and its labels come from the task backend.
+the same T). The score and its labels come from the task backend. Below the table: every cell's
+95 % interval over seeds (or teachers), the trend of each alpha over every T and the alpha x T
+interaction, and the cells that cannot be told apart from the best (:mod:`lskd_core.statistics`,
+computed once by the verdict).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 
 from lskd_core.jsonio import num
 from lskd_core.report.markdown import fmt, md_table, section_status
+from lskd_core.report.seed_stats import best_set_line, cell_interval_table, trend_table
 from lskd_core.report.verdict import compare_cells
 from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import TaskBackend
@@ -36,16 +40,21 @@ def _cell(view: StudyView, alpha: float, temperature: float) -> dict:
     top1: List[float] = []
     top5: List[float] = []
     seeds: List[int] = []
+    teacher_seeds: List[int] = []
     for s in view.seeds:
-        res = view.score(view.student(alpha, temperature, s))
+        sid = view.student(alpha, temperature, s)
+        res = view.score(sid)
         if res and res.get(task.score_key) is not None:
             top1.append(float(res[task.score_key]))
             if task.second_score_key:
                 top5.append(float(res.get(task.second_score_key, float("nan"))))
             seeds.append(s)
+            # which teacher this student learnt from (one teacher per alpha unless the plan says otherwise)
+            teacher_seeds.append(int((view.runs.get(sid, {}).get("info") or {}).get("teacher_seed", 0)))
     m1, s1 = mean_std(top1)
     m5, s5 = mean_std(top5)
-    return {"alpha": alpha, "temperature": temperature, "seeds": seeds, "n": len(seeds),
+    return {"alpha": alpha, "temperature": temperature, "seeds": seeds, "teacher_seeds": teacher_seeds,
+            "n": len(seeds),
             "top1": top1, "top5": top5, "top1_mean": m1, "top1_std": s1,
             "top5_mean": m5, "top5_std": s5, "compatible": None}
 
@@ -73,7 +82,7 @@ def accuracy_grid(view: StudyView) -> dict:
     complete = filled == len(cells) and all(t[task.teacher_main_field] is not None for t in teachers)
     status = "ok" if complete else ("partial" if filled else "missing")
     return {"status": status, "metric": task.grid_metric, "teachers": teachers, "cells": cells,
-            "baseline_alpha": base_alpha}
+            "baseline_alpha": base_alpha, "smallest_effect": view.config.get("smallest_effect")}
 
 
 def _cell_text(c: dict, task: TaskBackend) -> str:
@@ -109,4 +118,23 @@ def grid_markdown(res: dict, task: TaskBackend) -> List[str]:
           grid_table(g, task) + "\n", section_status(g)]
     if res.get("figures", {}).get("accuracy"):
         md.append(f"![student accuracy vs T]({res['figures']['accuracy']})\n")
+    return md + statistics_markdown(res.get("verdict", {}).get("analysis"), task)
+
+
+def statistics_markdown(analysis: Optional[dict], task: TaskBackend) -> List[str]:
+    """Intervals per cell, trends over every T, the interaction and the could-be-best cells."""
+    if not analysis or analysis.get("status") != "ok":
+        return []
+    unit = task.score_unit or "points"
+    md = ["### Intervals, trends over T and the alpha x T interaction\n",
+          f"Mean [95 % interval] of the {unit} over the units (student seeds, or teachers when each alpha "
+          "has several):\n", cell_interval_table(analysis) + "\n",
+          "Trend: regression of the score on ln T over every run and every T (per alpha); the interaction "
+          "compares the two alphas' slopes seed by seed where the seeds are paired:\n",
+          trend_table(analysis, unit) + "\n", best_set_line(analysis) + "\n"]
+    tv = analysis["teacher_variance"]
+    if not tv["sampled"]:
+        md.append("> Teacher variance is not sampled (teachers per alpha: "
+                  + ", ".join(f"{a}: {n}" for a, n in tv["teachers_per_alpha"].items())
+                  + "): the intervals cover student seeds only.\n")
     return md

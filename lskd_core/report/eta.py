@@ -1,5 +1,9 @@
 """Section 2: the diffusion index (Eq. 1; Table 3, pairwise variant Table K.1) and the S1/S2 sets
 from the class hierarchy (App. G.1) and from feature space (App. G.2) with their agreement (Table G.1).
+
+eta is computed for every student seed whose features were exported (``seed_tables``) and
+summarised over seeds with intervals and the share of seeds showing diffusion (``over_seeds``);
+the Table 3-style ``tables`` are the analysis seed's, as before.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from lskd_core.jsonio import num
 from lskd_core.report.cache import AnalysisCache
 from lskd_core.report.hierarchy import select_hierarchy
 from lskd_core.report.markdown import fmt, md_table, section_status
+from lskd_core.report.seed_stats import eta_over_seeds, eta_over_seeds_md
 from lskd_core.report.view import StudyView
 
 __all__ = ["eta_section", "eta_markdown"]
@@ -48,6 +53,38 @@ def _class_sets(view: StudyView, centroids_ref: Optional[np.ndarray], num_classe
             "feature_pct": [float(pct[0]), float(pct[1])]}
 
 
+def _seed_tables(view: StudyView, alpha: float, split: str, seed: int, higher: Sequence[float],
+                 sets: dict, num_classes: int) -> tuple:
+    """eta tables of one student seed (lowest T -> each higher T) and the exports it lacked."""
+    from lskd_core.diffusion import class_stats, diffusion_indices
+
+    t1 = view.temperatures[0]
+    tables: List[dict] = []
+    base = view.features(view.student(alpha, t1, seed), split)
+    if base is None:
+        return tables, [view.export(view.student(alpha, t1, seed), split)]
+    missing = []
+    before = class_stats(base.features, base.labels, num_classes)
+    for t2 in higher:
+        f2 = view.features(view.student(alpha, t2, seed), split)
+        if f2 is None:
+            missing.append(view.export(view.student(alpha, t2, seed), split))
+            continue
+        after = class_stats(f2.features, f2.labels, num_classes)
+        for method in ("hierarchy", "feature"):
+            if not sets[method]:
+                continue
+            rows = diffusion_indices(before, after, sets[method], pairwise=True)
+            tables.append({"alpha": alpha, "split": split, "t1": t1, "t2": t2, "sets": method, "rows": rows,
+                           "mean_eta_s1": float(np.mean([r["eta_s1"] for r in rows])),
+                           "mean_eta_s2": float(np.mean([r["eta_s2"] for r in rows]))})
+    return tables, missing
+
+
+def _teacher_seed(view: StudyView, alpha: float, temperature: float, seed: int) -> int:
+    return int((view.runs.get(view.student(alpha, temperature, seed), {}).get("info") or {}).get("teacher_seed", 0))
+
+
 def eta_section(view: StudyView, cache: AnalysisCache) -> dict:
     """Eq. 1 between the lowest T and each higher T, train and val, per alpha (Tables 3, K.1, G.1)."""
 
@@ -60,43 +97,31 @@ def eta_section(view: StudyView, cache: AnalysisCache) -> dict:
     if not higher:
         return {"status": "missing", "reason": "eta needs at least two temperatures"}
     seed = view.analysis_seed
-    needed = [view.export(view.student(a, t, seed), sp) for a in view.alphas for t in view.temperatures
-              for sp in ("train", "val")]
+    needed = [view.export(view.student(a, t, s), sp) for a in view.alphas for t in view.temperatures
+              for s in view.seeds for sp in ("train", "val")]
     ref_alpha = 0.0 if 0.0 in view.alphas else view.alphas[0]
     ref_export = view.export(view.teacher(ref_alpha), "val")
     key = {"targets": targets, "cfg": {k: view.config.get(k) for k in ("num_similar", "num_dissimilar",
                                                                         "hierarchy", "feature_sets")},
-           "inputs": view.fingerprint(needed + [ref_export]), "v": 2}
+           "inputs": view.fingerprint(needed + [ref_export]), "v": 3}
 
     def compute() -> dict:
-        from lskd_core.diffusion import class_stats, diffusion_indices
+        from lskd_core.diffusion import class_stats
 
         ref = view.features(view.teacher(ref_alpha), "val")
         centroids = class_stats(ref.features, ref.labels, num_classes).centroids if ref is not None else None
         sets = _class_sets(view, centroids, num_classes, targets)
-        tables = []
-        missing = []
+        tables: List[dict] = []
+        seed_tables: List[dict] = []
+        missing: List[str] = []
         for a in view.alphas:
             for split in ("train", "val"):
-                base = view.features(view.student(a, t1, seed), split)
-                if base is None:
-                    missing.append(view.export(view.student(a, t1, seed), split))
-                    continue
-                before = class_stats(base.features, base.labels, num_classes)
-                for t2 in higher:
-                    f2 = view.features(view.student(a, t2, seed), split)
-                    if f2 is None:
-                        missing.append(view.export(view.student(a, t2, seed), split))
-                        continue
-                    after = class_stats(f2.features, f2.labels, num_classes)
-                    for method in ("hierarchy", "feature"):
-                        if not sets[method]:
-                            continue
-                        rows = diffusion_indices(before, after, sets[method], pairwise=True)
-                        tables.append({"alpha": a, "split": split, "t1": t1, "t2": t2, "sets": method,
-                                       "rows": rows,
-                                       "mean_eta_s1": float(np.mean([r["eta_s1"] for r in rows])),
-                                       "mean_eta_s2": float(np.mean([r["eta_s2"] for r in rows]))})
+                for s in view.seeds:
+                    got, lacked = _seed_tables(view, a, split, s, higher, sets, num_classes)
+                    if s == seed:  # the analysis seed's exports are planned: report them missing
+                        tables += got
+                        missing += lacked
+                    seed_tables += [dict(t, seed=s, teacher_seed=_teacher_seed(view, a, t["t2"], s)) for t in got]
         return {"status": "ok" if not missing else ("partial" if tables else "missing"),
                 "missing_inputs": missing, "targets": targets, "t1": t1, "seed": seed,
                 "reference_model": view.teacher(ref_alpha) + " (val split)",
@@ -104,7 +129,9 @@ def eta_section(view: StudyView, cache: AnalysisCache) -> dict:
                          "feature": {str(k): v for k, v in sets["feature"].items()},
                          "agreement": sets["agreement"], "hierarchy_source": sets["hierarchy_source"],
                          "feature_pct": sets["feature_pct"]},
-                "tables": tables}
+                "tables": tables, "seed_tables": seed_tables,
+                "seeds_with_features": sorted({t["seed"] for t in seed_tables}),
+                "over_seeds": eta_over_seeds({"seed_tables": seed_tables})}
 
     return cache.get("eta", key, compute)
 
@@ -194,6 +221,11 @@ def eta_markdown(res: dict, names: List[str]) -> List[str]:
     md.append("Summary (mean over the target classes; 'systematic' = targets with eta_S1 < 0 and "
               "eta_S2 > 0):\n")
     md.append(_eta_summary_md(eta) + "\n")
+    if eta.get("over_seeds"):
+        ls = [a for a in {t["alpha"] for t in eta["tables"]} if a > 0]
+        md.append(f"Student seeds with exported features: {', '.join(map(str, eta['seeds_with_features']))}.\n")
+        md += eta_over_seeds_md(eta["over_seeds"], names, max(ls) if ls else None,
+                                max(t["t2"] for t in eta["seed_tables"]))
     md.append("Per target class, S1/S2 from the class hierarchy (Table 3; feature-space sets: "
               "results.json):\n")
     md.append(_eta_md(eta, names))
