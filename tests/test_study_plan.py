@@ -24,8 +24,8 @@ def test_plan_shape_and_dependency_order():
     kinds = [r.kind for r in plan]
     assert kinds.count("teacher") == 2
     assert kinds.count("student") == 2 * 4 * 2
-    # exports: 2 teachers + 8 analysis-seed students, train and val each
-    assert kinds.count("export") == (2 + 8) * 2
+    # exports: 2 teachers + 8 students per seed (eta over every seed), train and val each
+    assert kinds.count("export") == (2 + 8 * 2) * 2
     seen = set()
     for r in plan:
         assert all(d in seen for d in r.deps), r.run_id

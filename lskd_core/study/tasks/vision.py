@@ -98,13 +98,13 @@ def _export_args(cfg: "StudyConfig", model_run: str, model: str, split: str, rol
 
 
 def _export_runs(cfg: "StudyConfig") -> List[Run]:
-    """Feature exports: teachers (train with logits: entropy, Fig. 2; val: Fig. 1) and the analysis
-    seed's students (train + val: eta, Fig. 1, Table I)."""
+    """Feature exports: teachers (train with logits: entropy, Fig. 2; val: Fig. 1) and every seed's
+    students (train + val: eta over seeds; the analysis seed's also Fig. 1, Table I)."""
     exporter = ("module", "vision_plugin.export_features")
     models = [(teacher_id(a), cfg.teacher_model, {"role": "teacher", "alpha": a}) for a in cfg.alphas]
-    models += [(student_id(a, t, cfg.first_seed), cfg.student_model,
-                {"role": "student", "alpha": a, "temperature": t, "seed": cfg.first_seed})
-               for a in cfg.alphas for t in cfg.temperatures]
+    models += [(student_id(a, t, s), cfg.student_model,
+                {"role": "student", "alpha": a, "temperature": t, "seed": s})
+               for a in cfg.alphas for t in cfg.temperatures for s in cfg.seed_list]
     runs = []
     for model_run, model, info in models:
         for split in ("train", "val"):
