@@ -267,16 +267,14 @@ def _check_member_crc(path: str, info: zipfile.ZipInfo, start: int) -> None:
 
 
 def _verify_member(zf: zipfile.ZipFile, member: str, path: str) -> None:
-    """Check a member before numpy reads it: its .npy header agrees with its size, and its CRC-32.
+    """Check a member before numpy reads it: its .npy header must agree with the member's size.
 
     numpy allocates the array from the header's shape before reading a byte, and zipfile checks
-    the CRC only at the end of the member, so a damaged (or hostile) header could otherwise ask for
-    terabytes. Members are small (labels, names, meta, weight) or read anyway.
+    the CRC only at the end of the member, so a damaged (or hostile) header could otherwise ask
+    for terabytes. The CRC itself is then checked by zipfile when numpy reads the member to its
+    end (BadZipFile "Bad CRC-32"), which numpy always does.
     """
     info = zf.getinfo(member)
-    with zf.open(info) as fh:
-        while fh.read(_CRC_BLOCK):  # zipfile raises BadZipFile on a CRC mismatch at the end
-            pass
     with zf.open(info) as fh:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
