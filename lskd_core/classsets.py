@@ -52,18 +52,24 @@ hypernyms between a class and ``clothing`` that would mix regions (``garment``) 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 import os
 import re
-from collections import deque
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Deque, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
+
+from lskd_core.wordnet import (
+    DEFAULT_WORDNET_DIR,
+    WordNetNouns,
+    load_wordnet,
+    up_distances,
+    wnid_to_offset,
+    wordnet_parents,
+)
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -84,140 +90,10 @@ __all__ = [
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"]
 
-# Location of the Debian wordnet-base package's database (override: $LSKD_WORDNET_DIR).
-DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
-
-_WNID = re.compile(r"^n(\d{8})$")
 
 Node = Hashable
 # Any, not Node: Mapping is invariant in its key, and callers pass Dict[str, List[str]]
 ParentMap = Mapping[Any, Sequence[Any]]
-
-
-# ----------------------------------------------------------------------------------------------
-# WordNet (data.noun) without NLTK
-# ----------------------------------------------------------------------------------------------
-
-def wnid_to_offset(wnid: str) -> int:
-    """``'n02085620'`` -> 2085620 (ImageNet wnids are WordNet 3.0 noun offsets)."""
-    m = _WNID.match(str(wnid))
-    if not m:
-        raise ValueError(f"not a WordNet noun id (expected 'n' + 8 digits, e.g. n02085620): "
-                         f"{wnid!r}")
-    return int(m.group(1))
-
-
-def _offset_to_wnid(offset: Union[int, str]) -> str:
-    return f"n{int(offset):08d}"
-
-
-@dataclass(frozen=True)
-class WordNetNouns:
-    """The noun synsets of WordNet 3.0: wnid -> lemmas, hypernyms (``@`` and ``@i``) and gloss."""
-
-    lemmas: Mapping[str, Tuple[str, ...]]
-    hypernym_map: Mapping[str, Tuple[str, ...]]
-    glosses: Mapping[str, str]
-    source: str
-
-    def __contains__(self, wnid: object) -> bool:
-        return wnid in self.hypernym_map
-
-    def __len__(self) -> int:
-        return len(self.hypernym_map)
-
-    def _check(self, wnid: str) -> str:
-        wnid_to_offset(wnid)
-        if wnid not in self.hypernym_map:
-            raise ValueError(f"{wnid} is not a noun synset in {self.source}")
-        return wnid
-
-    def hypernyms(self, wnid: str) -> Tuple[str, ...]:
-        return self.hypernym_map[self._check(wnid)]
-
-    def name(self, wnid: str) -> str:
-        """First lemma, e.g. ``'Chihuahua'`` for n02085620."""
-        return self.lemmas[self._check(wnid)][0]
-
-    def gloss(self, wnid: str) -> str:
-        return self.glosses[self._check(wnid)]
-
-    def ancestors(self, wnid: str) -> Dict[str, int]:
-        """All hypernym ancestors (and the synset itself at 0) with their shortest up-distance."""
-        return _up_distances(self.hypernym_map, self._check(wnid))
-
-
-def _parse_data_noun(path: str) -> WordNetNouns:
-    lemmas: Dict[str, Tuple[str, ...]] = {}
-    hyper: Dict[str, Tuple[str, ...]] = {}
-    glosses: Dict[str, str] = {}
-    with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.startswith("  "):  # license header
-                continue
-            data, _, gloss = line.partition(" | ")
-            f = data.split()
-            try:
-                # offset lex_filenum ss_type w_cnt(hex) [word lex_id]... p_cnt [ptr off pos st]...
-                wnid = _offset_to_wnid(f[0])
-                n_words = int(f[3], 16)
-                words = tuple(f[4 + 2 * i] for i in range(n_words))
-                i = 4 + 2 * n_words
-                n_ptrs = int(f[i])
-                i += 1
-                parents = []
-                for _ in range(n_ptrs):
-                    symbol, target, pos = f[i], f[i + 1], f[i + 2]
-                    if symbol in ("@", "@i") and pos == "n":
-                        parents.append(_offset_to_wnid(target))
-                    i += 4
-            except (IndexError, ValueError):
-                raise ValueError(f"{path}:{lineno}: not a WordNet data.noun line") from None
-            lemmas[wnid] = words
-            hyper[wnid] = tuple(parents)
-            glosses[wnid] = gloss.strip()
-    if not hyper:
-        raise ValueError(f"{path} holds no noun synsets")
-    return WordNetNouns(lemmas=lemmas, hypernym_map=hyper, glosses=glosses, source=path)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_wordnet_cached(path: str, mtime: float) -> WordNetNouns:
-    return _parse_data_noun(path)
-
-
-def load_wordnet(wordnet_dir: Optional[str] = None) -> WordNetNouns:
-    """Parse WordNet 3.0's ``data.noun`` (Debian ``wordnet-base``), following ``@``/``@i`` hypernyms.
-
-    Directory: ``wordnet_dir``, else ``$LSKD_WORDNET_DIR``, else ``/usr/share/wordnet``. Cached per
-    file. FileNotFoundError (saying how to install it) when the database is missing.
-    """
-    folder = wordnet_dir or os.environ.get("LSKD_WORDNET_DIR") or DEFAULT_WORDNET_DIR
-    path = os.path.join(os.fspath(folder), "data.noun")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"WordNet noun database not found at {path}: install the Debian package wordnet-base "
-            f"(sudo apt-get install wordnet-base) or point $LSKD_WORDNET_DIR at a folder holding "
-            f"WordNet 3.0's data.noun")
-    return _load_wordnet_cached(os.path.abspath(path), os.path.getmtime(path))
-
-
-def wordnet_parents(wnids: Iterable[str],
-                    wordnet: Optional[WordNetNouns] = None) -> Dict[str, List[str]]:
-    """Parent map (node -> hypernyms) covering every ancestor of ``wnids`` (for hierarchy_sets)."""
-    wn = wordnet if wordnet is not None else load_wordnet()
-    parents: Dict[str, List[str]] = {}
-    todo: Deque[str] = deque()
-    for w in wnids:
-        wn.hypernyms(w)  # validates
-        todo.append(w)
-    while todo:
-        node = todo.popleft()
-        if node in parents:
-            continue
-        parents[node] = list(wn.hypernyms(node))
-        todo.extend(p for p in parents[node] if p not in parents)
-    return parents
 
 
 def load_parent_map(json_path: "os.PathLike[str] | str") -> Dict[str, List[str]]:
@@ -272,19 +148,6 @@ def _check_acyclic(parents: ParentMap, where: str = "parent map") -> None:
                 stack.append((nxt, iter(parents.get(nxt, ()))))
 
 
-def _up_distances(parents: ParentMap, node: Any) -> Dict[Any, int]:
-    """Shortest number of parent edges from ``node`` to each of its ancestors (itself at 0)."""
-    dist = {node: 0}
-    todo = deque([node])
-    while todo:
-        cur = todo.popleft()
-        for p in parents.get(cur, ()):
-            if p not in dist:
-                dist[p] = dist[cur] + 1
-                todo.append(p)
-    return dist
-
-
 # ----------------------------------------------------------------------------------------------
 # hierarchy sets (App. G.1)
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +179,7 @@ class ClassHierarchy:
             raise ValueError(f"class {i} (node {n!r}) is not in the hierarchy"
                              + (f" ({len(missing)} classes missing)" if len(missing) > 1 else ""))
         _check_acyclic(parents)
-        self.up = [_up_distances(parents, n) for n in self.class_nodes]
+        self.up = [up_distances(parents, n) for n in self.class_nodes]
         # inverted index: ancestor -> (class indices, their up-distances)
         members: Dict[Node, Tuple[List[int], List[int]]] = {}
         for i, up in enumerate(self.up):
@@ -435,7 +298,7 @@ class ClassHierarchy:
         """Exclusion subtrees to try, widest first, ending with r's own subtree."""
         if exclude_levels is not None:
             return [self._ancestors_at(root, levels) for levels in range(int(exclude_levels), -1, -1)]
-        up = _up_distances(self.parents, root)
+        up = up_distances(self.parents, root)
         chain = sorted(up, key=lambda a: (up[a], str(a)))  # r, its parents, grandparents, ...
         need = math.ceil(exclude_fraction * self.num_classes)
         top = len(chain) - 1
@@ -561,14 +424,14 @@ def fashion_mnist_parents(wordnet: Optional[WordNetNouns] = None,
     region: Dict[str, str] = {}
     chains: Dict[str, List[str]] = {}
     for name, w in wnids.items():
-        up = _up_distances(raw, w)
+        up = up_distances(raw, w)
         if _CLOTHING not in up:
             continue
         # the synsets from the class up to (not including) clothing along a shortest path
         chain = [w]
         while chain[-1] != _CLOTHING:
-            nxt = min((p for p in raw[chain[-1]] if _CLOTHING in _up_distances(raw, p)),
-                      key=lambda p: (_up_distances(raw, p)[_CLOTHING], p))
+            nxt = min((p for p in raw[chain[-1]] if _CLOTHING in up_distances(raw, p)),
+                      key=lambda p: (up_distances(raw, p)[_CLOTHING], p))
             chain.append(nxt)
         chains[name] = chain[:-1]
         region[name] = "upper_body" if _upper_body(wn, chain[:-1]) else "other"
