@@ -36,6 +36,7 @@ import argparse
 import errno
 import json
 import math
+import os
 import sys
 from typing import List, NoReturn, Optional, Sequence, Tuple
 
@@ -316,6 +317,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = " ".join(str(exc).split())  # exactly one line
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lskd-eta ... | head`: the reader left; nothing to report
+        try:  # no second BrokenPipeError when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (tests)
+            pass
+        return 1
     except OSError as exc:
         print(f"{PROG}: error: {' '.join(_os_error_line(exc).split())}", file=sys.stderr)
         return 2

@@ -494,3 +494,13 @@ def test_damaged_file_same_numbers_or_one_line_error(clean_pair, data):
         assert json.loads(out) == expected  # the very same numbers, or ...
     else:  # ... one clear line
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+
+
+def test_closed_stdout_pipe_is_quiet(files, monkeypatch):
+    # `lskd-eta ... | head`: the reader left, which is no error of the user's input
+    before, after, _ = files
+
+    def closed(text, out):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(eta_cli, "_emit", closed)
+    assert cli("--before", before, "--after", after, *SETS) == (1, "", "")
