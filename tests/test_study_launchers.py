@@ -98,8 +98,10 @@ class _Queue(S.Launcher):
 
     def start(self, run, argv, env, log_path, cwd=None, after=()):
         job = len(self.jobs) + 1
-        self.jobs[job] = {"run": run, "dir": Path(log_path).parent, "rc": None, "deps": [a["job"] for a in after]}
-        self.after[run.run_id] = [self.jobs[a["job"]]["run"].run_id for a in after]
+        # handles recorded by an earlier invocation (no "job") are outside this miniature queue
+        self.jobs[job] = {"run": run, "dir": Path(log_path).parent, "rc": None,
+                          "deps": [a["job"] for a in after if "job" in a]}
+        self.after[run.run_id] = [self.jobs[a["job"]]["run"].run_id if "job" in a else a["run"] for a in after]
         return {"launcher": self.name, "job": job, "log": str(log_path), "started": time.time()}
 
     def poll(self, handle):

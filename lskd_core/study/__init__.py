@@ -14,12 +14,14 @@ and the same plan can be dispatched by any scheduler (``--print-commands``) and 
 
 Modules: :mod:`~lskd_core.study.config` (settings), :mod:`~lskd_core.study.plan` (runs, ids,
 hashes, commands), :mod:`~lskd_core.study.tasks` (task backends), :mod:`~lskd_core.study.state`
-(run directories), :mod:`~lskd_core.study.launchers` (starting runs), :mod:`~lskd_core.study.runner`
+(run directories), :mod:`~lskd_core.study.launchers` (starting runs; :mod:`~lskd_core.study.launcher_slurm`
+and :mod:`~lskd_core.study.slurm` for SLURM), :mod:`~lskd_core.study.runner`
 (the loop), :mod:`~lskd_core.study.cli`.
 """
 
 from lskd_core.study.cli import main
 from lskd_core.study.config import StudyConfig, available_presets, load_config, read_config_file, read_preset
+from lskd_core.study.launcher_slurm import SlurmLauncher, SlurmSettings  # registers the "slurm" launcher
 from lskd_core.study.launchers import LAUNCHERS, Handle, Launcher, LocalLauncher, SubprocessLauncher, make_launcher
 from lskd_core.study.plan import Run, build_plan, export_id, plan_commands, run_command, student_id, teacher_id
 from lskd_core.study.runner import StudyOutcome, prepare_for_dispatch, run_study
@@ -44,6 +46,7 @@ __all__ = [
     "RunState", "inspect_run", "fingerprint", "write_run_config", "write_manifest",
     "RUN_CONFIG", "RESULT", "LAUNCH", "LAUNCH_LOG", "EVENT_LOG", "MANIFEST",
     "Launcher", "LocalLauncher", "SubprocessLauncher", "Handle", "LAUNCHERS", "make_launcher",
+    "SlurmLauncher", "SlurmSettings",
     "StudyOutcome", "run_study", "prepare_for_dispatch", "main",
     "TaskBackend", "get_task",
 ]

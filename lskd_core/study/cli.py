@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lskd_core.study.config import available_presets, load_config
-from lskd_core.study.runner import prepare_for_dispatch, run_study
+from lskd_core.study.launchers import LAUNCHERS
+from lskd_core.study.runner import StudyOutcome, prepare_for_dispatch, run_study
+from lskd_core.study.status import study_status
 from lskd_core.study.tasks import task_names
 
 __all__ = ["main"]
@@ -29,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="launch nothing: write the report from the run dirs that are finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--launcher", choices=sorted(LAUNCHERS),
+                   help="how runs are started (default: the config's launcher, else local); 'slurm' submits "
+                        "each run as a batch job with its dependencies (settings: the config's [launcher] table)")
+    p.add_argument("--status", action="store_true",
+                   help="print where each run stands (queued/running jobs as the launcher sees them) and exit")
+    p.add_argument("--no-wait", action="store_true",
+                   help="with a detached launcher (slurm): exit once every run is submitted; run the same "
+                        "command again to collect the results and write the report")
     g = p.add_argument_group("settings (override the preset and the config file)")
     g.add_argument("--task", choices=task_names())
     for flag in ("--dataset", "--data-path", "--teacher-model", "--student-model"):
@@ -60,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 _DIRECT = ("task", "dataset", "data_path", "teacher_model", "student_model", "alphas", "temperatures", "seeds",
            "teacher_seed", "teacher_epochs", "student_epochs", "teacher_lr", "student_lr", "train_samples",
            "val_samples", "target_classes", "projection_classes", "kd_beta", "device", "nproc", "workers",
-           "jobs", "out")
+           "jobs", "out", "launcher")
 
 
 def _overrides(ns: argparse.Namespace) -> dict:
@@ -100,18 +110,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if ns.print_commands:
             return _print_commands(prepare_for_dispatch(cfg, study_dir))
-        outcome = run_study(cfg, study_dir, report_only=ns.report_only, progress=not ns.no_progress)
+        if ns.status:
+            print("\n".join(study_status(cfg, study_dir)))
+            return 0
+        outcome = run_study(cfg, study_dir, report_only=ns.report_only, progress=not ns.no_progress,
+                            wait=not ns.no_wait)
     except KeyboardInterrupt:
         print(f"interrupted; re-run the same command to resume ({study_dir})", file=sys.stderr)
         return 130
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # one line per problem (e.g. each bad SLURM resource)
+            print(f"error: {line}", file=sys.stderr)
         return 2
-    print(f"study '{cfg.name}': {len(outcome.launched)} run(s) launched, {len(outcome.skipped)} already done, "
+    return _summary(cfg.name, outcome)
+
+
+def _summary(name: str, outcome: StudyOutcome) -> int:
+    print(f"study '{name}': {len(outcome.launched)} run(s) launched, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed/missing, {len(outcome.blocked)} blocked")
     for run_id, why in outcome.failed.items():
         print(f"  {run_id}: {why}")
+    if outcome.adopted:
+        print(f"{len(outcome.adopted)} run(s) started by an earlier invocation were followed and collected")
+    if outcome.in_flight:
+        print(f"{len(outcome.in_flight)} run(s) queued or running; run the same command again (or with --status) "
+              "to follow them; the report is written once they are collected")
     if outcome.report_dir is not None:
         print(f"report: {outcome.report_dir / 'report.md'}")
     print(f"wall time: {outcome.wall_time_s:.1f} s ({outcome.wall_time_s / 60:.1f} min)")
-    return 0 if outcome.ok else 1
+    return 0 if outcome.ok else 1  # in flight is not a failure: a later invocation collects it

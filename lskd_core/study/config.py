@@ -88,7 +88,9 @@ class StudyConfig:
     workers: int = 0
     jobs: int = 1  # independent runs executed at the same time
     python: Optional[str] = None  # interpreter for the runs (default: this one)
-    launcher: str = "local"  # how runs are started (lskd_core.study.launchers.LAUNCHERS)
+    # how runs are started: a name of lskd_core.study.launchers.LAUNCHERS, or a [launcher] table
+    # with kind = "<name>" and that launcher's settings (the SLURM launcher's resources per run kind)
+    launcher: Any = "local"
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -271,12 +273,12 @@ def _validate_analysis(cfg: StudyConfig) -> None:
 
 def _validate_execution(cfg: StudyConfig) -> None:
     """Processes per run, runs at a time, data-loading workers and the launcher."""
-    from lskd_core.study.launchers import LAUNCHERS
+    from lskd_core.study.launchers import LAUNCHERS, launcher_spec
 
     _ints_at_least(cfg, ("nproc", "jobs"), 1)
     _ints_at_least(cfg, ("workers",), 0)
-    if not isinstance(cfg.launcher, str) or cfg.launcher not in LAUNCHERS:
-        raise ValueError(f"launcher must be one of {sorted(LAUNCHERS)}, got {cfg.launcher!r}")
+    name, options = launcher_spec(cfg.launcher)
+    LAUNCHERS[name].from_options(options)  # the launcher checks its own settings (ValueError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +292,9 @@ def _flatten(mapping: Mapping, prefix: str = "") -> dict:
     for k, v in mapping.items():
         k = str(k).replace("-", "_")
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
+        if key == "launcher" and isinstance(v, Mapping):
+            out[key] = dict(v)  # the launcher's own settings, nested tables included: not StudyConfig fields
+        elif isinstance(v, Mapping):
             out.update(_flatten(v, key + "_"))
         elif key not in known and prefix and k in known:
             out[k] = v
@@ -353,7 +357,11 @@ def load_config(preset: Optional[str] = None, config_file: Optional[str] = None,
     file_values.pop("description", None)
     values = read_preset(base)
     values.update(file_values)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(overrides.get("launcher"), str) and isinstance(values.get("launcher"), Mapping):
+        # --launcher NAME picks the launcher and keeps the file's [launcher] settings
+        overrides["launcher"] = dict(values["launcher"], kind=overrides["launcher"])
+    values.update(overrides)
     known = {f.name for f in dataclasses.fields(StudyConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -14,7 +14,8 @@ launcher adds ``pid`` and ``host``, a batch launcher its job id). The runner wri
 ``launch.json``; ``poll`` must accept a handle read back from there.
 
 A new launcher: subclass :class:`Launcher`, set ``name`` and the two attributes, and add it to
-:data:`LAUNCHERS`; the ``launcher`` setting selects it.
+:data:`LAUNCHERS`; the ``launcher`` setting selects it: a name, or a table whose ``kind`` is the name
+and whose other keys go to :meth:`Launcher.from_options` (the SLURM launcher's resources).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import subprocess
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 from lskd_core.study.plan import Run
 
-__all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher"]
+__all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
 
 #: A started run as the launcher describes it (JSON-serialisable).
 Handle = Dict[str, Any]
@@ -56,6 +57,26 @@ class Launcher(ABC):
     @abstractmethod
     def stop(self, handle: Handle) -> None:
         """Stop the run (and its children); return once it no longer runs."""
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "Launcher":
+        """The launcher configured by the ``[launcher]`` table's keys besides ``kind``. A launcher
+        without settings ignores them: one config file switches launchers with ``--launcher``."""
+        return cls()
+
+    def check(self, runs: Sequence[Run], nproc: int = 1) -> None:
+        """Refuse settings that cannot work for these runs (``nproc``: processes per training run)
+        with a ValueError, one line per problem, before anything starts."""
+        return None  # nothing to check by default
+
+    def describe(self, handle: Handle) -> str:
+        """One line for ``--status``: where the run stands according to the launcher."""
+        rc = self.poll(handle)
+        return "running" if rc is None else f"ended (exit status {rc}), not yet collected"
+
+    def on_interrupt(self, echo: Callable[[str], None]) -> None:
+        """Ctrl-C while runs are in flight (detached launchers: they keep running unless this stops them)."""
+        return None
 
 
 #: Exit status reported for a local run whose process cannot be found (e.g. a handle from an
@@ -141,7 +162,18 @@ SubprocessLauncher = LocalLauncher
 LAUNCHERS: Dict[str, Type[Launcher]] = {"local": LocalLauncher}
 
 
-def make_launcher(name: str) -> Launcher:
-    if name not in LAUNCHERS:
+def launcher_spec(setting: Any) -> Tuple[str, Dict[str, Any]]:
+    """The ``launcher`` setting (a name, or a table with ``kind``) -> (name, the table's other keys)."""
+    if isinstance(setting, Mapping):
+        options = dict(setting)
+        name = options.pop("kind", "local")
+    else:
+        name, options = setting, {}
+    if not isinstance(name, str) or name not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {sorted(LAUNCHERS)}, got {name!r}")
-    return LAUNCHERS[name]()
+    return name, options
+
+
+def make_launcher(setting: Any) -> Launcher:
+    name, options = launcher_spec(setting)
+    return LAUNCHERS[name].from_options(options)

@@ -63,6 +63,8 @@ class StudyOutcome:
     blocked: list  # run ids not run because a dependency failed
     problems: list  # corrupt / stale dirs found, with where they were moved
     wall_time_s: float
+    in_flight: list = field(default_factory=list)  # run ids left queued/running (detached launcher, wait=False)
+    adopted: list = field(default_factory=list)  # run ids an earlier invocation started (detached launcher)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,7 @@ class _InFlight:
     handle: Handle
     started: float
     resume: bool
+    adopted: bool = False  # started by an earlier invocation (detached launcher)
 
 
 def child_env(cfg: StudyConfig) -> Dict[str, str]:
@@ -142,6 +145,7 @@ class _Loop:
     launched: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    adopted: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.by_id = {r.run_id: r for r in self.plan}
@@ -161,8 +165,8 @@ class _Loop:
         """Start every ready run, up to ``jobs`` at a time; True when anything changed."""
         progressed = False
         for run in list(self.pending):
-            if len(self.running) >= self.cfg.jobs:
-                break
+            if len(self.running) >= self.cfg.jobs and not self.launcher.queues_dependencies:
+                break  # a queueing launcher hands every run to its scheduler, which shares the machines
             if any(d in self.failed or d in self.blocked for d in run.deps):
                 self.pending.remove(run)
                 self._block(run.run_id)
@@ -180,6 +184,10 @@ class _Loop:
         state = inspect_run(run, self.study, dep_fingerprints(run, self.study))
         if in_flight and state.status != "new":
             # queued behind dependencies that are being re-run: whatever is on disk predates them
+            rdir = run_dir(self.study, run.run_id)
+            if not (rdir / RESULT).exists() and not (rdir / "checkpoint.pth").exists():
+                # nothing it made survives (e.g. a job cancelled before it started): reuse the dir
+                return RunState("restart", f"queued again behind {in_flight}")
             return RunState("stale", f"its input run(s) {in_flight} are being re-run")
         return state
 
@@ -214,18 +222,26 @@ class _Loop:
         self.launched.append(run.run_id)
 
     def adopt_in_flight(self) -> None:
-        """Detached launchers: take over runs a previous invocation left in flight (their recorded
-        handle still polls as running) instead of starting them again."""
+        """Detached launchers: take over runs a previous invocation started and nobody collected
+        since (their recorded handle has no ``ended``). Still in flight, they are not started again;
+        ended, they are collected like this invocation's runs (outputs checked, inputs recorded),
+        and one that ended unfinished (failed, cancelled) is started again."""
         if not self.launcher.detached:
             return
         for run in list(self.pending):
             handle = read_launch(run_dir(self.study, run.run_id))
-            if handle is None or handle.get("launcher") != self.launcher.name:
+            if handle is None or handle.get("launcher") != self.launcher.name or "ended" in handle:
                 continue
-            if self.launcher.poll(handle) is None:
-                self.pending.remove(run)
-                self.running[run.run_id] = _InFlight(handle, float(handle.get("started", time.time())), False)
-                log_event(self.study, "adopted", run_id=run.run_id, handle=handle)
+            if not _same_config(run, self.study):
+                # started for another config: its dir is moved aside when the run starts again
+                if self.launcher.poll(handle) is None:
+                    self.launcher.stop(handle)
+                    self.echo(f"[study] {run.run_id}: stopped its job from an earlier config")
+                continue
+            self.pending.remove(run)
+            self.running[run.run_id] = _InFlight(handle, float(handle.get("started", time.time())), False, True)
+            self.adopted.append(run.run_id)
+            log_event(self.study, "adopted", run_id=run.run_id, handle=handle)
 
     # ------------------------------------------------------------------ reap
     def reap_finished(self) -> bool:
@@ -240,6 +256,12 @@ class _Loop:
             run = self.by_id[run_id]
             record_inputs(run, self.study)
             err = finish_run(run, self.study, self.cfg.task, rc, time.time() - fl.started)
+            if self.launcher.detached and fl.handle.get("launcher") == self.launcher.name:
+                # collected: a later invocation does not collect it again
+                write_launch(run_dir(self.study, run_id), dict(fl.handle, ended=time.time(), exit_status=rc))
+            if err is not None and fl.adopted:
+                self._retry_earlier_failure(run, err)
+                continue
             self.bar.update(1)
             if err is None:
                 self.done.add(run_id)
@@ -253,6 +275,16 @@ class _Loop:
         if progressed:
             self._stop_orphans()
         return progressed
+
+    def _retry_earlier_failure(self, run: Run, err: str) -> None:
+        """A run an earlier invocation started ended unfinished (failed, cancelled, preempted):
+        show why, then start it again (from its checkpoint when it has one)."""
+        log_path = run_dir(self.study, run.run_id) / "stdout.log"
+        log_event(self.study, "ended-unfinished", run_id=run.run_id, reason=err, log=str(log_path), action="re-run")
+        self.echo(f"[study] {run.run_id}: its earlier start ended unfinished ({err}); last lines of {log_path}:\n"
+                  f"{_tail(log_path)}\n[study] {run.run_id}: starting it again")
+        order = {r.run_id: i for i, r in enumerate(self.plan)}
+        self.pending = sorted(self.pending + [run], key=lambda r: order[r.run_id])
 
     def _stop_orphans(self) -> None:
         """Queued runs whose dependency failed will never start: stop them and count them blocked."""
@@ -275,10 +307,37 @@ class _Loop:
 
     def outcome(self, report_dir: Optional[Path], t0: float) -> StudyOutcome:
         return StudyOutcome(self.study, report_dir, self.launched, self.skipped, self.failed, self.blocked,
-                            self.problems, time.time() - t0)
+                            self.problems, time.time() - t0, sorted(self.running), self.adopted)
+
+
+def _same_config(run: Run, study: Path) -> bool:
+    try:
+        rc = read_json_object(run_dir(study, run.run_id) / RUN_CONFIG)
+    except BadJson:
+        return False
+    return rc is not None and rc.get("hash") == run.hash
+
+
+def _collect_ended(loop: _Loop) -> None:
+    """Report-only with a detached launcher: collect runs that ended since the last invocation
+    (outputs checked, inputs recorded), without starting anything."""
+    if not loop.launcher.detached:
+        return
+    for run in loop.plan:
+        handle = read_launch(run_dir(loop.study, run.run_id))
+        if handle is None or handle.get("launcher") != loop.launcher.name or "ended" in handle \
+                or not _same_config(run, loop.study):
+            continue
+        rc = loop.launcher.poll(handle)
+        if rc is None:
+            continue
+        record_inputs(run, loop.study)
+        finish_run(run, loop.study, loop.cfg.task, rc, time.time() - float(handle.get("started", time.time())))
+        write_launch(run_dir(loop.study, run.run_id), dict(handle, ended=time.time(), exit_status=rc))
 
 
 def _report_only(loop: _Loop, report: bool, t0: float) -> StudyOutcome:
+    _collect_ended(loop)
     for run in loop.plan:
         state = inspect_run(run, loop.study, dep_fingerprints(run, loop.study), strict=False)
         if state.status == "done":
@@ -295,11 +354,13 @@ def _report_only(loop: _Loop, report: bool, t0: float) -> StudyOutcome:
 
 def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: Optional[Launcher] = None,
               report: bool = True, report_only: bool = False, progress: bool = True,
-              echo: Optional[Callable[[str], None]] = None) -> StudyOutcome:
+              echo: Optional[Callable[[str], None]] = None, wait: bool = True) -> StudyOutcome:
     """Run (or resume) every run of the plan that is not already done, then write the report.
 
     ``report_only``: launch nothing; classify the run dirs leniently (runs dispatched by an external
     scheduler are accepted) and write the report from whatever is finished.
+    ``wait=False`` (detached launchers such as SLURM): return once every run is submitted; the
+    same call later collects them (``in_flight`` lists what was still queued or running).
     """
     t0 = time.time()
     study = Path(study_dir).resolve()
@@ -312,6 +373,11 @@ def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: O
     bar = make_bar(len(plan), progress)
     if echo is None:  # messages above the progress bar, not through it
         echo = bar.write if progress else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        launcher.check(plan, cfg.nproc)  # bad launcher settings: nothing starts
+    except ValueError:
+        bar.close()
+        raise
     loop = _Loop(cfg, study, plan, launcher, echo, bar, env=child_env(cfg))
     loop.adopt_in_flight()
     interrupted = False
@@ -319,6 +385,8 @@ def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: O
     try:
         while loop.pending or loop.running:
             progressed = loop.start_ready()
+            if not wait and launcher.detached and not loop.pending:
+                break  # everything is queued; a later invocation collects it
             progressed = loop.reap_finished() or progressed
             bar.set_postfix_str(running_postfix(loop.running, study, loop.by_id, cfg), refresh=False)
             if not progressed:
@@ -326,6 +394,7 @@ def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: O
     except KeyboardInterrupt:
         interrupted = True
         loop.stop_all()
+        launcher.on_interrupt(echo)
         echo("[study] interrupted: finished runs are kept and unfinished training runs resume from their "
              "last checkpoint on the next invocation")
     finally:
@@ -333,7 +402,7 @@ def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: O
         bar.close()
     if interrupted:
         raise KeyboardInterrupt
-    return loop.outcome(_maybe_report(loop, report, t0), t0)
+    return loop.outcome(_maybe_report(loop, report and not loop.running, t0), t0)
 
 
 def _maybe_report(loop: _Loop, report: bool, t0: float) -> Optional[Path]:
