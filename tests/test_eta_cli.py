@@ -504,3 +504,24 @@ def test_closed_stdout_pipe_is_quiet(files, monkeypatch):
         raise BrokenPipeError(32, "Broken pipe")
     monkeypatch.setattr(eta_cli, "_emit", closed)
     assert cli("--before", before, "--after", after, *SETS) == (1, "", "")
+
+
+@pytest.mark.parametrize("where, exc, words", [
+    ("load_features", PermissionError(errno.EACCES, "Permission denied", "/data/t3.npz"),
+     ["/data/t3.npz: Permission denied", "check the permissions"]),
+    ("atomic_open", OSError(errno.EROFS, "Read-only file system", "/ro/eta.json"),
+     ["/ro/eta.json: Read-only file system", "writable"]),
+    ("atomic_open", OSError(errno.ENOSPC, "No space left on device", "/full/eta.json"),
+     ["/full/eta.json: No space left on device", "free some disk space"]),
+])
+def test_os_errors_a_user_can_cause_are_one_line(files, monkeypatch, where, exc, words):
+    # the same path as a real unreadable input or read-only / full output disk (root ignores
+    # permissions, so the errors are injected where the CLI meets the file system)
+    before, after, _ = files
+
+    def fail(*a, **k):
+        raise exc
+    monkeypatch.setattr(eta_cli, where, fail)
+    code, out, err = cli("--before", before, "--after", after, *SETS, "--out", before.parent / "o.json")
+    _one_error_line(code, out, err, words[0])
+    assert words[1] in err
