@@ -300,7 +300,7 @@ def test_cli_corrupt_teacher_checkpoint(teacher_run, tmp_path, capsys, damage):
     else:
         code, err = _cli(argv, capsys)
     assert code == 2
-    assert "not a valid safe PyTorch checkpoint" in err and str(bad) in err
+    assert "not a readable PyTorch checkpoint" in err and str(bad) in err
 
 
 def test_cli_teacher_with_wrong_class_count(tmp_path, capsys):

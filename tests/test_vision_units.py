@@ -43,7 +43,7 @@ def _fake_fmnist(root, n=40, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 10
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    for split, stem in (("train", "train"), ("val", "t10k")):
+    for _split, stem in (("train", "train"), ("val", "t10k")):
         _write_idx(root / f"{stem}-images-idx3-ubyte.gz", images)
         _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     return images, labels
@@ -286,7 +286,7 @@ def test_bad_checkpoint_files_give_clear_errors(tmp_path, kind):
     if kind == "missing":
         assert "does not exist" in msg
     else:
-        assert "not a valid safe PyTorch checkpoint" in msg
+        assert ("cannot be loaded safely" if kind == "unsafe" else "not a readable PyTorch checkpoint") in msg
 
 
 # --------------------------------------------------------------------------- KD criterion / teacher

@@ -5,6 +5,8 @@ export penultimate features for the diffusion index of Eq. 1):
 
 * ``python vision_plugin/train.py`` / ``python -m vision_plugin.train`` / ``torchrun vision_plugin/train.py``
 * ``python -m vision_plugin.export_features``
+* ``python -m vision_plugin.teacher_cache build``: the teacher's outputs on every (epoch, sample)
+  view, for ``train.py --teacher-cache DIR``
 * ``vision_plugin.kd``: ``add_kd_args``, ``build_teacher``, ``KDCriterion`` for users who keep their own
   copy of torchvision's reference ``train.py``.
 

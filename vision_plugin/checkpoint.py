@@ -9,9 +9,13 @@ load with ``torch.load(weights_only=True)``. torchvision reference checkpoints s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import re
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -24,26 +28,86 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, unsafe, or does not fit the model."""
 
 
+# Messages of torch's zip writer when a write fails part-way (full disk, quota, I/O error).
+_WRITE_FAILURE = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed", re.IGNORECASE)
+
+
 def save_atomic(obj: Any, path: os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same directory, then ``os.replace``: a reader (or a
-    resume after a kill) sees either the old complete file or the new complete file."""
-    with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
+    resume after a kill) sees either the old complete file or the new complete file.
+
+    torch's zip writer reports a full disk as ``RuntimeError: ... unexpected pos ...`` without the
+    file name; that becomes an ``OSError(ENOSPC)`` naming ``path`` (the old file is left intact).
+    """
+    try:
+        with atomic_open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as exc:
+        if not _WRITE_FAILURE.search(str(exc)):
+            raise
+        raise OSError(errno.ENOSPC, "writing the checkpoint failed part-way (torch: "
+                      f"{str(exc).strip().splitlines()[0][:120]}); is the disk full?", str(path)) from None
+
+
+# The only non-tensor, non-builtin type a checkpoint may hold: torchvision's reference script
+# stores its ``args`` as an ``argparse.Namespace``.
+ALLOWED_GLOBALS = (argparse.Namespace,)
+
+
+def _weights_only_load(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` with ``ALLOWED_GLOBALS`` allowed for this call.
+
+    torch's ``safe_globals`` context *removes* its entries on exit, even ones the caller had added
+    with ``add_safe_globals`` before; so only the entries missing from the process-wide list are
+    added (and later removed), and the caller's allow-list is left exactly as it was.
+    """
+    already = set(map(id, torch.serialization.get_safe_globals()))
+    missing = [g for g in ALLOWED_GLOBALS if id(g) not in already]
+    scope = torch.serialization.safe_globals(missing) if missing else contextlib.nullcontext()
+    with scope:
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _blocked_globals(path: Path) -> List[str]:
+    """Globals in the file's pickle that the weights-only unpickler refuses (static scan: the
+    pickle is disassembled, never run); [] when the file is not a zip checkpoint or unreadable."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return []
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a damaged archive: the load error below describes it
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in ALLOWED_GLOBALS}
+    return sorted(n for n in names if n not in allowed)
 
 
 def load_checkpoint(path: os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load ``path`` with ``weights_only=True`` (argparse.Namespace allow-listed); clear errors."""
+    """Load ``path`` with ``weights_only=True`` (argparse.Namespace allow-listed); clear errors.
+
+    A file that needs any other global is refused with the blocked type(s) named and a safe way
+    out; nothing ever falls back to ``weights_only=False``.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return _weights_only_load(path, map_location)
+    except (PermissionError, IsADirectoryError):
+        raise
     except Exception as exc:  # zip errors, EOF, UnpicklingError from the weights-only unpickler, ...
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        blocked = _blocked_globals(path)
+        if blocked:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be loaded safely: it needs {', '.join(blocked)}, which is not "
+                f"in lskd's allow-list (tensors, plain Python types, argparse.Namespace); unpickling it "
+                f"could run code, so lskd refuses. If you trust the file, re-save just its weights in a "
+                f"trusted environment (torch.save({{'model': model.state_dict()}}, 'weights.pth')) and pass that"
+            ) from None
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:200] if text else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a valid safe PyTorch checkpoint (corrupt, truncated, not written by "
-            f"torch.save, or it needs unsafe unpickling, which lskd refuses): {reason}"
+            f"checkpoint {path} is not a readable PyTorch checkpoint (corrupt, truncated or not written "
+            f"by torch.save: {reason}); re-create or re-download it"
         ) from None
 
 

@@ -18,7 +18,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -141,21 +141,46 @@ class GrayscaleTensorDataset(Dataset):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    # Replayable augmentation (vision_plugin.aug_stream): params = (top, left, flip).
+    AUG_PARAMS = 3
+
+    def transform_spec(self) -> dict:
+        return {"kind": "pad_crop_flip", "size": self.size, "pad": self.pad, "resize": self.resize,
+                "mean": self.mean, "std": self.std, "channels": 3}
+
+    def load_raw(self, index: int) -> torch.Tensor:
+        """The un-augmented image ``[1, S, S]`` in [0, 1] (resized to the crop size if needed)."""
         img = self.images[index].to(torch.float32).div_(255.0).unsqueeze(0)  # [1, H, W]
         if self.resize:
             img = F.interpolate(img.unsqueeze(0), size=(self.size, self.size), mode="bilinear",
                                 align_corners=False, antialias=True).squeeze(0)
-        if self.train:
-            # Zero padding = background colour of Fashion-MNIST.
-            padded = F.pad(img, (self.pad, self.pad, self.pad, self.pad))
-            top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            img = padded[:, top:top + self.size, left:left + self.size]
-            if torch.rand(()) < 0.5:
-                img = img.flip(-1)
+        return img
+
+    def draw_params(self, raw: torch.Tensor, generator: Optional[torch.Generator] = None) -> List[float]:
+        """Pad-crop offset and flip, drawn exactly as ``__getitem__`` draws them (same RNG calls)."""
+        top, left = torch.randint(0, 2 * self.pad + 1, (2,), generator=generator).tolist()
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+        return [float(top), float(left), float(flip)]
+
+    def apply_params(self, raw: torch.Tensor, params) -> torch.Tensor:
+        top, left, flip = (int(round(float(v))) for v in params[:3])
+        # Zero padding = background colour of Fashion-MNIST.
+        padded = F.pad(raw, (self.pad, self.pad, self.pad, self.pad))
+        img = padded[:, top:top + self.size, left:left + self.size]
+        if flip:
+            img = img.flip(-1)
+        return self._finish(img)
+
+    def _finish(self, img: torch.Tensor) -> torch.Tensor:
         img = (img - self.mean) / self.std
         # Replicate grayscale to 3 channels: any torchvision model (3-channel stem) runs unchanged.
-        return img.expand(3, -1, -1).contiguous(), int(self.targets[index])
+        return img.expand(3, -1, -1).contiguous()
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        raw = self.load_raw(index)
+        if self.train:  # torch's global RNG, which the trainer reseeds each epoch
+            return self.apply_params(raw, self.draw_params(raw)), int(self.targets[index])
+        return self._finish(raw), int(self.targets[index])
 
 
 # --------------------------------------------------------------------------- CUB-200-2011
@@ -215,25 +240,135 @@ def read_cub_split(data_path: os.PathLike, split: str) -> Tuple[List[Tuple[Path,
     return samples, class_names
 
 
-class ImageListDataset(Dataset):
-    """(path, label) list -> PIL RGB image -> transform."""
+class BadSample(NamedTuple):
+    """An image that could not be read or decoded; the trainer stops (naming it) or skips it."""
 
-    def __init__(self, samples: Sequence[Tuple[Path, int]], classes: Sequence[str], transform: Callable):
+    path: str
+    reason: str
+
+
+# What PIL raises for missing, truncated or undecodable files (DecompressionBombError is neither).
+def _decode_errors() -> Tuple[type, ...]:
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def open_rgb(path: os.PathLike):
+    """The image at ``path`` as a fully decoded RGB PIL image, or a ``BadSample`` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # convert() forces the decode: truncation shows up here
+    except _decode_errors() as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return BadSample(str(path), reason)
+
+
+class RandomResizedCropFlip:
+    """torchvision's ``RandomResizedCrop(size) + RandomHorizontalFlip()`` (the training view of
+    image-file datasets) with its parameters exposed: (top, left, height, width, flip).
+
+    ``draw_params`` follows RandomResizedCrop's documented sampling (area scale uniform, log
+    aspect ratio uniform, 10 tries, then a centre crop clamped to the ratio range) with an explicit
+    generator; ``apply_params`` applies the same resized crop (bilinear, antialias) and flip.
+    """
+
+    def __init__(self, size: int, scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)):
+        self.size = int(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+
+    def spec(self) -> dict:
+        return {"kind": "random_resized_crop_flip", "size": self.size, "scale": list(self.scale),
+                "ratio": list(self.ratio), "interpolation": "bilinear", "antialias": True,
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+    def draw_params(self, img, generator: Optional[torch.Generator] = None) -> List[float]:
+        import math
+
+        width, height = img.size
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=generator).item()
+            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+                left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+                break
+        else:  # fallback: whole-image centre crop within the ratio range
+            in_ratio = width / height
+            if in_ratio < min(self.ratio):
+                w, h = width, int(round(width / min(self.ratio)))
+            elif in_ratio > max(self.ratio):
+                h, w = height, int(round(height * max(self.ratio)))
+            else:
+                w, h = width, height
+            top, left = (height - h) // 2, (width - w) // 2
+        flip = bool(torch.rand(1, generator=generator).item() < 0.5)
+        return [float(top), float(left), float(h), float(w), float(flip)]
+
+    def apply_params(self, img, params) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        top, left, h, w, flip = (int(round(float(v))) for v in params[:5])
+        img = TF.resized_crop(img, top, left, h, w, [self.size, self.size],
+                              interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if flip:
+            img = TF.hflip(img)
+        tensor = TF.convert_image_dtype(TF.pil_to_tensor(img), torch.float32)
+        return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+
+class ImageListDataset(Dataset):
+    """(path, label) list -> PIL RGB image -> transform.
+
+    An unreadable image yields a ``BadSample`` instead of raising inside a DataLoader worker
+    (where the error would lose its file name under a long traceback); the trainer's collate step
+    turns it into one clear error, or skips and counts it with ``--skip-bad-images``.
+    """
+
+    AUG_PARAMS = 5
+
+    def __init__(self, samples: Sequence[Tuple[Path, int]], classes: Sequence[str], transform: Callable,
+                 view: Optional[RandomResizedCropFlip] = None, extra_augment: bool = False):
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
         self.classes = list(classes)
         self.transform = transform
+        self.view = view  # the replayable training view (None for validation)
+        self.extra_augment = extra_augment
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
-        from PIL import Image
+    def transform_spec(self) -> dict:
+        if self.view is None:
+            raise ValueError("this split has no training augmentation to replay")
+        return {**self.view.spec(), "extra_augment": self.extra_augment}
 
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        return self.transform(img), label
+    def load_raw(self, index: int):
+        return open_rgb(self.samples[index][0])
+
+    def draw_params(self, raw, generator: Optional[torch.Generator] = None) -> List[float]:
+        assert self.view is not None
+        return self.view.draw_params(raw, generator)
+
+    def apply_params(self, raw, params) -> torch.Tensor:
+        assert self.view is not None
+        return self.view.apply_params(raw, params)
+
+    def __getitem__(self, index: int):
+        img = self.load_raw(index)
+        if isinstance(img, BadSample):
+            return img
+        return self.transform(img), self.targets[index]
 
 
 # --------------------------------------------------------------------------- subsets
@@ -334,9 +469,9 @@ def build_dataset(name: str, data_path: Optional[str], split: str, augment: bool
         crop = int(crop_size or 224)
         resize = int(val_resize_size or round(crop * 256 / 224))
         transform = _image_transforms(augment, crop, resize, extra_augment and augment)
+        view = RandomResizedCropFlip(crop) if augment else None
         if name == "cub":
             samples, classes = read_cub_split(data_path, split)
-            dataset = ImageListDataset(samples, classes, transform)
         else:
             from torchvision.datasets import ImageFolder
 
@@ -346,10 +481,12 @@ def build_dataset(name: str, data_path: Optional[str], split: str, augment: bool
                     f"image folder {folder} does not exist: --dataset imagefolder expects "
                     f"{Path(data_path) / 'train'} and {Path(data_path) / 'val'}, one sub-folder per class"
                 )
-            try:
-                dataset = ImageFolder(str(folder), transform=transform)
+            try:  # ImageFolder only lists the files here; decoding happens per sample (open_rgb)
+                listing = ImageFolder(str(folder))
             except (FileNotFoundError, OSError) as exc:
                 raise DatasetError(f"cannot read image folder {folder}: {exc}") from exc
+            samples, classes = [(Path(p), int(t)) for p, t in listing.samples], list(listing.classes)
+        dataset = ImageListDataset(samples, classes, transform, view, extra_augment and augment)
     if max_samples is not None:
         dataset = LabelledSubset(dataset, stratified_indices(dataset.targets, max_samples, subset_seed))
     return dataset

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -77,20 +77,6 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class ShardSampler(Sampler[int]):
     """Deterministic, *unpadded* strided shard ``range(rank, N, world)``.
 
@@ -110,8 +96,3 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.num_samples_total, self.world_size))
-
-
-def reduce_scalar(value: float, info: DistInfo, device: Optional[torch.device] = None) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device or "cpu")
-    return float(all_reduce_sum(t, info).item())

@@ -21,7 +21,6 @@ arguments, so by default the exported samples are exactly the ones the run train
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from lskd_core.features_io import save_features
 from vision_plugin import __version__
+from vision_plugin.batching import bad_image_error, collate
 from vision_plugin.checkpoint import (
     CheckpointError,
     check_fits,
@@ -41,6 +41,7 @@ from vision_plugin.checkpoint import (
     extract_state_dict,
     load_checkpoint,
 )
+from vision_plugin.cli_errors import run_cli
 from vision_plugin.datasets import DATASETS, SPLITS, build_dataset, filter_classes
 from vision_plugin.models import build_model, find_final_linear
 
@@ -157,7 +158,7 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
 
     workers = args.workers if args.workers is not None else (0 if args.dataset == "fashion-mnist" else 8)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate)
     n = len(dataset)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,10 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
         feats_mm = logits_mm = None
         row = 0
         with torch.inference_mode():
-            for images, target in loader:
+            for batch in loader:
+                if batch.bad:  # a features file must hold every sample: no skipping
+                    raise bad_image_error(batch.bad[0])
+                images, target = batch.images, batch.target
                 output = model(images.to(device, non_blocking=True))
                 logits = output if isinstance(output, torch.Tensor) else output[0]
                 feats = capture.features.flatten(1)
@@ -224,16 +228,16 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the export; bad input and user-caused OS errors -> one ``error:`` line, exit 2
+    (``vision_plugin.cli_errors``); genuine bugs keep their traceback."""
     args = get_args_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         summary = export(args)
-    except (ValueError, FileNotFoundError) as exc:
-        if os.environ.get("LSKD_DEBUG"):
-            raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {summary['rows']} x {summary['dim']} features ({summary['feature_layer']} input) to {summary['out']}")
-    return 0
+        print(f"wrote {summary['rows']} x {summary['dim']} features ({summary['feature_layer']} input) "
+              f"to {summary['out']}")
+
+    return run_cli(PROG, body)
 
 
 if __name__ == "__main__":

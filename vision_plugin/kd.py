@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Protocol, runtime_checkable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
@@ -97,13 +99,33 @@ def add_kd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+# kd_loss's documented accurate range (lskd_core.losses: relative error <= 2e-6 for T in [0.1, 1000]);
+# a T outside it (1e-300, 1e300) is a typo, not an experiment, and would fail much later.
+KD_TEMPERATURE_RANGE = (0.1, 1000.0)
+
+
+def check_kd_temperature(value: float, name: str = "--kd-temperature") -> float:
+    """``check_temperature`` (finite, > 0) plus kd_loss's accurate range."""
+    value = check_temperature(value, name=name)
+    low, high = KD_TEMPERATURE_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}] (kd_loss's accurate range), got {value!r}")
+    return value
+
+
 def check_kd_args(args: argparse.Namespace) -> None:
     """ValueError naming the flag for bad KD arguments (called before any data is loaded)."""
-    check_temperature(args.kd_temperature, name="--kd-temperature")
+    check_kd_temperature(args.kd_temperature)
     check_beta(args.kd_beta, name="--kd-beta")
     check_alpha(getattr(args, "label_smoothing", 0.0), name="--label-smoothing")
-    if args.teacher is None and (args.teacher_ckpt or args.teacher_weights):
-        raise ValueError("--teacher-ckpt/--teacher-weights given without --teacher MODEL")
+    cache = getattr(args, "teacher_cache", None)
+    if cache and (args.teacher or args.teacher_weights):
+        raise ValueError("give either --teacher-cache DIR or --teacher MODEL, not both "
+                         "(--teacher-ckpt PATH may accompany --teacher-cache to verify the cache's teacher)")
+    if args.teacher is None and args.teacher_weights:
+        raise ValueError("--teacher-weights given without --teacher MODEL")
+    if args.teacher is None and args.teacher_ckpt and not cache:
+        raise ValueError("--teacher-ckpt given without --teacher MODEL")
     if args.teacher is not None:
         if not args.teacher_ckpt and not args.teacher_weights:
             raise ValueError(
@@ -112,6 +134,13 @@ def check_kd_args(args: argparse.Namespace) -> None:
             )
         if args.teacher_ckpt and args.teacher_weights:
             raise ValueError("give either --teacher-ckpt or --teacher-weights, not both")
+    if args.teacher is not None or cache:
+        # torchvision's reference script: KD needs class-id targets (soft mixup/cutmix targets would
+        # need a teacher for the mixed images and a KD term for mixed labels, which lskd does not define).
+        for flag in ("mixup_alpha", "cutmix_alpha"):
+            if float(getattr(args, flag, 0.0) or 0.0) > 0:
+                raise ValueError(f"--{flag.replace('_', '-')} cannot be combined with KD (--teacher): "
+                                 f"KD needs class-id targets; set it to 0 for KD runs")
 
 
 def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.device) -> Optional[LiveTeacher]:
@@ -125,7 +154,7 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
         return None
     if args.teacher_weights:
         # Keep the pretrained head as it is: a replaced (random) head would teach nothing.
-        net = build_pretrained(args.teacher, args.teacher_weights)
+        net = build_pretrained(args.teacher, args.teacher_weights, flag="--teacher")
         _, linear = find_final_linear(net)
         if linear.out_features != num_classes:
             raise CheckpointError(
@@ -133,7 +162,7 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
                 f"dataset has {num_classes} classes; the teacher must have the same class count"
             )
     else:
-        net = build_model(args.teacher, num_classes=num_classes)
+        net = build_model(args.teacher, num_classes=num_classes, flag="--teacher")
         load_model_weights(net, args.teacher, args.teacher_ckpt, num_classes, what="teacher")
     return LiveTeacher(net, num_classes).to(device)
 
@@ -144,33 +173,69 @@ def _as_logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
 
+class CachedTeacher:
+    """Teacher outputs read from a ``lskd_core.teacher_cache`` by row (``epoch * N + position``).
+
+    ``logits_at(rows)`` returns logits whose softmax at the criterion's temperature is exactly the
+    cached teacher's p_t(T) (raw logits for full caches; top-K caches fill the tail exactly at
+    their served temperatures).
+    """
+
+    def __init__(self, cache, temperature: float, device: torch.device, num_classes: int):
+        self.cache = cache
+        self.temperature = float(temperature)
+        self.device = device
+        self.num_classes = int(num_classes)
+
+    def logits_at(self, rows: torch.Tensor) -> torch.Tensor:
+        logits = self.cache.teacher_logits_at(rows.detach().cpu().numpy().astype(np.int64), self.temperature)
+        return torch.as_tensor(logits, dtype=torch.float32).to(self.device, non_blocking=True)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a cached teacher serves rows (pass rows=...), not images")
+
+
 class KDCriterion:
     """``criterion(output, target, images=None) -> loss`` (paper Sec. 2).
 
-    * with a teacher and images: ``(1 - beta) * CE(y_LS, p) + beta * T^2 KL(p_t(T) || p(T))``;
+    * with a teacher and images (or cache ``rows``): ``(1 - beta) * CE(y_LS, p) + beta * T^2 KL(p_t(T) || p(T))``;
     * without a teacher, or without images (torchvision's ``evaluate`` calls ``criterion(output,
       target)``): the label-smoothed cross-entropy, equal to ``F.cross_entropy(...,
-      label_smoothing=alpha)``.
+      label_smoothing=alpha)``; soft (mixup/cutmix) targets then go to ``F.cross_entropy`` itself,
+      i.e. exactly what ``nn.CrossEntropyLoss(label_smoothing=alpha)`` computes.
 
     ``terms(...)`` returns ``LSKDLossTerms(loss, ce_loss, kd_loss)`` for logging.
-    Targets must be class ids (mixup/cutmix soft targets are not supported with KD).
+    KD itself needs class-id targets (mixup/cutmix soft targets are refused with a teacher).
     """
 
     def __init__(self, teacher: Optional[Teacher] = None, temperature: float = 1.0, beta: float = 1.0,
                  label_smoothing: float = 0.0):
         self.teacher = teacher
-        self.temperature = check_temperature(temperature, name="--kd-temperature")
+        self.temperature = check_kd_temperature(temperature)
         self.beta = check_beta(beta, name="--kd-beta")
         self.label_smoothing = check_alpha(label_smoothing, name="--label-smoothing")
 
-    def terms(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None) -> LSKDLossTerms:
+    def _teacher_logits(self, images: Optional[torch.Tensor], rows: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if self.teacher is None:
+            return None
+        if rows is not None and hasattr(self.teacher, "logits_at"):
+            return self.teacher.logits_at(rows)
+        if images is not None and not isinstance(self.teacher, CachedTeacher):
+            return self.teacher.logits(images)
+        return None
+
+    def terms(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None,
+              rows: Optional[torch.Tensor] = None) -> LSKDLossTerms:
         logits = _as_logits(output)
-        if target.is_floating_point():
-            raise ValueError("KDCriterion needs integer class targets; mixup/cutmix soft targets are not supported")
-        if self.teacher is None or images is None:
-            ce = ls_cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        teacher_logits = self._teacher_logits(images, rows)
+        if teacher_logits is None:
+            if target.is_floating_point():  # soft targets without KD: nn.CrossEntropyLoss's own formula
+                ce = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+            else:
+                ce = ls_cross_entropy(logits, target, label_smoothing=self.label_smoothing)
             return LSKDLossTerms(ce, ce.detach(), torch.zeros((), device=ce.device))
-        teacher_logits = self.teacher.logits(images)
+        if target.is_floating_point():
+            raise ValueError("KD needs integer class targets; mixup/cutmix soft targets are not supported with a teacher")
         if teacher_logits.shape != logits.shape:
             raise ValueError(
                 f"teacher logits {tuple(teacher_logits.shape)} and student logits {tuple(logits.shape)} differ; "
@@ -179,8 +244,9 @@ class KDCriterion:
         return ls_kd_loss_terms(logits, teacher_logits, target, self.temperature, beta=self.beta,
                                 label_smoothing=self.label_smoothing)
 
-    def __call__(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.terms(output, target, images).loss
+    def __call__(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None,
+                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.terms(output, target, images, rows).loss
 
 
 def kd_criterion_from_args(args: argparse.Namespace, teacher: Optional[Teacher]) -> KDCriterion:

@@ -21,7 +21,6 @@ from torch import nn
 LayerSpec = Sequence[Union[int, str]]
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
-_DESCRIPTIONS: Dict[str, str] = {}
 
 
 def register_model(name: str, description: str = "") -> Callable:
@@ -31,7 +30,6 @@ def register_model(name: str, description: str = "") -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
         _REGISTRY[name] = fn
-        _DESCRIPTIONS[name] = description
         return fn
 
     return wrap
@@ -106,17 +104,13 @@ def lskd_model_names() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def describe_lskd_models() -> Dict[str, str]:
-    return dict(_DESCRIPTIONS)
-
-
 def _torchvision_classifiers() -> List[str]:
     import torchvision
 
     return list(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_model(name: str, num_classes: int, weights: Optional[str] = None) -> nn.Module:
+def build_model(name: str, num_classes: int, weights: Optional[str] = None, flag: str = "--model") -> nn.Module:
     """Build ``name`` with a ``num_classes``-way final linear layer.
 
     Registered lskd models are built directly. Other names go to ``torchvision.models.get_model``;
@@ -135,11 +129,11 @@ def build_model(name: str, num_classes: int, weights: Optional[str] = None) -> n
     known = _torchvision_classifiers()
     if name not in known:
         raise ValueError(
-            f"--model {name!r} is neither an lskd model ({', '.join(lskd_model_names())}) nor a "
+            f"{flag} {name!r} is neither an lskd model ({', '.join(lskd_model_names())}) nor a "
             f"torchvision classification model (e.g. resnet18, resnet50, mobilenet_v2, efficientnet_b0)"
         )
     if weights:
-        model = build_pretrained(name, weights)
+        model = build_pretrained(name, weights, flag=flag)
         _, linear = find_final_linear(model)
         if linear.out_features != num_classes:
             replace_final_linear(model, num_classes)
@@ -147,14 +141,14 @@ def build_model(name: str, num_classes: int, weights: Optional[str] = None) -> n
     return torchvision.models.get_model(name, num_classes=num_classes)
 
 
-def build_pretrained(name: str, weights: str) -> nn.Module:
+def build_pretrained(name: str, weights: str, flag: str = "--model") -> nn.Module:
     """torchvision model ``name`` with pretrained ``weights``, head untouched."""
     if name in _REGISTRY:
         raise ValueError(f"--weights {weights!r}: lskd model {name!r} has no pretrained weights")
     import torchvision
 
     if name not in _torchvision_classifiers():
-        raise ValueError(f"{name!r} is not a torchvision classification model")
+        raise ValueError(f"{flag} {name!r} is not a torchvision classification model")
     try:
         return torchvision.models.get_model(name, weights=weights)
     except Exception as exc:  # unknown weight names, no download possible, ...
