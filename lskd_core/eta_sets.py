@@ -13,16 +13,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from lskd_core.classsets import (
-    FASHION_MNIST_CLASSES,
-    ClassHierarchy,
-    fashion_mnist_parents,
-    feature_space_sets,
-    load_parent_map,
-    load_wordnet,
-    wordnet_parents,
-)
+from lskd_core.classsets import ClassHierarchy, feature_space_sets, load_wordnet
 from lskd_core.diffusion import ClassStats
+from lskd_core.hierarchy import select_hierarchy
 
 __all__ = ["Sets", "UsageError", "Reference", "resolve_class", "select_sets"]
 
@@ -105,21 +98,12 @@ class Reference:
 
 def _hierarchy_parents(args: argparse.Namespace, num_classes: int, names: Optional[List[str]],
                        present: np.ndarray) -> Tuple[Dict[str, List[str]], List[str]]:
-    """(parent map, hierarchy node of every class index)."""
-    if args.wordnet:
-        if names is None:
-            raise UsageError("--wordnet needs class_names (ImageNet wnids such as n02085620) in "
-                             "the feature files")
-        wn = load_wordnet(args.wordnet_dir)
-        return wordnet_parents([names[i] for i in np.flatnonzero(present)], wn), list(names)
-    if args.hierarchy == "fashion-mnist":
-        parents = fashion_mnist_parents(load_wordnet(args.wordnet_dir))
-        if names is None and num_classes != len(FASHION_MNIST_CLASSES):
-            raise UsageError(f"--hierarchy fashion-mnist: the files have {num_classes} classes "
-                             f"and no class_names")
-        return parents, list(names if names is not None else FASHION_MNIST_CLASSES)
-    parents = load_parent_map(args.hierarchy)
-    return parents, list(names) if names is not None else [str(i) for i in range(num_classes)]
+    """(parent map, hierarchy node of every class index), chosen as the study's report chooses."""
+    hierarchy = "wordnet" if args.wordnet else args.hierarchy
+    needs_wordnet = hierarchy in ("wordnet", "fashion-mnist")
+    wordnet = load_wordnet(args.wordnet_dir) if needs_wordnet else None
+    choice = select_hierarchy(hierarchy, names, num_classes, wordnet, present=[int(i) for i in np.flatnonzero(present)])
+    return choice.parents, choice.nodes
 
 
 def _hierarchy_sets(args: argparse.Namespace, num_classes: int, names: Optional[List[str]],

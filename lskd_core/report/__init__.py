@@ -17,12 +17,12 @@ The task backend (:mod:`lskd_core.study.tasks`) says which score the grid holds 
 translation) and which analyses apply.
 """
 
+from lskd_core.hierarchy import HierarchyChoice, select_hierarchy
 from lskd_core.report.accuracy import accuracy_grid
-from lskd_core.report.hierarchy import HierarchyChoice, select_hierarchy
 from lskd_core.report.verdict import compare_cells, verdict
 from lskd_core.report.view import StudyView
 from lskd_core.report.writer import write_report
-from lskd_core.study.tasks.translation import parse_bleu
+from lskd_core.study.tasks.translation import score_bleu
 
-__all__ = ["write_report", "parse_bleu", "compare_cells", "accuracy_grid", "verdict", "StudyView",
+__all__ = ["write_report", "score_bleu", "compare_cells", "accuracy_grid", "verdict", "StudyView",
            "select_hierarchy", "HierarchyChoice"]

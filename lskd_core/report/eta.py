@@ -12,9 +12,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from lskd_core.hierarchy import select_hierarchy
 from lskd_core.jsonio import num
 from lskd_core.report.cache import AnalysisCache
-from lskd_core.report.hierarchy import select_hierarchy
 from lskd_core.report.markdown import fmt, md_table, section_status
 from lskd_core.report.seed_stats import eta_over_seeds, eta_over_seeds_md
 from lskd_core.report.view import StudyView

@@ -1,4 +1,4 @@
-"""Which class hierarchy a study (or ``lskd_core.eta``) uses: one function for both.
+"""Which class hierarchy a study or ``lskd_core.eta`` uses: the one place it is chosen.
 
 ``"fashion-mnist"`` is the built-in WordNet-derived map (App. G.1), ``"wordnet"`` takes the class
 names as WordNet wnids, anything else is the path of a parent-map JSON (docs/formats.md).
