@@ -1,8 +1,12 @@
-"""Images/s of a KD student step vs. the same student's plain (LS cross-entropy) step.
+"""Images/s of a KD student step (live teacher, and teacher cache) vs. the same student's plain step.
 
-Both steps use the trainer's own ``train_step`` and ``KDCriterion`` (vision_plugin), measured in the
+All steps use the trainer's own ``train_step`` and ``KDCriterion`` (vision_plugin), measured in the
 same run on the same synthetic batch, interleaved round by round so that background load affects
-both alike. Also times the teacher's forward pass alone, to give its share of the KD step.
+all alike. Also times the teacher's forward pass alone, to give its share of the KD step. The
+cached KD step reads the teacher's logits from a ``lskd_core.teacher_cache`` on disk (memory-mapped
+shards, rows in shuffled order as a sampler gives them) instead of running the teacher; the script
+prints its time relative to the plain step (issue 10's target: <= 1.10x) and the cache's disk bytes
+per sample (per epoch recorded).
 
     python bench/bench_vision_kd.py                      # lskd_cnn_s <- lskd_cnn_t, 28x28, CPU
     python bench/bench_vision_kd.py --student resnet18 --teacher resnet50 --crop-size 224 \\
@@ -18,6 +22,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from vision_plugin.kd import KDCriterion, LiveTeacher  # noqa: E402
+from lskd_core.teacher_cache import CacheWriter, TeacherCache, describe, make_fingerprint  # noqa: E402
+from vision_plugin.engine import make_autocast, make_scaler, train_step  # noqa: E402
+from vision_plugin.kd import CachedTeacher, KDCriterion, LiveTeacher  # noqa: E402
 from vision_plugin.models import build_model, count_parameters  # noqa: E402
-from vision_plugin.train import make_autocast, make_scaler, train_step  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -45,6 +51,20 @@ def _time_block(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def build_cache(root: str, num_rows: int, num_classes: int, dtype: str, aux_dim: int) -> TeacherCache:
+    """A cache of ``num_rows`` random teacher logits (timing only: values do not matter)."""
+    fingerprint = make_fingerprint(purpose="bench_vision_kd")
+    writer = CacheWriter(root, num_classes=num_classes, num_rows=num_rows, rows_per_shard=min(num_rows, 8192),
+                         dtype=dtype, aux_dim=aux_dim, fingerprint=fingerprint)
+    gen = torch.Generator().manual_seed(0)
+    for index in writer.pending_shards():
+        rows = len(writer.shard_rows(index))
+        writer.write_shard(index, 3 * torch.randn(rows, num_classes, generator=gen),
+                           aux=torch.zeros(rows, aux_dim))
+    writer.finalize()
+    return TeacherCache.open(root, fingerprint)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--student", default="lskd_cnn_s")
@@ -60,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (as the trainer's flag)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="fewer rounds/steps (bench/run_all.py --quick)")
+    p.add_argument("--cache-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--cache-batches", type=int, default=50, help="batches of rows in the benchmark cache")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.steps = 3, 5
@@ -88,17 +110,41 @@ def main(argv=None) -> int:
     plain = stepper(student_plain, KDCriterion(None, label_smoothing=0.1))
     kd = stepper(student_kd, KDCriterion(teacher, temperature=args.temperature, beta=1.0))
 
+    scratch = tempfile.TemporaryDirectory(prefix="bench-cache-")
+    num_rows = args.cache_batches * args.batch_size
+    cache = build_cache(scratch.name, num_rows, args.num_classes, args.cache_dtype,
+                        aux_dim=3 if args.crop_size <= 32 else 5)
+    disk = describe(scratch.name)
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(1))
+    student_cached = build_model(args.student, args.num_classes).to(device, memory_format=fmt)
+    student_cached.load_state_dict(student_plain.state_dict())
+    cached_criterion = KDCriterion(CachedTeacher(cache, args.temperature, device, args.num_classes),
+                                   temperature=args.temperature, beta=1.0)
+    opt_cached = torch.optim.SGD(student_cached.parameters(), lr=0.01, momentum=0.9)
+    scaler_cached = make_scaler(device, args.amp)
+    student_cached.train()
+    cursor = [0]
+
+    def cached():
+        start = cursor[0] % num_rows
+        rows = order[start:start + args.batch_size]
+        cursor[0] += args.batch_size
+        train_step(student_cached, cached_criterion, opt_cached, images, target, autocast, scaler_cached, rows=rows)
+
     def teacher_only():
         with autocast():
             teacher.logits(images)
 
     for fn in (plain, kd, teacher_only):  # warm-up: allocator, kernels, autocast caches
         _time_block(fn, 2, device)
-    times = {"plain": [], "kd": [], "teacher": []}
+    for _ in range(args.cache_batches):  # first touch of every shard (lazy sha256 check on open)
+        cached()
+    times = {"plain": [], "kd": [], "teacher": [], "cached": []}
     for _ in range(args.rounds):
         times["plain"].append(_time_block(plain, args.steps, device))
         times["kd"].append(_time_block(kd, args.steps, device))
         times["teacher"].append(_time_block(teacher_only, args.steps, device))
+        times["cached"].append(_time_block(cached, args.steps, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: args.batch_size / v for k, v in med.items()}
 
@@ -113,10 +159,17 @@ def main(argv=None) -> int:
           f"({1e3 * med['teacher']:.2f} ms/step)")
     print(f"ratio KD / plain throughput:  {ips['kd'] / ips['plain']:.3f}  "
           f"(KD step costs {med['kd'] / med['plain']:.2f}x)")
+    print(f"cached KD step (teacher cache):        {ips['cached']:9.1f} images/s  "
+          f"({1e3 * med['cached']:.2f} ms/step)")
     print(f"teacher share of the KD step: {100 * med['teacher'] / med['kd']:.1f} %")
+    print(f"ratio cached-KD step / plain step time: {med['cached'] / med['plain']:.3f}x  (target <= 1.10x); "
+          f"live KD step / cached KD step: {med['kd'] / med['cached']:.2f}x")
+    print(f"cache on disk ({args.cache_dtype}, {args.num_classes} classes, full logits + aux): "
+          f"{disk['bytes_per_row']:.1f} bytes per sample per recorded epoch")
     rest = med["kd"] - med["plain"] - med["teacher"]
     print(f"KD overhead beyond the teacher forward: {100 * rest / med['kd']:+.1f} % of the KD step "
           f"(loss terms; noise can make it negative)")
+    scratch.cleanup()
     return 0
 
 
