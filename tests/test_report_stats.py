@@ -36,6 +36,8 @@ def test_report_opens_with_the_verdict_and_uses_every_seed(tmp_path):
     assert after.startswith("**" + res["verdict"]["sentence"] + "**")
     assert res["verdict"]["sentence"].startswith(("No clear winner", "Recommendation"))
     assert "Teacher variance is not sampled" in md and res["verdict"]["confidence"] != "clear"
+    if res["verdict"]["recommended"] is None:  # the rule of thumb is never the default answer
+        assert "rule of thumb" not in res["verdict"]["text"]
     # per-cell interval: 82.0, 82.6 -> t interval with 1 df, by hand
     lo, hi = _t_ci([82.0, 82.6])
     assert f"82.30 [{lo:.2f}, {hi:.2f}] (n = 2)" in md
