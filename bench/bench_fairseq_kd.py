@@ -3,7 +3,9 @@
 1. words/s of a student training step with ``ls_kd`` (frozen teacher of the same architecture,
    the paper's Table 5 setting) against fairseq's ``label_smoothed_cross_entropy`` for the same
    student, same batches, measured in alternating blocks in one run (so machine load drifts hit
-   both alike). Prints the ratio ls_kd / LSCE.
+   both alike). Prints the ratio ls_kd / LSCE, and the time per update of ``ls_kd`` reading a
+   top-K teacher cache (``--teacher-cache``, issue 10; target <= 1.15x LSCE) with the cache's disk
+   bytes per target token.
 2. peak memory of the KD loss + backward at a 32k vocabulary: ``lskd_core.losses.kd_loss``
    (row-chunked, float32 per chunk) and the whole ``ls_kd`` criterion math, against the naive
    ``F.kl_div(log_softmax(s/T), log_softmax(t/T))`` path. On CUDA this reads
@@ -122,7 +124,19 @@ def _make_teacher(data: Path, workdir: Path) -> Path:
     return save / "checkpoint_last.pt"
 
 
-def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_tokens: int, device: str) -> dict:
+def build_cache(data: Path, teacher: Path, out: Path, topk: int, temperature: float, device: str) -> dict:
+    """A top-K teacher cache over the training set (issue 10): its build time and size."""
+    from fairseq_plugin.teacher_cache import build
+
+    start = time.perf_counter()
+    summary = build(str(data), str(teacher), str(out), topk=topk, temperatures=(temperature,),
+                    device="cuda" if device.startswith("cuda") else "cpu")
+    summary["build_seconds"] = time.perf_counter() - start
+    return summary
+
+
+def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_tokens: int, device: str,
+                     cache: Path = None, topk: int = 0) -> dict:
     import torch
     from fairseq import options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -144,6 +158,10 @@ def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_toke
         "ls_kd": task.build_criterion(cfg(["--criterion", "ls_kd", "--teacher-path", str(teacher),
                                            "--kd-temperature", "2", "--label-smoothing", "0.1"]).criterion),
     }
+    if cache is not None:
+        criteria["ls_kd_topk_cache"] = task.build_criterion(cfg([
+            "--criterion", "ls_kd", "--teacher-cache", str(cache), "--kd-topk", str(topk),
+            "--kd-temperature", "2", "--label-smoothing", "0.1"]).criterion)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     itr = task.get_batch_iterator(task.dataset("train"), max_tokens=max_tokens, seed=1).next_epoch_itr(shuffle=True)
     batches = [utils.move_to_cuda(b) if device.startswith("cuda") else b for b, _ in zip(itr, range(block))]
@@ -172,8 +190,11 @@ def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_toke
             totals[name][1] += sum(int(s["ntokens"]) for s in batches)
         done += len(batches)
     words = {name: tokens / seconds for name, (seconds, tokens) in totals.items()}
-    return {"words_per_s": words, "ratio_ls_kd_over_lsce": words["ls_kd"] / words["label_smoothed_cross_entropy"],
-            "steps_each": done, "max_tokens": max_tokens}
+    lsce = words["label_smoothed_cross_entropy"]
+    # time per update relative to LSCE (same batches): the inverse of the words/s ratio
+    time_ratio = {name: lsce / w for name, w in words.items()}
+    return {"words_per_s": words, "ratio_ls_kd_over_lsce": words["ls_kd"] / lsce,
+            "time_per_update_over_lsce": time_ratio, "steps_each": done, "max_tokens": max_tokens}
 
 
 def main(argv=None) -> int:
@@ -189,6 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: tiny ops on a shared CPU only oversubscribe)")
+    parser.add_argument("--cache-topk", type=int, default=64,
+                        help="K of the teacher cache benchmarked against LSCE (0 = skip the cache)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--quick", action="store_true",
@@ -216,12 +239,26 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(args.data) if args.data else _prepare_data(Path(tmp))
             teacher = Path(args.teacher) if args.teacher else _make_teacher(data, Path(tmp))
-            thr = throughput_bench(data, teacher, args.steps, args.block, args.max_tokens, args.device)
+            cache_dir, cache = None, None
+            if args.cache_topk > 0:
+                cache_dir = Path(tmp) / "teacher_cache"
+                cache = build_cache(data, teacher, cache_dir, args.cache_topk, 2.0, args.device)
+            thr = throughput_bench(data, teacher, args.steps, args.block, args.max_tokens, args.device,
+                                   cache=cache_dir, topk=args.cache_topk)
         words = thr["words_per_s"]
         print(f"student training step, {thr['steps_each']} steps each, max-tokens {thr['max_tokens']}:")
         print(f"  label_smoothed_cross_entropy {words['label_smoothed_cross_entropy']:10.0f} words/s")
         print(f"  ls_kd (teacher same arch)    {words['ls_kd']:10.0f} words/s")
         print(f"  ratio ls_kd / LSCE           {thr['ratio_ls_kd_over_lsce']:10.3f}")
+        if cache is not None:
+            ratio = thr["time_per_update_over_lsce"]
+            print(f"  ls_kd from a top-{args.cache_topk} cache {words['ls_kd_topk_cache']:10.0f} words/s")
+            print(f"  time per update / LSCE: live teacher {ratio['ls_kd']:.3f}x, top-{args.cache_topk} cache "
+                  f"{ratio['ls_kd_topk_cache']:.3f}x (target <= 1.15x)")
+            print(f"  cache: {cache['tokens']} target tokens, {cache['bytes_on_disk'] / 2**20:.1f} MiB on disk, "
+                  f"{cache['bytes_per_token']:.1f} bytes/token ({cache['dtype']}, K = {cache['topk']}, "
+                  f"vocabulary {cache['num_classes']}), built in {cache['build_seconds']:.1f} s")
+            thr["cache"] = cache
         report["throughput"] = thr
     print(json.dumps(report))
     return 0
