@@ -138,7 +138,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes (1024 x 32000 instead of 4096 x 32000)")
     parser.add_argument("--memcheck", action="store_true", help="also measure ours at 8192 x 32000 (fp32, bf16)")
     parser.add_argument("--reps", type=int, default=2,
-                        help="timed repetitions per implementation on the big shapes (median; small shapes use 20)")
+                        help="timed repetitions per implementation on the big shapes (median; small shapes use 100)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--child", nargs=5, metavar=("IMPL", "ROWS", "CLASSES", "DTYPE", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -163,19 +163,26 @@ def main(argv: List[str] = None) -> None:
               f"{'naive MiB':>9} {'ours MiB':>9} {'mem x':>6} | {'naive err':>9} {'ours err':>9}")
     print(header)
     print("-" * len(header))
+    time_ratios = []
     for rows, classes, dtype_name, temperature in cases:
         s, t = make_inputs(rows, classes, DTYPES[dtype_name])
-        reps = args.reps if rows * classes > 10**7 else max(args.reps, 20)
+        reps = args.reps if rows * classes > 10**7 else max(args.reps, 100)
         t_naive, t_ours, v_naive, v_ours = time_pair(s, t, temperature, reps)
         ref = reference_kd(s, t, temperature)
         del s, t
         mem_naive, exact_n = measure_extra_peak("naive", rows, classes, dtype_name, temperature, args.threads)
         mem_ours, exact_o = measure_extra_peak("ours", rows, classes, dtype_name, temperature, args.threads)
         mark = "" if (exact_n and exact_o) else "~"
+        time_ratios.append((t_ours / t_naive, f"{rows}x{classes} {dtype_name} T={temperature:g}"))
         print(f"{rows:>6}x{classes:<5} {dtype_name:>5} {temperature:>6g} | {t_naive * 1e3:>9.1f} {t_ours * 1e3:>9.1f} "
               f"{t_ours / t_naive:>6.2f} | {mem_naive / 2**20:>9.1f} {mem_ours / 2**20:>9.1f} "
               f"{mark}{(mem_ours / mem_naive) if mem_naive else float('nan'):>5.2f} | "
               f"{abs(v_naive - ref) / abs(ref):>9.1e} {abs(v_ours - ref) / abs(ref):>9.1e}", flush=True)
+
+    worst, where = max(time_ratios)
+    print(f"# time ratio ours / naive per shape: "
+          f"{', '.join(f'{label}: {ratio:.2f}' for ratio, label in time_ratios)}; "
+          f"worst {worst:.2f} ({where}; target <= 1.00)")
 
     if args.memcheck:
         print("\n# extra peak of ours (forward+backward) at translation size, in logits-sized buffers "

@@ -7,10 +7,12 @@ The math lives here once; the vision trainer and the fairseq criterion both call
 * ``kd_loss``: ``T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al.; Sec. 2, beta = 1).
 * ``ls_kd_loss``: ``(1 - beta) * H(y_ls, p) + beta * kd_loss`` (Sec. 2's L_KD with LS hard term).
 
-All math runs in float32 whatever the input dtype, row chunk by row chunk, in forward *and*
-backward (custom autograd functions that recompute each chunk), so a translation-sized
-``[8192, 32000]`` logits tensor needs about one extra logits-sized buffer (the gradient, in the
-logits' dtype) rather than several float32 copies.
+All math runs in float32 whatever the input dtype, row chunk by row chunk. An input that fits in
+one chunk (``2^20`` elements on CPU: e.g. the 256 x 1000 ImageNet vision batch) is one fused
+pass whose float32 terms are kept for backward; larger ones keep only the inputs and recompute
+each chunk in backward (custom autograd functions), so a translation-sized ``[8192, 32000]``
+logits tensor needs about one extra logits-sized buffer (the gradient, in the logits' dtype)
+rather than several float32 copies.
 
 Numerics of the KD term. Written naively, ``KL = sum p_t (log p_t - log p_s)`` loses almost all
 its digits at high temperature: both log-probabilities are ~ ``-ln K`` while their difference is
@@ -18,21 +20,26 @@ its digits at high temperature: both log-probabilities are ~ ``-ln K`` while the
 the naive float32 result is off by ~0.1 %, at T = 64 by ~5e-5). We use the identity
 
     d = (s - t) / T,   m = E_{p_t}[d],   u = d - m,
-    KL(p_t || p_s) = log E_{p_t}[exp(u)] = log1p(E_{p_t}[expm1(u)]),
+    KL(p_t || p_s) = log E_{p_t}[exp(u)] - E_{p_t}[u],
 
 which never subtracts two large numbers (``u`` is formed from the *difference* of the logits), and
 the matching gradients ``p_s - p_t = p_t * expm1(u - KL)`` (student) and ``-p_t * u`` (teacher).
-Rows where ``u`` is so large that ``expm1`` would overflow (huge logit gaps at small T, where the
-KL is large and cancellation is no issue) fall back to ``logsumexp(log p_t + u)``. Rows whose KL
-is not small (>= 0.02) use the cheaper ``exp(u) - 1``, whose ~1e-7 absolute error is then
-negligible; only small-KL rows (high T, or a student close to its teacher) pay for the accurate
-``expm1``, which on CPU runs through float64 because torch's float32 CPU ``expm1`` is scalar code.
-Measured against float64: relative error <= ~2e-6 for T in [0.1, 1000] and logits up to 1e4
-(the naive float32 formula: 1.5e-3 at T = 1000).
+Rows whose KL is not small (>= 0.02) use ``log1p(E[exp(u) - 1])``, whose ~1e-7 absolute error is
+then negligible. Small-KL rows (high T, or a student close to its teacher; KL <= max u tells
+many of them up front) use ``KL = log1p(E[expm1(u) - u])`` (the residue ``E[u]`` of float32
+rounding enters only at second order): every term ``expm1(u) - u`` is >= 0, so the sum over
+classes cannot cancel, and each term is computed without cancellation by a short float32 Taylor
+polynomial (|u| <= 1, always the case at high T) or float64 ``expm1`` beyond. Rows where ``u``
+is so large that ``exp`` would overflow (huge logit gaps at small T, where the KL is large and
+cancellation is no issue) fall back to ``logsumexp(log p_t + u)``. Measured against float64:
+relative error <= ~2e-6 for T in [0.1, 1000] and logits up to 1e4 (the naive float32 formula:
+1.5e-3 at T = 1000); ``bench/bench_kd_loss.py`` prints both, and the time ratio to the naive
+formula.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple, Optional, Tuple
 
@@ -65,6 +72,11 @@ _EXPM1_SAFE = 80.0
 # Rows whose KL is at least this use ``exp(u) - 1`` (absolute error ~1e-7, so relative error
 # <= ~1e-5 on the KL and ~1e-6 on the gradient); smaller-KL rows use the accurate expm1.
 _FAST_KL_MIN = 0.02
+
+# (largest |u|, degree): the Taylor polynomial of (expm1(u) - u) / u^2 up to u^degree is then
+# within 2 |u|^(degree + 1) / (degree + 3)! < 6e-8 (relative) of the true value.
+_POLY_DEGREES = ((0.03, 3), (0.1, 4), (0.3, 6), (1.0, 8))
+_LOG2_E = 1.0 / math.log(2.0)
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -294,159 +306,197 @@ def ls_cross_entropy(
 # ----------------------------------------------------------------------------------------------
 # temperature KD
 # ----------------------------------------------------------------------------------------------
-def _expm1(x: torch.Tensor) -> torch.Tensor:
-    """Accurate ``expm1``. torch's CPU kernel is scalar for float32 (~15x slower than ``exp``) but
-    vectorised for float64, so on CPU we round-trip through float64 (returned as float64, so
-    the following weighted sum is a float64 one too)."""
-    if x.device.type == "cpu":
-        return torch.expm1(x.double())
-    return torch.expm1(x)
+def _expm1_minus_id(u: torch.Tensor, largest: float) -> torch.Tensor:
+    """``expm1(u) - u`` (>= 0), float32, accurate to rounding even for tiny |u|.
 
-
-def _expm1_times(x: torch.Tensor, p: torch.Tensor, accurate_rows: torch.Tensor) -> torch.Tensor:
-    """``p * expm1(x)`` (float32), with the accurate ``expm1`` only on ``accurate_rows``.
-
-    ``exp(x) - 1`` carries an absolute error of ~1e-7 per element: harmless where the row's
-    result is large (KL >= _FAST_KL_MIN), fatal for the tiny differences of high-T rows. Only
-    those rows pay for the accurate kernel.
+    ``largest`` bounds |u|. Up to 1 (every element of a high-T row) a Taylor polynomial in
+    float32, ``u^2 * sum_k u^k / (k + 2)!``, with as few terms as ``largest`` allows; beyond,
+    float64 ``expm1`` (exact subtraction). The terms are all >= 0, so the weighted sum over
+    classes that follows needs no extra precision.
     """
-    out = torch.exp(x).sub_(1.0).mul_(p)
-    if bool(accurate_rows.any()):
-        if bool(accurate_rows.all()):
-            out = _expm1(x).mul_(p).float()
-        else:
-            idx = accurate_rows.nonzero().squeeze(1)
-            out[idx] = _expm1(x[idx]).mul_(p[idx]).float()
-    return out
+    for bound, degree in _POLY_DEGREES:
+        if largest <= bound:
+            h = torch.mul(u, 1.0 / math.factorial(degree + 2)).add_(1.0 / math.factorial(degree + 1))
+            for k in range(degree - 2, -1, -1):
+                h.mul_(u).add_(1.0 / math.factorial(k + 2))
+            return h.mul_(u).mul_(u)
+    u64 = u.double()
+    return torch.expm1(u64).sub_(u64).float()
 
 
-def _kd_prep(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
-    """``(log_pt, p_t, d)`` for one row chunk, in float32: teacher log-probs at T and the scaled
-    logit *difference* ``d = (s - t) / T`` (exact up to float32 rounding however large s, t are)."""
+def _exp_minus_one(u: torch.Tensor, largest: float) -> torch.Tensor:
+    """``exp(u) - 1`` in float32 for the large-KL rows (absolute error ~1e-7 is fine there).
+
+    ``exp2(u log2 e)`` is several times faster than ``exp`` on CPU; the rounding of
+    ``u log2 e`` adds a relative error of ~1e-7 |u|, so it is used only while ``largest`` (a
+    bound on u) keeps that below ~1e-6.
+    """
+    if largest <= 8.0:
+        return torch.mul(u, _LOG2_E).exp2_().sub_(1.0)
+    return torch.exp(u).sub_(1.0)
+
+
+class _KDTerms(NamedTuple):
+    """Per-chunk quantities of the KD loss, enough for its value and both gradients."""
+
+    p_t: torch.Tensor  # [n, C] teacher probabilities at T (float32)
+    u: torch.Tensor  # [n, C] d - E_pt[d], d = (s - t) / T (float32)
+    e: torch.Tensor  # [n, C] expm1(u) (float32; accurate on small-KL rows, garbage on unsafe rows)
+    kl: torch.Tensor  # [n] KL(p_t || p_s) (float32, >= 0)
+    safe: torch.Tensor  # [n] bool: the row took the expm1 form (max u <= _EXPM1_SAFE)
+
+
+def _kd_small_kl(u: torch.Tensor, p_t: torch.Tensor, largest: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(expm1(u), KL)`` for rows whose KL is small (high T, or student ~ teacher).
+
+    ``KL = log E[exp(u)] - E[u] = log1p(q + r) - r`` with ``q = E[expm1(u) - u] >= 0``, a sum of
+    non-negative terms (no cancellation), and ``r = E[u]``, the ~1e-7 |d| that float32 rounding
+    of the mean left behind. ``KL = log1p(q)`` then errs by ``~q r``: 1e-7 relative at most.
+    """
+    f = _expm1_minus_id(u, largest)
+    kl = torch.log1p(torch.linalg.vecdot(f, p_t))
+    return f.add_(u), kl
+
+
+def _kd_terms(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> _KDTerms:
+    """Value of ``KL(softmax(t/T) || softmax(s/T))`` per row and the tensors its gradients need.
+
+    Rows whose KL is large use ``log1p(E[exp(u) - 1])``; small-KL rows (known up front when
+    max u < _FAST_KL_MIN, since KL <= max u) use the accurate ``expm1``, so at high T the fast
+    pass is skipped entirely. See the module docstring.
+    """
     t = teacher.float()
     # Shift before scaling: (t - max t) is exact-ish, whereas t / T for |t| ~ 1e4 and T = 0.1
     # would round each scaled logit by ~1e-3 before the softmax sees it.
-    log_pt = F.log_softmax(torch.sub(t, t.amax(dim=-1, keepdim=True)).div_(temperature), dim=-1)
-    p_t = log_pt.exp()
-    d = torch.sub(student.float(), t).div_(temperature)
-    return log_pt, p_t, d
-
-
-def _kd_chunk(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
-    """Per-row ``KL(softmax(t/T) || softmax(s/T))`` for one chunk, plus what backward needs.
-
-    Returns ``(kl, m, safe)``: the KL (float32, >= 0), the row mean ``m = E_pt[d]`` and whether
-    the row took the ``log1p(E[expm1(u)])`` form (see the module docstring).
-    """
-    log_pt, p_t, u = _kd_prep(student, teacher, temperature)
-    m = torch.linalg.vecdot(p_t, u)
-    u.sub_(m.unsqueeze(1))  # u = d - E_pt[d]
-    safe = u.amax(dim=-1) <= _EXPM1_SAFE
-    # Clamp only guards the discarded branch against inf * 0 = nan.
-    u_c = u.clamp(max=_EXPM1_SAFE)
-    s_fast = torch.exp(u_c).sub_(1.0).mul_(p_t).sum(dim=-1)
-    kl = torch.log1p(s_fast)
-    redo = kl < _FAST_KL_MIN
-    if bool(redo.any()):
-        # Small KL (high T, or student ~ teacher): recompute those rows with the accurate expm1.
-        idx = redo.nonzero().squeeze(1)
-        e = _expm1(u_c[idx])
-        p_redo = p_t[idx].to(e.dtype)
-        # KL = log E[exp(u)] - E[u] holds for any shift m; subtracting the E[u] that float32
-        # rounding left behind (~1e-7 |d|) keeps tiny KLs (student ~ teacher) accurate.
-        mean_u = torch.linalg.vecdot(u_c[idx].to(e.dtype), p_redo)
-        kl[idx] = (torch.log1p(torch.linalg.vecdot(e, p_redo)) - mean_u).float()
-    if not bool(safe.all()):
-        kl = torch.where(safe, kl, torch.logsumexp(log_pt + u, dim=-1))
+    scaled_t = torch.sub(t, t.amax(dim=-1, keepdim=True)).div_(temperature)
+    p_t = F.softmax(scaled_t, dim=-1)
+    u = torch.sub(student.float(), t).div_(temperature)
+    u.sub_(torch.linalg.vecdot(p_t, u).unsqueeze(1))
+    u_max = u.amax(dim=-1)
+    safe = u_max <= _EXPM1_SAFE
+    all_safe = bool(safe.all())
+    if not all_safe:
+        # Clamp only guards the discarded branch of unsafe rows against inf * 0 = nan.
+        u_c = u.clamp(max=_EXPM1_SAFE)
+        u_max = u_max.clamp(max=_EXPM1_SAFE)
+    else:
+        u_c = u
+    accurate = u_max < _FAST_KL_MIN  # KL <= max u
+    all_accurate = bool(accurate.all())
+    if not all_accurate:
+        e = _exp_minus_one(u_c, float(u_max.max()))
+        kl = torch.log1p(torch.linalg.vecdot(e, p_t))
+        accurate |= kl < _FAST_KL_MIN
+        all_accurate = bool(accurate.all())
+    if all_accurate:
+        largest = max(float(u_max.max()), -float(u.amin()))
+        e, kl = _kd_small_kl(u_c, p_t, largest)
+    elif bool(accurate.any()):
+        rows = accurate.nonzero().squeeze(1)
+        u_rows = u_c[rows]
+        largest = max(float(u_max[rows].max()), -float(u_rows.amin()))
+        e[rows], kl[rows] = _kd_small_kl(u_rows, p_t[rows], largest)
+    if not all_safe:
+        # Huge logit gaps (small T): the KL is large, cancellation is no issue.
+        lse = torch.logsumexp(F.log_softmax(scaled_t, dim=-1) + u, dim=-1)
+        kl = torch.where(safe, kl, lse)
     # KL >= 0 (Jensen); rounding can leave -1e-12 for identical rows.
-    return kl.clamp_min(0.0), m, safe
+    return _KDTerms(p_t, u, e, kl.clamp_min(0.0), safe)
+
+
+def _kd_grads(terms: _KDTerms, student: torch.Tensor, temperature: float, weight: torch.Tensor,
+              keep: Optional[torch.Tensor], need_s: bool, need_t: bool):
+    """Float32 ``(grad_student, grad_teacher)`` of one chunk (None where not needed).
+
+    ``weight`` is ``T * dL/d(per-row loss)``. Student: ``p_s - p_t = p_t * expm1(u - KL)
+    = p_t * (expm1(u) - expm1(KL)) * exp(-KL)``, accurate when p_s ~ p_t (high T) and reusing
+    the forward's ``expm1(u)``. Teacher: ``-p_t * u``. Rows with ``keep`` False get exactly 0
+    (``where``, not the zero weight alone: 0 * nan from garbage padding rows would be nan).
+    """
+    w = weight.unsqueeze(1)
+    row_keep = None if keep is None else keep.unsqueeze(1)
+    g_s = g_t = None
+    if need_t:
+        g_t = torch.mul(terms.p_t, terms.u).mul_(w).neg_()
+        if row_keep is not None:
+            g_t = torch.where(row_keep, g_t, 0.0)
+    if need_s:
+        kl = terms.kl
+        g_s = torch.sub(terms.e, torch.expm1(kl).unsqueeze(1)).mul_(terms.p_t)
+        g_s.mul_((torch.exp(-kl) * weight).unsqueeze(1))
+        if not bool(terms.safe.all()):
+            # Far-apart rows: p_s and p_t differ a lot, so the direct difference is accurate.
+            s = student.float()
+            p_s = F.softmax(torch.sub(s, s.amax(dim=-1, keepdim=True)).div_(temperature), dim=-1)
+            g_s = torch.where(terms.safe.unsqueeze(1), g_s, (p_s - terms.p_t).mul_(w))
+        if row_keep is not None:
+            g_s = torch.where(row_keep, g_s, 0.0)
+    return g_s, g_t
 
 
 class _ChunkedKD(torch.autograd.Function):
-    """Per-row ``T^2 KL(p_t || p_s)`` (masked rows 0) with chunked recomputation in backward.
+    """Per-row ``T^2 KL(p_t || p_s)`` (masked rows 0), row chunk by row chunk.
 
-    Forward keeps no float32 copies, only three numbers per row (KL, E_pt[d], safe flag);
-    backward recomputes each chunk's ``p_t`` and ``u``. Gradients:
-    student ``T * (p_s - p_t) * g_row`` with ``p_s - p_t = p_t * expm1(u - KL)``,
-    teacher ``-T * p_t * u * g_row``.
+    Inputs that fit in one chunk keep that chunk's float32 terms for backward (one fused pass,
+    no recomputation: small shapes such as 256 x 1000 are then faster than the naive formula);
+    larger inputs keep nothing but the inputs and recompute each chunk's terms in backward.
+    Gradients: student ``T * (p_s - p_t) * g_row``, teacher ``-T * p_t * u * g_row``.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, keep, temperature: float, chunk_rows: int):
         num_rows = student.shape[0]
         kl = torch.zeros(num_rows, dtype=torch.float32, device=student.device)
-        mean_d = torch.zeros(num_rows, dtype=torch.float32, device=student.device)
-        safe = torch.ones(num_rows, dtype=torch.bool, device=student.device)
+        single = num_rows <= chunk_rows
+        saved: Optional[_KDTerms] = None
         with _no_autocast(student):
             for start in range(0, num_rows, chunk_rows):
                 stop = start + chunk_rows
-                kl[start:stop], mean_d[start:stop], safe[start:stop] = _kd_chunk(
-                    student[start:stop], teacher[start:stop], temperature
-                )
+                terms = _kd_terms(student[start:stop], teacher[start:stop], temperature)
+                kl[start:stop] = terms.kl
+                if single:
+                    saved = terms
         per_row = kl * (temperature * temperature)
         if keep is not None:
             # where, not multiply: garbage (even inf/nan) in padding rows must not leak.
             per_row = torch.where(keep, per_row, torch.zeros((), device=per_row.device))
-        ctx.save_for_backward(student, teacher, keep, kl, mean_d, safe)
+        if saved is not None and any(ctx.needs_input_grad[:2]):
+            ctx.save_for_backward(student, teacher, keep, *saved)
+            ctx.has_terms = True
+        else:
+            ctx.save_for_backward(student, teacher, keep)
+            ctx.has_terms = False
         ctx.temperature = temperature
         ctx.chunk_rows = chunk_rows
         return per_row
 
     @staticmethod
     def backward(ctx, grad_rows):
-        student, teacher, keep, kl, mean_d, safe = ctx.saved_tensors
+        student, teacher, keep, *saved = ctx.saved_tensors
         temperature, chunk_rows = ctx.temperature, ctx.chunk_rows
         need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_s or need_t):
             return None, None, None, None, None
-        grad_s = torch.empty_like(student) if need_s else None
-        grad_t = torch.empty_like(teacher) if need_t else None
         weight = grad_rows.float() * temperature
         if keep is not None:
             weight = torch.where(keep, weight, torch.zeros((), device=weight.device))
         with _no_autocast(student):
+            if ctx.has_terms:
+                g_s, g_t = _kd_grads(_KDTerms(*saved), student, temperature, weight, keep, need_s, need_t)
+                return (None if g_s is None else g_s.to(student.dtype),
+                        None if g_t is None else g_t.to(teacher.dtype), None, None, None)
+            grad_s = torch.empty_like(student) if need_s else None
+            grad_t = torch.empty_like(teacher) if need_t else None
             for start in range(0, student.shape[0], chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                g_s, g_t = _kd_grad_chunk(
-                    student[rows], teacher[rows], temperature, kl[rows], mean_d[rows], safe[rows],
-                    weight[rows], None if keep is None else keep[rows], need_s, need_t,
-                )
-                if need_s:
+                terms = _kd_terms(student[rows], teacher[rows], temperature)
+                g_s, g_t = _kd_grads(terms, student[rows], temperature, weight[rows],
+                                     None if keep is None else keep[rows], need_s, need_t)
+                if grad_s is not None:
                     grad_s[rows] = g_s
-                if need_t:
+                if grad_t is not None:
                     grad_t[rows] = g_t
         return grad_s, grad_t, None, None, None
-
-
-def _kd_grad_chunk(student, teacher, temperature, kl, mean_d, safe, weight, keep, need_s, need_t):
-    """Float32 ``(grad_student, grad_teacher)`` of one chunk (None where not needed).
-
-    ``weight`` is ``T * dL/d(per-row loss)``; rows with ``keep`` False get exactly 0 (``where``, not
-    the zero weight alone: 0 * nan from garbage padding rows would be nan).
-    """
-    log_pt, p_t, u = _kd_prep(student, teacher, temperature)
-    u.sub_(mean_d.unsqueeze(1))
-    w = weight.unsqueeze(1)
-    row_keep = None if keep is None else keep.unsqueeze(1)
-    g_s = g_t = None
-    if need_t:
-        g_t = (p_t * u).mul_(w).neg_()
-        if row_keep is not None:
-            g_t = torch.where(row_keep, g_t, 0.0)
-    if need_s:
-        v = u.sub_(kl.unsqueeze(1))  # u - KL (u itself is not needed any more)
-        # p_s - p_t = p_t * expm1(u - KL): accurate when p_s ~ p_t (high T).
-        g_s = _expm1_times(v.clamp(max=_EXPM1_SAFE), p_t, kl < _FAST_KL_MIN)
-        if not bool(safe.all()):
-            # Far-apart rows: p_s and p_t differ a lot, so the direct difference is accurate,
-            # while log_pt + u - KL would sum three ~|logit|/T terms.
-            s = student.float()
-            p_s = F.softmax(torch.sub(s, s.amax(dim=-1, keepdim=True)).div_(temperature), dim=-1)
-            g_s = torch.where(safe.unsqueeze(1), g_s, p_s - p_t)
-        g_s.mul_(w)
-        if row_keep is not None:
-            g_s = torch.where(row_keep, g_s, 0.0)
-    return g_s, g_t
 
 
 def _check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:

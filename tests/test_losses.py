@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.special import log_softmax as np_log_softmax
-from scipy.special import rel_entr, softmax as np_softmax
+from scipy.special import rel_entr
+from scipy.special import softmax as np_softmax
 
 from lskd_core.losses import (
     LSKDLossTerms,
@@ -512,3 +513,41 @@ def test_bools_are_not_numbers(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         ls_kd_loss(s, t, y, **args)
+
+
+@pytest.mark.parametrize("gap", [0.02, 0.08, 0.25, 0.9, 2.5, -40.0])
+def test_kd_loss_small_kl_rows_with_large_gaps_on_rare_classes(gap):
+    """Small-KL rows whose |u| reaches ``gap`` on low-probability classes: every accuracy regime
+    of the small-KL path (short and long Taylor polynomials, float64 beyond |u| = 1), against the
+    float64 reference, in one fused chunk and in several recomputed ones. A negative gap moves
+    every rare class down (upward by 40 would make the KL large)."""
+    teacher = _logits(12, 200, 3.0, seed=40)
+    rare = torch.softmax(teacher.double(), -1) < 1e-5
+    sign = torch.where(torch.rand(12, 200, generator=torch.Generator().manual_seed(41)) < 0.5, -1.0, 1.0)
+    if gap < 0:
+        sign = torch.ones_like(sign)
+    student = (teacher + gap * sign * rare + 1e-3 * _logits(12, 200, seed=42)).requires_grad_()
+    ref = kd_reference(student, teacher, 1.0)
+    assert ref.max() < 0.02  # the rows really are small-KL ones
+    expected_grad = kd_grad_reference(student, teacher, 1.0, 12)
+    for chunk in (None, 5):
+        student.grad = None
+        loss = kd_loss(student, teacher, 1.0, chunk_size=chunk)
+        per_row = kd_loss(student, teacher, 1.0, reduction="none", chunk_size=chunk)
+        np.testing.assert_allclose(per_row.double().detach().numpy(), ref, rtol=1e-5)
+        loss.backward()
+        assert np.abs(student.grad.double().numpy() - expected_grad).max() <= 1e-5 * np.abs(expected_grad).max()
+
+
+def test_kd_fused_and_chunked_paths_agree_on_both_gradients():
+    student = _logits(9, 40, 2.0, seed=43).requires_grad_()
+    teacher = _logits(9, 40, 2.0, seed=44).requires_grad_()
+    grads = []
+    for chunk in (None, 2):
+        student.grad = teacher.grad = None
+        loss = kd_loss(student, teacher, 3.0, chunk_size=chunk)
+        loss.backward(retain_graph=True)
+        loss.backward()  # a second backward through the same graph sees the same saved terms
+        grads.append((student.grad.clone(), teacher.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-9)
