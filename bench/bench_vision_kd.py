@@ -41,14 +41,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _time_block(fn, steps: int, device: torch.device) -> float:
-    """Seconds per call of ``fn`` averaged over ``steps`` calls."""
+    """Seconds per call of ``fn`` averaged over ``steps`` calls (``--clock``)."""
     _sync(device)
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(steps):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (_clock() - start) / steps
 
 
 def build_cache(root: str, num_rows: int, num_classes: int, dtype: str, aux_dim: int) -> TeacherCache:
@@ -82,12 +86,18 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds/steps (bench/run_all.py --quick)")
     p.add_argument("--cache-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--cache-batches", type=int, default=50, help="batches of rows in the benchmark cache")
+    p.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"),
+                   help="wall: elapsed time; cpu: this process's CPU time (all its threads), insensitive to "
+                        "other jobs on a shared machine; auto: cpu on a CPU device, wall on CUDA")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.steps = 3, 5
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    global _clock
+    clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
+    _clock = CLOCKS[clock]
     torch.manual_seed(0)
 
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -150,7 +160,8 @@ def main(argv=None) -> int:
 
     flags = (" amp" if args.amp else "") + (" channels_last" if args.channels_last else "")
     print(f"device {device}{flags}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"{args.crop_size}x{args.crop_size}, {args.rounds} rounds x {args.steps} steps (median per step)")
+          f"{args.crop_size}x{args.crop_size}, {args.rounds} rounds x {args.steps} steps (median per step, "
+          f"{clock} clock)")
     print(f"student {args.student} ({count_parameters(student_plain) / 1e6:.3f} M params), "
           f"teacher {args.teacher} ({count_parameters(teacher.module) / 1e6:.3f} M params)")
     print(f"plain student step (LS cross-entropy): {ips['plain']:9.1f} images/s  ({1e3 * med['plain']:.2f} ms/step)")

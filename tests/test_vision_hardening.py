@@ -239,3 +239,18 @@ def test_teacher_with_mixup_is_refused():
         check_kd_args(args)
     args.teacher, args.teacher_ckpt = None, None
     check_kd_args(args)  # no teacher: mixup is the plain script's business
+
+
+def test_export_output_inside_a_file_is_one_line(tmp_path, capsys):
+    from vision_plugin.export_features import main as export_main
+
+    data = _image_folder(tmp_path / "data")
+    ckpt = tmp_path / "m.pth"
+    save_atomic({"model": build_model("lskd_cnn_s", 2).state_dict(), "num_classes": 2}, ckpt)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = export_main(["--ckpt", str(ckpt), "--model", "lskd_cnn_s", "--dataset", "imagefolder", "--data-path",
+                        str(data), "--crop-size", "16", "--split", "val", "--workers", "0",
+                        "--out", str(blocker / "feats.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(_error_lines(err)) == 1 and str(blocker) in err, err
