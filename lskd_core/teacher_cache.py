@@ -260,8 +260,10 @@ def _from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(a).float()
 
 
-def _as_float_tensor(logits: Union[torch.Tensor, np.ndarray], name: str) -> torch.Tensor:
-    t = (logits if isinstance(logits, torch.Tensor) else torch.as_tensor(logits)).detach().cpu()
+def _as_float_tensor(logits: Union[torch.Tensor, np.ndarray], name: str, keep_cuda: bool) -> torch.Tensor:
+    t = (logits if isinstance(logits, torch.Tensor) else torch.as_tensor(logits)).detach()
+    if not (keep_cuda and t.device.type == "cuda"):
+        t = t.cpu()
     if not t.is_floating_point():
         raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
     return t
@@ -271,28 +273,29 @@ def _as_float_tensor(logits: Union[torch.Tensor, np.ndarray], name: str) -> torc
 # top-K
 # ----------------------------------------------------------------------------------------------
 def _topk_arrays(x: torch.Tensor, k: int, temperatures: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(values [n, K] in x's dtype, indices [n, K] int64, tail_lse [n, len(T)] float32).
+    """(values [n, K] in x's dtype, indices [n, K] int64, tail_lse [n, len(T)] float32), on CPU.
 
-    Order: descending logit, ties broken by the smaller class id, so the result is a function of
-    the logits alone. Tail log-sum-exps are computed in float64 directly over the non-top-K
-    logits (never as lse(all) - lse(top), which would cancel when the tail is tiny).
+    Runs on x's device (a GPU builder ships K values per row, not C). Order: descending logit,
+    equal logits by class id, so the files are a function of the logits alone. Tail
+    log-sum-exps are computed in float64 directly over the non-top-K logits (never as
+    lse(all) - lse(top), which would cancel when the tail is tiny).
     """
     n, c = x.shape
-    values = torch.empty(n, k, dtype=x.dtype)
-    indices = torch.empty(n, k, dtype=torch.int64)
-    tail = np.empty((n, len(temperatures)), dtype=np.float32)
+    values, indices, tails = [], [], []
     block = max(1, _TOPK_BLOCK_ELEMENTS // c)
     for start in range(0, n, block):
         xb = x[start:start + block].double()
-        # Stable descending sort: equal logits keep class-id order (torch.topk leaves ties open).
-        order = torch.sort(xb, dim=-1, descending=True, stable=True).indices[:, :k]
-        values[start:start + block] = x[start:start + block].gather(1, order)
-        indices[start:start + block] = order
-        in_top = torch.zeros_like(xb, dtype=torch.bool).scatter_(1, order, True)
-        rest = xb.masked_fill(in_top, -math.inf)
-        for j, temp in enumerate(temperatures):
-            tail[start:start + block, j] = torch.logsumexp(rest / temp, dim=-1).numpy()
-    return values, indices, tail
+        top = torch.topk(xb, k, dim=-1, sorted=False).indices
+        # Canonical order: class id ascending, then a stable descending sort by value.
+        top = torch.sort(top, dim=-1).values
+        order = torch.sort(xb.gather(1, top), dim=-1, descending=True, stable=True).indices
+        top = top.gather(1, order)
+        values.append(x[start:start + block].gather(1, top).cpu())
+        indices.append(top.cpu())
+        rest = xb.scatter(1, top, -math.inf)
+        tails.append(torch.stack([torch.logsumexp(rest / temp, dim=-1) for temp in temperatures], dim=1)
+                     .float().cpu())
+    return torch.cat(values), torch.cat(indices), torch.cat(tails).numpy()
 
 
 def _topk_dense(values: torch.Tensor, indices: torch.Tensor, tail_lse: torch.Tensor, num_classes: int,
@@ -397,7 +400,7 @@ class CacheWriter:
             raise ValueError("teacher logits contain NaN or +inf; refusing to cache them")
         arrays: Dict[str, np.ndarray] = {}
         if header["kind"] == "full":
-            arrays["logits.npy"] = _to_storage(logits, header["dtype"])
+            arrays["logits.npy"] = _to_storage(logits.cpu(), header["dtype"])
         else:
             values, indices, tail = _topk_arrays(logits, int(header["topk"]), header["temperatures"])
             arrays["values.npy"] = _to_storage(values, header["dtype"])
@@ -426,7 +429,8 @@ class CacheWriter:
         """
         self._check_index(index)
         rows = self.shard_rows(index)
-        arrays = self._arrays(_as_float_tensor(logits, "logits"), aux, len(rows))
+        arrays = self._arrays(_as_float_tensor(logits, "logits", keep_cuda=self.header["kind"] == "topk"),
+                              aux, len(rows))
         name = _shard_name(index)
         tmp = self.root / f".{name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()

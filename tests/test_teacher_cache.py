@@ -331,3 +331,20 @@ def test_describe_counts_bytes(tmp_path):
     # values fp32 (4 B) + indices int16 (2 B) per kept class + 2 float32 tail LSEs per row, + headers
     payload = ROWS * (4 * 4 + 4 * 2 + 2 * 4)
     assert payload < on_disk < payload + 4 * 2000 + 1000
+
+
+def test_topk_order_is_descending_with_ties_by_class_id(tmp_path):
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    fp = make_fingerprint(case="ties")
+    _build(tmp_path / "c", x, fingerprint=fp, rows_per_shard=3, kind="topk", topk=4, temperatures=(1.0,))
+    shard = tmp_path / "c" / "shard-00000"
+    values = np.load(shard / "values.npy", allow_pickle=False)
+    indices = np.load(shard / "indices.npy", allow_pickle=False)
+    assert indices.dtype == np.int16
+    np.testing.assert_array_equal(values, [[3, 3, 3, 2], [5, 5, 5, 5], [5, 4, 3, 2]])
+    np.testing.assert_array_equal(indices[0], [1, 2, 4, 5])
+    np.testing.assert_array_equal(indices[2], [5, 4, 3, 2])
+    assert list(indices[1]) == sorted(indices[1]) and len(set(indices[1])) == 4
+    # tail of row 0 at T = 1: classes 0 and 3 (logits 1 and 0)
+    tail = np.load(shard / "tail_lse.npy", allow_pickle=False)
+    assert tail[0, 0] == pytest.approx(math.log(math.e + 1.0), rel=1e-7)
