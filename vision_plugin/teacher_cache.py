@@ -46,7 +46,7 @@ BUILD_INFO = "vision.json"  # builder flags that the trainer takes its defaults 
 # The trainer's flags the builder shares (same names, defaults and help).
 _SHARED_FLAGS = ("data_path", "dataset", "crop_size", "val_resize_size", "extra_augment", "train_samples",
                  "subset_seed", "workers", "device", "batch_size", "threads", "teacher", "teacher_ckpt",
-                 "teacher_weights", "no_progress", "skip_bad_images")
+                 "teacher_weights", "no_progress")
 
 
 # --------------------------------------------------------------------------- fingerprint
