@@ -9,6 +9,7 @@ from lskd_core.report.accuracy import grid_markdown
 from lskd_core.report.classwise import classwise_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import eta_markdown
+from lskd_core.report.markdown import md_table
 from lskd_core.report.profile import profile_markdown
 from lskd_core.report.projection import projection_markdown
 from lskd_core.report.view import StudyView
@@ -55,6 +56,11 @@ def _runs(view: StudyView, res: dict) -> List[str]:
     if runs["not_done"]:
         md.append("Not finished: " + ", ".join(f"`{r}`" for r in runs["not_done"][:30])
                   + (" ..." if len(runs["not_done"]) > 30 else "") + "\n")
+    rows = view.provenance_rows()
+    if rows:
+        # a run's hash covers these (lskd_core.study.provenance): one row per kind means no mixing
+        md.append("Code and versions each result came from:\n")
+        md.append(md_table(["run kind", "runs", "lskd", "code digest", "frameworks"], rows) + "\n")
     if res.get("problems"):
         md.append("Problems found and handled in this invocation:\n")
         for p in res["problems"]:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from lskd_core.jsonio import BadJson, read_json_object
 from lskd_core.study.plan import export_id, run_dir, student_id, teacher_id
-from lskd_core.study.state import RESULT, read_manifest
+from lskd_core.study.state import RESULT, RUN_CONFIG, read_manifest
 from lskd_core.study.tasks import TaskBackend, get_task
 
 __all__ = ["StudyView"]
@@ -100,6 +100,28 @@ class StudyView:
             if f is not None and f.class_names:
                 return list(f.class_names)
         return None
+
+    def provenance_rows(self) -> List[List[str]]:
+        """One row per (run kind, provenance) among the finished runs: run kind, how many runs, lskd
+        version, code digest (12 hex digits), framework versions. From each run's run_config.json
+        (what its hash covered); runs dispatched without one count as "not recorded"."""
+        seen: Dict[tuple, int] = {}
+        for run_id in self.results:
+            kind = str(self.runs.get(run_id, {}).get("kind", "?"))
+            try:
+                rc = read_json_object(self.run_dir(run_id) / RUN_CONFIG)
+            except BadJson:
+                rc = None
+            prov = rc.get("provenance") if rc is not None else None
+            if not isinstance(prov, dict):
+                key: tuple = (kind, "not recorded", "—", "—")
+            else:
+                fw_raw = prov.get("frameworks")
+                fw: Dict[str, Any] = fw_raw if isinstance(fw_raw, dict) else {}
+                key = (kind, str(prov.get("lskd_version", "?")), str(prov.get("code", "versions only"))[:12],
+                       ", ".join(f"{k} {v}" for k, v in sorted(fw.items())) or "—")
+            seen[key] = seen.get(key, 0) + 1
+        return [[k[0], str(n), k[1], k[2], k[3]] for k, n in sorted(seen.items())]
 
     def num_classes(self) -> Optional[int]:
         for res in self.results.values():

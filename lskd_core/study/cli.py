@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lskd_core.study.config import available_presets, load_config
+from lskd_core.study.config import available_presets, check_models, load_config
 from lskd_core.study.launchers import LAUNCHERS
 from lskd_core.study.runner import StudyOutcome, prepare_for_dispatch, run_study
 from lskd_core.study.status import study_status
@@ -21,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lskd_core.study",
         description="Run the label-smoothing x KD-temperature study (teachers per alpha, students per "
-                    "alpha x T x seed, analyses) and write a report. Settings: preset < --config file < flags.")
+                    "alpha x T x seed, analyses) and write a report. Settings: preset < --config file < flags.",
+        epilog=EXIT_STATUS_HELP)
     p.add_argument("--preset", help=f"base settings (default demo); one of: {', '.join(available_presets())}")
     p.add_argument("--config", help="study config file (.json or .toml) with StudyConfig settings")
     p.add_argument("--out", help="study directory (default runs/<preset>)")
@@ -99,20 +101,50 @@ def _print_commands(lines: Sequence[str]) -> int:
     return 0
 
 
+#: exit statuses (the parser's epilog says the same to users)
+EXIT_STATUS_HELP = ("exit status: 0 = every run done (or queued, with --no-wait); 1 = some runs failed or were "
+                    "blocked (listed in the summary and the report); 2 = bad input, nothing (more) launched: a "
+                    "setting, a config file, the output directory (unwritable, read-only, full, a file or a "
+                    "dangling symlink) or a study directory in use by another runner; 130 = interrupted")
+
+# errno -> what the user can do about it
+_OS_REMEDIES = {
+    errno.ENOSPC: "the disk is full: free space or choose another --out",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another --out",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "permission denied: fix the permissions or choose another path",
+    errno.EPERM: "operation not permitted: fix the permissions or choose another path",
+    errno.EEXIST: "it exists but is not a directory (a file, or a symlink to nowhere): remove it or choose "
+                  "another --out",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+    errno.ENOENT: "no such file or directory: check the path",
+    errno.ELOOP: "too many levels of symbolic links: fix the link",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line naming the file an OSError is about and what to do (errors a user can cause)."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "(no file named)"
+    remedy = _OS_REMEDIES.get(exc.errno or -1, exc.strerror or str(exc))
+    return f"{where}: {remedy}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The study CLI. Our own errors (ValueError, e.g. a bad setting or a locked study) and the OS
+    errors a user can cause print one line each and exit 2; anything else keeps its traceback."""
     ns = _parser().parse_args(argv)
+    study_dir: Optional[Path] = None
     try:
         cfg = load_config(ns.preset, ns.config, _overrides(ns))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    study_dir = Path(cfg.out or os.path.join("runs", cfg.name))
-    try:
-        if ns.print_commands:
-            return _print_commands(prepare_for_dispatch(cfg, study_dir))
+        study_dir = Path(cfg.out or os.path.join("runs", cfg.name))
         if ns.status:
             print("\n".join(study_status(cfg, study_dir)))
             return 0
+        if not ns.report_only:
+            check_models(cfg)  # asks the plugin's registry: before anything is dispatched
+        if ns.print_commands:
+            return _print_commands(prepare_for_dispatch(cfg, study_dir))
         outcome = run_study(cfg, study_dir, report_only=ns.report_only, progress=not ns.no_progress,
                             wait=not ns.no_wait)
     except KeyboardInterrupt:
@@ -121,6 +153,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         for line in str(exc).splitlines() or [""]:  # one line per problem (e.g. each bad SLURM resource)
             print(f"error: {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     return _summary(cfg.name, outcome)
 

@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 
+from lskd_core.study.lock import process_alive
 from lskd_core.study.plan import Run
 
 __all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
@@ -116,8 +117,9 @@ class LocalLauncher(Launcher):
         if proc is not None:
             return proc.poll()
         # A handle reloaded from disk: this process is not the child's parent, so only its
-        # liveness can be seen (same host only).
-        if handle.get("host") == socket.gethostname() and _alive(int(handle.get("pid", -1))):
+        # liveness can be seen (same host only; the recorded start time tells a reused pid apart).
+        if handle.get("host") == socket.gethostname() and process_alive(handle.get("pid", -1),
+                                                                        handle.get("proc_start")):
             return None
         return LOST
 

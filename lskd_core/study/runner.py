@@ -28,10 +28,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 from lskd_core.jsonio import BadJson, read_json_object, write_json
 from lskd_core.study.config import StudyConfig
-from lskd_core.study.launchers import Handle, Launcher, make_launcher
+from lskd_core.study.launchers import LOST, Handle, Launcher, make_launcher
+from lskd_core.study.lock import StudyLock
 from lskd_core.study.plan import Run, build_plan, plugin_root, run_command, run_dir
 from lskd_core.study.progress import make_bar, running_postfix
 from lskd_core.study.state import (
+    CHECKSUMS,
     LAUNCH_LOG,
     RESULT,
     RUN_CONFIG,
@@ -41,8 +43,10 @@ from lskd_core.study.state import (
     inspect_run,
     log_event,
     move_aside,
+    orphan_process,
     outputs_problem,
     read_launch,
+    record_checksums,
     record_inputs,
     write_launch,
     write_manifest,
@@ -77,6 +81,7 @@ class _InFlight:
     started: float
     resume: bool
     adopted: bool = False  # started by an earlier invocation (detached launcher)
+    orphan: bool = False  # a local process left running by a runner that died: its exit status is unknowable
 
 
 def child_env(cfg: StudyConfig) -> Dict[str, str]:
@@ -113,8 +118,8 @@ def finish_run(run: Run, study: Path, task: str, rc: int, wall: float) -> Option
             return str(exc)
         if result is None or result.get("status") != "done":
             return f"{RESULT} missing or not done after a zero exit status"
-        return outputs_problem(run, rdir)
-    missing = outputs_problem(run, rdir)
+        return outputs_problem(run, rdir) or record_checksums(run, rdir)
+    missing = outputs_problem(run, rdir) or record_checksums(run, rdir)
     if missing:
         return missing
     extra, err = get_task(task).complete_result(run, rdir)
@@ -193,12 +198,14 @@ class _Loop:
 
     def _start(self, run: Run) -> None:
         state = self._state(run)
+        rdir = run_dir(self.study, run.run_id)
         if state.status == "done":
+            if not (rdir / CHECKSUMS).exists():
+                record_checksums(run, rdir)  # verified by a zip check just now: guard it from here on
             self.done.add(run.run_id)
             self.skipped.append(run.run_id)
             self.bar.update(1)
             return
-        rdir = run_dir(self.study, run.run_id)
         if state.status in ("corrupt", "stale"):
             moved = move_aside(rdir, state.status)
             self.problems.append(log_event(self.study, state.status, run_id=run.run_id, reason=state.reason,
@@ -220,6 +227,29 @@ class _Loop:
         write_launch(rdir, handle)
         self.running[run.run_id] = _InFlight(handle, time.time(), resume)
         self.launched.append(run.run_id)
+
+    def adopt_orphans(self) -> None:
+        """Runs whose recorded local process still runs on this host (started by a runner that
+        died, e.g. SIGKILL: its children live on in their own sessions) are waited for, never
+        started a second time in the same directory. One started for another config cannot be
+        adopted, and its directory must not be moved aside under it: refused with a clear line."""
+        if self.launcher.detached:
+            return  # adopt_in_flight reconciles detached launchers' handles
+        for run in list(self.pending):
+            handle = orphan_process(run_dir(self.study, run.run_id))
+            if handle is None:
+                continue
+            where = f"pid {handle.get('pid')} on {handle.get('host')}"
+            if not _same_config(run, self.study):
+                raise ValueError(f"{run.run_id} is still being run by {where} (started by an earlier runner for "
+                                 f"another config); wait for it or stop it (kill -TERM -{handle.get('pid')}), "
+                                 "then run the study again")
+            self.pending.remove(run)
+            self.running[run.run_id] = _InFlight(handle, float(handle.get("started", time.time())), False, True,
+                                                 orphan=True)
+            self.adopted.append(run.run_id)
+            log_event(self.study, "adopted", run_id=run.run_id, handle=handle)
+            self.echo(f"[study] {run.run_id}: still running from an earlier runner ({where}); waiting for it")
 
     def adopt_in_flight(self) -> None:
         """Detached launchers: take over runs a previous invocation started and nobody collected
@@ -255,6 +285,8 @@ class _Loop:
             progressed = True
             run = self.by_id[run_id]
             record_inputs(run, self.study)
+            if fl.orphan and rc == LOST:
+                rc = 0  # not our child, so its status is unknowable: its outputs decide (result.json / atomic files)
             err = finish_run(run, self.study, self.cfg.task, rc, time.time() - fl.started)
             if self.launcher.detached and fl.handle.get("launcher") == self.launcher.name:
                 # collected: a later invocation does not collect it again
@@ -357,6 +389,23 @@ def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: O
               echo: Optional[Callable[[str], None]] = None, wait: bool = True) -> StudyOutcome:
     """Run (or resume) every run of the plan that is not already done, then write the report.
 
+    The study directory is locked while this runs (:class:`~lskd_core.study.lock.StudyLock`): a
+    second runner on it raises :class:`~lskd_core.study.lock.StudyLocked` naming the holder.
+    ``report_only`` reads the run dirs and needs no lock.
+    """
+    study = Path(study_dir).resolve()
+    study.mkdir(parents=True, exist_ok=True)
+    if report_only:
+        return _run_study(cfg, study, launcher, report, report_only, progress, echo, wait)
+    with StudyLock(study):
+        return _run_study(cfg, study, launcher, report, report_only, progress, echo, wait)
+
+
+def _run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: Optional[Launcher] = None,
+               report: bool = True, report_only: bool = False, progress: bool = True,
+               echo: Optional[Callable[[str], None]] = None, wait: bool = True) -> StudyOutcome:
+    """:func:`run_study` once the directory is locked.
+
     ``report_only``: launch nothing; classify the run dirs leniently (runs dispatched by an external
     scheduler are accepted) and write the report from whatever is finished.
     ``wait=False`` (detached launchers such as SLURM): return once every run is submitted; the
@@ -380,6 +429,7 @@ def run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: O
         raise
     loop = _Loop(cfg, study, plan, launcher, echo, bar, env=child_env(cfg))
     loop.adopt_in_flight()
+    loop.adopt_orphans()
     interrupted = False
     prev_handler = _install_sigterm_handler()
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 import zipfile
 from dataclasses import dataclass
@@ -20,14 +21,17 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from lskd_core import __version__
 from lskd_core.jsonio import BadJson, read_json_object, write_json
+from lskd_core.study.lock import process_alive, process_start
 from lskd_core.study.plan import Run, run_dir
+from lskd_core.study.provenance import run_provenance
 
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
 
 __all__ = ["RunState", "inspect_run", "fingerprint", "dep_fingerprints", "write_run_config", "write_manifest",
            "read_manifest", "move_aside", "log_event", "append_jsonl", "write_launch", "read_launch",
-           "RUN_CONFIG", "RESULT", "LAUNCH", "LAUNCH_LOG", "EVENT_LOG", "MANIFEST"]
+           "RUN_CONFIG", "RESULT", "LAUNCH", "LAUNCH_LOG", "EVENT_LOG", "MANIFEST", "CHECKSUMS",
+           "record_checksums", "checksum_problem", "orphan_process"]
 
 RUN_CONFIG = "run_config.json"
 RESULT = "result.json"
@@ -35,6 +39,9 @@ LAUNCH = "launch.json"
 LAUNCH_LOG = "launches.jsonl"
 EVENT_LOG = "events.jsonl"
 MANIFEST = "study.json"
+#: sha256 and size of a finished run's outputs, written by the runner after the process exits
+CHECKSUMS = "checksums.json"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a zip archive) starts with a local file header
 
 
 def fingerprint(rdir: Path) -> Optional[str]:
@@ -72,6 +79,79 @@ def outputs_problem(run: Run, rdir: Path) -> Optional[str]:
         if p.suffix == ".npz" and not zipfile.is_zipfile(p):
             return f"{rel} is not a valid .npz"
     return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _zip_problem(path: Path) -> Optional[str]:
+    """Why a zip-format file (a torch checkpoint, an .npz) is damaged: a missing end record
+    (truncated) or a member whose CRC-32 does not match; None when it is intact or not a zip."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != _ZIP_MAGIC:
+                return None  # not a zip (e.g. torch's legacy format): the recorded checksum decides
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"{path.name} is damaged ({exc})"
+    return f"{path.name} is damaged (bad CRC-32 of member {bad})" if bad else None
+
+
+def record_checksums(run: Run, rdir: Path) -> Optional[str]:
+    """After a run's process exited 0: check its outputs' integrity and record their size and
+    sha256 in checksums.json, so later invocations (and the runs that read them) can tell a
+    damaged file from the one the run wrote. Returns a problem, or None."""
+    files = {}
+    for rel in run.outputs:
+        p = rdir / rel
+        if not p.is_file():
+            continue
+        problem = _zip_problem(p)
+        if problem:
+            return problem
+        files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    write_json(rdir / CHECKSUMS, {"files": files, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return None
+
+
+def checksum_problem(run: Run, rdir: Path) -> Optional[str]:
+    """Why a finished run's outputs are not the ones it wrote: size or sha256 differ from
+    checksums.json; without a record (externally dispatched, or the runner died before writing
+    it), a zip integrity check (all CRC-32s) of the outputs. None when they verify."""
+    try:
+        record = read_json_object(rdir / CHECKSUMS)
+    except BadJson as exc:
+        return str(exc)
+    files = record.get("files") if record is not None else None
+    for rel in run.outputs:
+        p = rdir / rel
+        want = files.get(rel) if isinstance(files, Mapping) else None
+        if not isinstance(want, Mapping):
+            problem = _zip_problem(p) if p.is_file() else None
+            if problem:
+                return problem
+            continue
+        size = p.stat().st_size
+        if size != want.get("size"):
+            return f"{rel} has {size} bytes, {want.get('size')} were recorded when its run finished"
+        if _sha256(p) != want.get("sha256"):
+            return f"{rel}'s sha256 differs from the one recorded when its run finished"
+    return None
+
+
+def orphan_process(rdir: Path) -> Optional[dict]:
+    """The recorded local process of a run dir when it still runs on this host (a runner that
+    died, e.g. SIGKILL, leaves its children running in their own sessions); None otherwise."""
+    handle = read_launch(rdir)
+    if handle is None or "pid" not in handle or "ended" in handle or handle.get("host") != socket.gethostname():
+        return None
+    return handle if process_alive(handle.get("pid"), handle.get("proc_start")) else None
 
 
 def _config_state(run: Run, rdir: Path, rc: Optional[dict], result: Optional[dict],
@@ -114,7 +194,7 @@ def inspect_run(run: Run, study: Path, deps_fp: Mapping[str, Optional[str]], str
         return state
     assert rc is not None  # _config_state returns a state when it is missing
     if result is not None and result.get("status") == "done":
-        missing = outputs_problem(run, rdir)
+        missing = outputs_problem(run, rdir) or checksum_problem(run, rdir)
         if missing:
             return RunState("corrupt", f"{RESULT} says done but {missing}")
         return RunState("done")
@@ -155,6 +235,8 @@ def write_run_config(run: Run, study: Path, cfg: "StudyConfig", argv: List[str],
         "inputs": dict(inputs or {}),
         "launched_by": launched_by,
         "lskd_version": __version__,
+        # the code and framework versions this run's hash covers (the report lists them)
+        "provenance": run_provenance(run, cfg),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
 
@@ -206,8 +288,15 @@ def log_event(study: Path, event: str, **kw: Any) -> dict:
 
 
 def write_launch(rdir: Path, handle: Mapping[str, Any]) -> None:
-    """Record the launcher's handle of a started run, so a later invocation can poll it."""
-    write_json(rdir / LAUNCH, dict(handle))
+    """Record the launcher's handle of a started run, so a later invocation can poll it. A local
+    process's handle gets its start time (``proc_start``): a later check of the pid then cannot
+    mistake an unrelated process that reused the pid for the run."""
+    handle = dict(handle)
+    if "pid" in handle and "proc_start" not in handle and handle.get("host") == socket.gethostname():
+        start = process_start(int(handle["pid"]))
+        if start is not None:
+            handle["proc_start"] = start
+    write_json(rdir / LAUNCH, handle)
 
 
 def read_launch(rdir: Path) -> Optional[dict]:
