@@ -139,7 +139,8 @@ class TranslationTeacherCache:
         self.cache, self.offsets, self.pad = cache, offsets, pad
 
     def logits_for_sample(self, sample: Dict[str, Any], temperature: float, device) -> torch.Tensor:
-        """Float32 logits [B, L, V] for ``sample`` (zeros at padding), softmax(z / T) = p_t(T)."""
+        """Float32 logits [B, L, V] for ``sample``, softmax(z / T) = p_t(T) (padding positions hold
+        the sample's first row; the loss masks them)."""
         target = sample["target"]
         mask = target.ne(self.pad).cpu()
         ids = sample["id"].cpu().numpy().astype(np.int64)
@@ -155,12 +156,17 @@ class TranslationTeacherCache:
             raise CacheMismatch(f"sample {int(ids[i])} has {int(lengths[i])} target tokens in this batch "
                                 f"but {int(stops[i] - starts[i])} rows in the teacher cache "
                                 f"{self.cache.root}: the batch is not from the cached training set")
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]) if ids.size else \
-            np.zeros(0, dtype=np.int64)
-        z = self.cache.teacher_logits_at(rows, temperature)
-        out = torch.zeros(target.shape + (z.shape[1],), dtype=torch.float32)
-        out[mask] = z  # row-major order of the non-pad positions = each sample's tokens in order
-        return out.to(device)
+        # One cache row per position, padding included (it reads the sample's first row; the loss
+        # masks it): the result is [B, L, V] without a second dense copy.
+        positions = np.arange(target.shape[1])
+        if bool(mask[:, 0].all()) or not ids.size:  # right-padded targets (fairseq's default)
+            rows = np.where(positions[None, :] < lengths[:, None], starts[:, None] + positions[None, :],
+                            starts[:, None])
+        else:  # left-padded: the tokens sit at the end of each row
+            shift = positions[None, :] - (target.shape[1] - lengths)[:, None]
+            rows = np.where(shift >= 0, starts[:, None] + shift, starts[:, None])
+        z = self.cache.teacher_logits_at(rows.reshape(-1), temperature)
+        return z.view(target.shape[0], target.shape[1], -1).to(device)
 
 
 def _header_fingerprint(root: str) -> Dict[str, Any]:

@@ -492,3 +492,53 @@ def test_foreign_criterion_named_ls_kd_is_a_reported_conflict():
 
     with pytest.raises(ImportError, match="'ls_kd' is already registered by .*LskdCriterion"):
         ls_kd._register(SomebodyElsesCriterion)
+
+
+# ---------------------------------------------------------------- logging terms / cache rows ---
+def test_logged_ce_and_nll_equal_fairseqs_label_smoothed_nll_loss():
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    from fairseq_plugin.criterions.ls_kd import logged_ce_and_nll
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, 11, generator=gen) * 4
+    target = torch.randint(2, 11, (3, 5), generator=gen)
+    target[1, 3:] = 1  # padding
+    lprobs = torch.log_softmax(logits.double(), dim=-1).view(-1, 11)
+    loss, nll = label_smoothed_nll_loss(lprobs, target.view(-1), 0.1, ignore_index=1)
+    ce, nll_ours = logged_ce_and_nll(logits, target, target.ne(1), 0.1)
+    assert torch.allclose(ce.double(), loss, rtol=1e-6) and torch.allclose(nll_ours.double(), nll, rtol=1e-6)
+
+
+class _RowIdCache:
+    """Stands in for lskd_core's TeacherCache: row r's logits are [r, r, r]."""
+
+    root = "fake"
+
+    def teacher_logits_at(self, rows, temperature):
+        return torch.as_tensor(rows, dtype=torch.float32)[:, None].expand(-1, 3).clone()
+
+
+def test_cached_rows_follow_sample_ids_for_right_and_left_padding():
+    import numpy as np
+
+    from fairseq_plugin.teacher_cache import TranslationTeacherCache, row_offsets
+
+    offsets = row_offsets([2, 3, 1])  # sample 0: rows 0-1, sample 1: rows 2-4, sample 2: row 5
+    reader = TranslationTeacherCache(_RowIdCache(), offsets, pad=1)
+    right = {"id": torch.tensor([2, 1]), "target": torch.tensor([[7, 1, 1], [7, 8, 9]])}
+    left = {"id": torch.tensor([0, 1]), "target": torch.tensor([[1, 7, 8], [7, 8, 9]])}
+    for sample, expected in ((right, [[5, None, None], [2, 3, 4]]), (left, [[None, 0, 1], [2, 3, 4]])):
+        z = reader.logits_for_sample(sample, 1.0, torch.device("cpu"))
+        assert z.shape == (2, 3, 3)
+        for b, row in enumerate(expected):
+            for pos, want in enumerate(row):
+                if want is not None:
+                    assert torch.equal(z[b, pos], torch.full((3,), float(want)))
+    from lskd_core.teacher_cache import CacheMismatch
+
+    with pytest.raises(CacheMismatch, match="sample 1 has 2 target tokens in this batch but 3 rows"):
+        reader.logits_for_sample({"id": torch.tensor([1]), "target": torch.tensor([[7, 8]])}, 1.0, "cpu")
+    with pytest.raises(CacheMismatch, match="outside the teacher cache"):
+        reader.logits_for_sample({"id": torch.tensor([3]), "target": torch.tensor([[7]])}, 1.0, "cpu")
+    assert np.array_equal(offsets, [0, 2, 5, 6])

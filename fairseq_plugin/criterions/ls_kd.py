@@ -51,7 +51,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
-from lskd_core.losses import ls_cross_entropy, ls_kd_loss_terms
+from lskd_core.losses import kd_loss, ls_cross_entropy, ls_kd_loss_terms
 
 from ..errors import CriterionConfigError, TeacherNotFoundError
 from ..teacher import TeacherEnsemble, get_teacher, split_teacher_paths
@@ -290,6 +290,13 @@ class LskdCriterion(FairseqCriterion):
         mask = target.ne(self.padding_idx)
         teacher_logits = self.get_teacher_logits(model, sample)
         kd_value: Optional[torch.Tensor] = None
+        if teacher_logits is not None and self.beta == 1.0:
+            # The paper's setting: only the KD term has a gradient; the logged CE and NLL come
+            # from one no-grad log-softmax pass instead of two.
+            loss = kd_loss(logits, teacher_logits, self.kd_temperature, mask=mask, reduction="sum",
+                           chunk_size=self.chunk_rows)
+            ce_value, nll = logged_ce_and_nll(logits, target, mask, self.eps)
+            return loss, LossParts(nll, ce_value, loss.detach())
         if teacher_logits is not None:
             terms = ls_kd_loss_terms(
                 logits, teacher_logits, target, self.kd_temperature, beta=self.beta,
@@ -360,6 +367,27 @@ class LskdCriterion(FairseqCriterion):
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+@torch.no_grad()
+def logged_ce_and_nll(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed CE (fairseq convention) and NLL over unmasked tokens, float32, from
+    one log-softmax pass per row chunk: ``ce = (1 - eps - eps_i) * nll + eps_i * sum_j -lp_j``
+    with ``eps_i = eps / (V - 1)``, fairseq's ``label_smoothed_nll_loss``."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    tgt = target.reshape(-1, 1)
+    keep = mask.reshape(-1)
+    step = max(1, _NLL_CHUNK_ELEMENTS // rows.shape[1])
+    nll_total = torch.zeros((), dtype=torch.float32, device=rows.device)
+    smooth_total = torch.zeros((), dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], step):
+        lp = F.log_softmax(rows[start:start + step].float(), dim=-1)
+        drop = ~keep[start:start + step]
+        nll_total += (-lp.gather(1, tgt[start:start + step]).squeeze(1)).masked_fill(drop, 0.0).sum()
+        smooth_total += (-lp.sum(dim=-1)).masked_fill(drop, 0.0).sum()
+    eps_i = eps / (rows.shape[1] - 1)
+    return (1.0 - eps - eps_i) * nll_total + eps_i * smooth_total, nll_total
 
 
 @torch.no_grad()
