@@ -57,12 +57,14 @@ def _flag(argv: List[str], name: str) -> Optional[str]:
 
 
 def _by_program(cmds: List[List[str]]) -> Dict[str, List[List[str]]]:
-    out: Dict[str, List[List[str]]] = {"teacher": [], "student": [], "export": [], "generate": []}
+    out: Dict[str, List[List[str]]] = {"teacher": [], "student": [], "export": [], "generate": [], "cache": []}
     for argv in cmds:
         if "vision_plugin.export_features" in argv:
             out["export"].append(argv)
+        elif "vision_plugin.teacher_cache" in argv or "fairseq_plugin.teacher_cache" in argv:
+            out["cache"].append(argv)
         elif "vision_plugin.train" in argv:
-            out["student" if "--teacher" in argv else "teacher"].append(argv)
+            out["student" if "--teacher" in argv or "--teacher-cache" in argv else "teacher"].append(argv)
         elif Path(argv[0]).name == "fairseq-generate":
             out["generate"].append(argv)
         elif Path(argv[0]).name == "fairseq-train":
@@ -73,8 +75,10 @@ def _by_program(cmds: List[List[str]]) -> Dict[str, List[List[str]]]:
 
 
 def _teacher_alpha(student: List[str], ckpt_flag: str) -> str:
-    """The alpha of the teacher a student reads, from the teacher run's directory name."""
+    """The alpha of the teacher a student reads, from the teacher (or its cache) run's directory name."""
     teacher_dir = Path(_flag(student, ckpt_flag) or "").parent.name
+    if teacher_dir.startswith("cache_"):
+        teacher_dir = teacher_dir[len("cache_"):]
     assert teacher_dir.startswith("teacher_a"), teacher_dir
     return teacher_dir[len("teacher_a"):]
 
@@ -88,7 +92,7 @@ def _check_vision_common(argv: List[str], dataset: str, data_path: str) -> None:
 def test_imagenet_config_plans_the_table2a_grid(tmp_path):
     cmds = _by_program(_plan("examples/imagenet.toml", tmp_path))
     assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["export"])) == (2, 8, 20)
-    assert not cmds["generate"]
+    assert not cmds["generate"] and not cmds["cache"]  # cache = false: ImageNet's views would not fit a disk
     for argv in cmds["teacher"] + cmds["student"]:
         _check_vision_common(argv, "imagefolder", "data/imagenet")
         assert argv[argv.index("--nproc-per-node") + 1] == "8"  # 8 GPUs x 32 = batch 256
@@ -113,7 +117,10 @@ def test_imagenet_config_plans_the_table2a_grid(tmp_path):
 
 def test_cub_config_plans_the_table2b_grid(tmp_path):
     cmds = _by_program(_plan("examples/cub.toml", tmp_path))
-    assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["export"])) == (2, 24, 20)
+    assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["export"]), len(cmds["cache"])) == (2, 24, 52, 2)
+    for argv in cmds["cache"]:  # one teacher pass over the students' 200 epochs of recorded views
+        assert (_flag(argv, "--teacher"), _flag(argv, "--epochs")) == ("resnet50", "200")
+        assert "--extra-augment" in argv and _flag(argv, "--dataset") == "cub"
     for argv in cmds["teacher"] + cmds["student"]:
         _check_vision_common(argv, "cub", "data/CUB_200_2011")
         assert _flag(argv, "--weights") == "IMAGENET1K_V1" and "--extra-augment" in argv and "--amp" in argv
@@ -121,7 +128,7 @@ def test_cub_config_plans_the_table2b_grid(tmp_path):
         assert _flag(argv, "--batch-size") == "32" and argv[argv.index("--nproc-per-node") + 1] == "8"
     assert {_flag(a, "--model") for a in cmds["teacher"]} == {"resnet50"}
     assert {_flag(a, "--model") for a in cmds["student"]} == {"resnet18"}
-    cells = {(_teacher_alpha(a, "--teacher-ckpt"), _flag(a, "--kd-temperature"), _flag(a, "--seed"))
+    cells = {(_teacher_alpha(a, "--teacher-cache"), _flag(a, "--kd-temperature"), _flag(a, "--seed"))
              for a in cmds["student"]}
     assert cells == {(a, t, s) for a in ALPHAS for t in TEMPS for s in ("0", "1", "2")}
     assert all("--save-logits" in a for a in cmds["export"])
@@ -135,12 +142,14 @@ def test_cub_config_takes_the_table4_student_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     cmds = _by_program([shlex.split(line) for line in proc.stdout.splitlines()])
     assert {_flag(a, "--model") for a in cmds["student"]} == {"mobilenet_v2"}
-    assert {_flag(a, "--teacher") for a in cmds["student"]} == {"resnet50"}
+    assert {_flag(a, "--teacher") for a in cmds["cache"]} == {"resnet50"}
 
 
 def test_iwslt14_config_plans_the_table5_grid(tmp_path):
     cmds = _by_program(_plan("examples/iwslt14.toml", tmp_path))
-    assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["generate"])) == (2, 8, 10)
+    assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["generate"]), len(cmds["cache"])) == (2, 8, 10, 2)
+    for argv in cmds["cache"]:  # top-64 teacher outputs + exact tail mass at the grid's T
+        assert Path(_flag(argv, "--teacher-path") or "").name == "checkpoint_best.pt" and _flag(argv, "--topk") == "64"
     assert not cmds["export"]
     for argv in cmds["teacher"] + cmds["student"]:
         assert argv[1] == "runs/data/iwslt14.en-de/bin"
@@ -158,15 +167,15 @@ def test_iwslt14_config_plans_the_table5_grid(tmp_path):
     cells = set()
     for argv in cmds["student"]:
         assert _flag(argv, "--kd-beta") == "1" and _flag(argv, "--label-smoothing") == "0"
-        assert Path(_flag(argv, "--teacher-path") or "").name == "checkpoint_best.pt"
-        cells.add((_teacher_alpha(argv, "--teacher-path"), _flag(argv, "--kd-temperature")))
+        assert _flag(argv, "--kd-topk") == "64" and "--teacher-path" not in argv
+        cells.add((_teacher_alpha(argv, "--teacher-cache"), _flag(argv, "--kd-temperature")))
     assert cells == {(a, t) for a in ALPHAS for t in TEMPS}
     for argv in cmds["generate"]:
         assert _flag(argv, "--beam") == "5" and "--remove-bpe" in argv and _flag(argv, "--gen-subset") == "test"
         assert Path(_flag(argv, "--path") or "").name == "checkpoint_best.pt"
 
 
-@pytest.mark.parametrize("config, runs", [("examples/study/my_study.toml", 2 + 24 + 20)])
+@pytest.mark.parametrize("config, runs", [("examples/study/my_study.toml", 2 + 2 + 24 + 52)])
 def test_annotated_study_config_plans(config, runs, tmp_path):
     cmds = _plan(config, tmp_path)
     assert len(cmds) == runs

@@ -129,7 +129,7 @@ def _fake_execute(run, run_dir, fail):
 
 
 def test_queueing_launcher_gets_dependencies_and_orphans_are_stopped(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "jobs": 100})
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "jobs": 100, "cache": False})
     plan = S.build_plan(cfg)
     q = _Queue()
     out = S.run_study(cfg, tmp_path, launcher=q, report=False, progress=False, echo=lambda s: None)
@@ -146,7 +146,8 @@ def test_queueing_launcher_gets_dependencies_and_orphans_are_stopped(tmp_path):
     assert again.ok and again.launched == [] and len(again.skipped) == len(plan)
     # a failing teacher: its queued dependents are stopped and counted as blocked
     q2 = _Queue(fail={"teacher_a0.1"})
-    bad = S.run_study(S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "jobs": 100, "teacher_lr": 0.01}),
+    bad = S.run_study(S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "jobs": 100, "teacher_lr": 0.01,
+                                         "cache": False}),
                       tmp_path / "b", launcher=q2, report=False, progress=False, echo=lambda s: None)
     dependents = {r.run_id for r in plan if "a0.1" in r.run_id and r.run_id != "teacher_a0.1"}
     assert set(bad.failed) == {"teacher_a0.1"} and set(bad.blocked) == dependents
@@ -173,7 +174,7 @@ class _Detached(_Queue):
 
 
 def test_detached_launcher_adopts_runs_left_in_flight(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False})
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
     study = tmp_path.resolve()
     teacher = study / "runs" / "teacher_a0"
     teacher.mkdir(parents=True)

@@ -19,7 +19,7 @@ def _ids(plan):
 # plan and hashes
 # ------------------------------------------------------------------------------------------------
 def test_plan_shape_and_dependency_order():
-    cfg = S.load_config(overrides={"seeds": 2})
+    cfg = S.load_config(overrides={"seeds": 2, "cache": False})  # the live-teacher path (cache runs: test_study_grid)
     plan = S.build_plan(cfg)
     kinds = [r.kind for r in plan]
     assert kinds.count("teacher") == 2
@@ -45,10 +45,11 @@ def test_hash_ignores_execution_details_but_not_the_experiment():
     moved = {r.run_id: r.hash for r in S.build_plan(S.load_config(overrides={"device": "cuda", "workers": 8,
                                                                              "jobs": 1}))}
     assert moved == base
-    # a student setting changes exactly the students and what reads them
+    # a student setting changes exactly the students and what reads them (and the teacher caches,
+    # which record the students' epochs of views)
     changed = {r.run_id: r.hash for r in S.build_plan(S.load_config(overrides={"student_epochs": 9}))}
     diff = {k for k in base if base[k] != changed[k]}
-    assert diff == {k for k in base if k.startswith("student_") or k.startswith("export_student_")}
+    assert diff == {k for k in base if k.startswith(("student_", "export_student_", "cache_"))}
     # a teacher setting propagates to its students (their hash covers the teacher's)
     changed = {r.run_id: r.hash for r in S.build_plan(S.load_config(overrides={"teacher_lr": 0.01}))}
     assert all(base[k] != changed[k] for k in base)
@@ -64,6 +65,8 @@ def test_print_commands(tmp_path, capsys):
         assert str(tmp_path / "s" / "runs" / run.run_id) in line
         if run.kind in ("teacher", "student"):
             assert argv[1:3] == ["-m", "vision_plugin.train"]
+        elif run.kind == "cache":
+            assert argv[1:4] == ["-m", "vision_plugin.teacher_cache", "build"]
         else:
             assert argv[1:3] == ["-m", "vision_plugin.export_features"]
         # each run dir now records its config so --report-only can verify collected results

@@ -44,7 +44,7 @@ def _fake_done(study: Path, run: S.Run, cfg, inputs=None, result=None):
 
 
 def test_run_states(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1})
+    cfg = S.load_config(overrides={"seeds": 1, "cache": False})  # students depend on the teacher itself
     plan = {r.run_id: r for r in S.build_plan(cfg)}
     teacher, student = plan["teacher_a0.1"], plan["student_a0.1_T2_s0"]
     assert S.inspect_run(teacher, tmp_path, {}).status == "new"
@@ -111,7 +111,7 @@ class _FakeLauncher(S.LocalLauncher):
 
 
 def test_scheduler_skips_done_blocks_dependents_of_failures(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2]})
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "cache": False})
     plan = S.build_plan(cfg)
     fl = _FakeLauncher(fail={"teacher_a0.1"})
     out = S.run_study(cfg, tmp_path, launcher=fl, report=False, progress=False, echo=lambda s: None)

@@ -14,14 +14,11 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
 
-if TYPE_CHECKING:
-    from lskd_core.study.tasks.base import TaskBackend
-
-__all__ = ["StudyConfig", "load_config", "check_models", "read_config_file", "read_preset", "available_presets", "PRESET_DIR"]
+__all__ = ["StudyConfig", "load_config", "read_config_file", "read_preset", "available_presets", "PRESET_DIR"]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -60,6 +57,14 @@ class StudyConfig:
     teacher_seed: int = 0  # one teacher per alpha, as in the paper
     data_seed: int = 0  # seed of the stratified sample caps: every run (and export) sees the same subset
     kd_beta: float = 1.0  # the paper's setting: pure KD term
+    teacher_seeds: int = 1  # teachers per alpha (seeds teacher_seed + k); student seed index i -> teacher i mod N
+    # --- teacher cache (one teacher pass serves every T and student seed; docs/study.md) ---
+    cache: bool = True  # False: every student runs its teacher live
+    cache_dtype: str = "float32"  # stored logit dtype: float32 (exact), bfloat16 or float16
+    cache_topk: Optional[int] = None  # None or 0: all logits; K: top-K + exact tail mass at the grid's T
+    cache_aug_seed: int = 0  # the recorded augmentation stream, shared by every student seed
+    # --- entropy-matched students (App. H, Tables H.2-H.4) ---
+    matched_temperatures: list = field(default_factory=list)  # LS-teacher T whose entropy the plain teacher matches
     # --- analyses ---
     analysis: bool = True
     analysis_seed: Optional[int] = None  # whose students' features are analysed (default: first seed)
@@ -94,10 +99,6 @@ class StudyConfig:
     # how runs are started: a name of lskd_core.study.launchers.LAUNCHERS, or a [launcher] table
     # with kind = "<name>" and that launcher's settings (the SLURM launcher's resources per run kind)
     launcher: Any = "local"
-    # what besides its command defines a run's hash (lskd_core.study.provenance): "code" (lskd's and
-    # the frameworks' versions + a digest of the source the run executes) or "version" (versions only:
-    # the documented escape hatch to keep results across source edits that the user vouches for)
-    provenance: str = "code"
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -126,8 +127,8 @@ class StudyConfig:
         _validate_data(self)
         backend.validate(self)
         _validate_analysis(self)
+        _validate_teachers_and_cache(self)
         _validate_execution(self)
-        _validate_against_task(self, backend)
         return self
 
 
@@ -279,37 +280,31 @@ def _validate_analysis(cfg: StudyConfig) -> None:
     _validate_feature_sets(cfg)
 
 
-def _validate_against_task(cfg: StudyConfig, backend: "TaskBackend") -> None:
-    """Settings checked against the dataset and the model registry, before any compute: class ids
-    below the class count, sample caps that keep every class, model names the task can build."""
-    if cfg.provenance not in ("code", "version"):
-        raise ValueError(f"provenance must be \"code\" or \"version\", got {cfg.provenance!r}")
-    n = backend.num_classes(cfg)
-    if n is None:
-        return
-    where = f"dataset {cfg.dataset!r} has {n} classes (ids 0..{n - 1})"
-    for name in ("target_classes", "projection_classes"):
-        bad = [c for c in getattr(cfg, name) if c >= n]
-        if bad:
-            raise ValueError(f"{name} {bad} out of range: {where}; use ids below {n}")
-    if cfg.profile_class is not None and not 0 <= cfg.profile_class < n:
-        raise ValueError(f"profile_class {cfg.profile_class} out of range: {where}; use an id below {n}")
-    for name in ("train_samples", "val_samples", "analysis_train_samples", "analysis_val_samples"):
-        cap = getattr(cfg, name)
-        if cap is not None and cap < n:
-            raise ValueError(f"{name} = {cap} is below the number of classes ({where}): the stratified subset "
-                             f"needs at least one sample per class; use {name} >= {n}, or 0 for all samples")
+_CACHE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def check_models(cfg: StudyConfig) -> None:
-    """ValueError naming a model setting the task cannot build. Separate from :meth:`StudyConfig.validate`
-    because asking the plugin's registry imports the framework (seconds): the CLI calls it once
-    before dispatching anything; it says nothing when the plugin is not installed here."""
-    from lskd_core.study.tasks import get_task
+def _bool(v: Any, name: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ValueError(f"{name} must be true or false, got {v!r}")
 
-    problem = get_task(cfg.task).model_problem(cfg)
-    if problem:
-        raise ValueError(problem)
+
+def _validate_teachers_and_cache(cfg: StudyConfig) -> None:
+    """Teachers per alpha, the teacher cache's settings and the entropy-matched temperatures."""
+    _ints_at_least(cfg, ("teacher_seeds",), 1)
+    _ints_at_least(cfg, ("cache_aug_seed",), 0)
+    cfg.cache = _bool(cfg.cache, "cache")
+    if cfg.cache_dtype not in _CACHE_DTYPES:
+        raise ValueError(f"cache_dtype must be one of {list(_CACHE_DTYPES)}, got {cfg.cache_dtype!r}")
+    _caps(cfg, ("cache_topk",))
+    cfg.matched_temperatures = _temperature_list(cfg.matched_temperatures, "matched_temperatures")
+    if len(set(cfg.matched_temperatures)) != len(cfg.matched_temperatures):
+        raise ValueError(f"matched_temperatures has duplicates: {cfg.matched_temperatures}")
+    cfg.matched_temperatures = sorted(cfg.matched_temperatures)
+    if cfg.matched_temperatures:
+        if 0.0 not in cfg.alphas or len(cfg.alphas) < 2:
+            raise ValueError(f"matched_temperatures needs alpha 0 (the plain teacher) and at least one LS alpha "
+                             f"in alphas, got alphas = {cfg.alphas}; or set matched_temperatures = []")
 
 
 def _validate_execution(cfg: StudyConfig) -> None:
@@ -364,15 +359,9 @@ def read_config_file(path: "os.PathLike[str] | str") -> dict:
     suffix = p.suffix.lower()
     if suffix not in (".toml", ".json"):
         raise ValueError(f"config file must end in .json or .toml, got {str(p)!r}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"config file {str(p)!r} is not UTF-8 text; save it as UTF-8") from None
+    text = p.read_text(encoding="utf-8")
     try:
         data = _load_toml(text, p) if suffix == ".toml" else json.loads(text)
-    except RecursionError:
-        raise ValueError(f"config file {str(p)!r} is nested too deeply to be a study config; "
-                         "settings are at most a few tables deep") from None
     except ValueError as exc:
         if "tomllib" in str(exc):
             raise

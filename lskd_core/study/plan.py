@@ -7,7 +7,6 @@ from here.
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import sys
@@ -20,7 +19,8 @@ from lskd_core.jsonio import num, sha256_json
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
 
-__all__ = ["Run", "teacher_id", "student_id", "export_id", "run_dir", "build_plan", "run_command",
+__all__ = ["Run", "teacher_id", "student_id", "export_id", "cache_id", "match_id", "matched_id", "matched_key",
+           "teacher_seed_list", "paired_teacher_seed", "teacher_run_id", "run_dir", "build_plan", "run_command",
            "plan_commands", "plugin_root", "STUDY_TOKEN", "num"]
 
 #: Study-root placeholder used in the hashed (defining) form of a command, so that moving a study
@@ -38,8 +38,11 @@ _EXECUTION_FLAGS = {"--device": 1, "--workers": 1, "--print-freq": 1, "--resume"
 # ------------------------------------------------------------------------------------------------
 # run ids
 # ------------------------------------------------------------------------------------------------
-def teacher_id(alpha: float) -> str:
-    return f"teacher_a{num(alpha)}"
+def teacher_id(alpha: float, teacher_seed: Optional[int] = None) -> str:
+    """``teacher_a{alpha}``; with several teachers per alpha (``teacher_seeds`` > 1) the teacher's
+    seed is part of the id (``teacher_a{alpha}_ts{seed}``), so a one-teacher study keeps its ids."""
+    base = f"teacher_a{num(alpha)}"
+    return base if teacher_seed is None else f"{base}_ts{teacher_seed}"
 
 
 def student_id(alpha: float, temperature: float, seed: int) -> str:
@@ -48,6 +51,43 @@ def student_id(alpha: float, temperature: float, seed: int) -> str:
 
 def export_id(model_run_id: str, split: str) -> str:
     return f"export_{model_run_id}_{split}"
+
+
+def cache_id(teacher_run_id: str) -> str:
+    """The teacher-cache run of a teacher (its outputs on every recorded training view)."""
+    return f"cache_{teacher_run_id}"
+
+
+def match_id(teacher_seed: Optional[int] = None) -> str:
+    """The entropy-matching run (App. H) of the teachers with one seed (``match`` for one teacher)."""
+    return "match" if teacher_seed is None else f"match_ts{teacher_seed}"
+
+
+def matched_key(ls_alpha: float, ls_temperature: float) -> str:
+    """Key of one matched pair in ``matched.json``'s ``temperatures``: the LS teacher's cell."""
+    return f"a{num(ls_alpha)}_T{num(ls_temperature)}"
+
+
+def matched_id(plain_alpha: float, ls_alpha: float, ls_temperature: float, seed: int) -> str:
+    """A student of the plain teacher at the T' whose entropy equals the LS teacher's at ``ls_temperature``."""
+    return f"matched_a{num(plain_alpha)}_for_{matched_key(ls_alpha, ls_temperature)}_s{seed}"
+
+
+def teacher_seed_list(cfg: "StudyConfig") -> List[int]:
+    """The teachers' seeds of every alpha: ``teacher_seed + k`` for k < ``teacher_seeds``."""
+    return [cfg.teacher_seed + k for k in range(cfg.teacher_seeds)]
+
+
+def paired_teacher_seed(cfg: "StudyConfig", seed: int) -> int:
+    """The teacher seed a student seed distils from: the i-th student seed (in ``seed_list``) gets
+    teacher ``i mod teacher_seeds``, so every teacher has students and seeds pair across alphas."""
+    return teacher_seed_list(cfg)[cfg.seed_list.index(seed) % cfg.teacher_seeds]
+
+
+def teacher_run_id(cfg: "StudyConfig", alpha: float, teacher_seed: int) -> str:
+    """The run id of the teacher of ``alpha`` with ``teacher_seed`` (the seed is in the id only
+    when the study trains several teachers per alpha)."""
+    return teacher_id(alpha, teacher_seed if cfg.teacher_seeds > 1 else None)
 
 
 def run_dir(study: Path, run_id: str) -> Path:
@@ -70,7 +110,7 @@ class Run:
     """
 
     run_id: str
-    kind: str  # teacher | student | export | prepare | generate
+    kind: str  # teacher | cache | student | match | matched | export | prepare | generate
     program: Tuple[str, str]
     args: List[str]
     deps: List[str] = field(default_factory=list)
@@ -102,7 +142,6 @@ class Run:
 def build_plan(cfg: "StudyConfig") -> List[Run]:
     """All runs of the study in dependency order (from the task backend), with their hashes filled
     in: a run's hash covers its defining command and the hashes of the runs it depends on."""
-    from lskd_core.study.provenance import run_provenance
     from lskd_core.study.tasks import get_task  # the backends import this module
 
     runs = get_task(cfg.task).build_runs(cfg)
@@ -113,9 +152,7 @@ def build_plan(cfg: "StudyConfig") -> List[Run]:
         for d in r.deps:
             if d not in by_id:
                 raise AssertionError(f"run {r.run_id} depends on {d}, which is not planned before it")
-        # provenance: the code and framework versions that execute it (lskd_core.study.provenance)
-        r.hash = sha256_json({"run": r.defining(cfg.nproc), "deps": {d: by_id[d].hash for d in r.deps},
-                              "provenance": run_provenance(r, cfg)})
+        r.hash = sha256_json({"run": r.defining(cfg.nproc), "deps": {d: by_id[d].hash for d in r.deps}})
         by_id[r.run_id] = r
     return runs
 
@@ -149,12 +186,10 @@ def run_command(run: Run, study: Path, cfg: "StudyConfig", resume: bool = False)
     subs = {"{study}": str(study), "{run}": str(rdir)}
     subs.update(get_task(cfg.task).placeholders(run.args))
 
-    # One pass over each argument: substituted text (e.g. an --out path holding "{run}") is never
-    # scanned again for placeholders. Longest first, so no placeholder shadows a longer one.
-    pattern = re.compile("|".join(re.escape(k) for k in sorted(subs, key=len, reverse=True)))
-
     def sub(a: str) -> str:
-        return pattern.sub(lambda m: subs[m.group(0)], a)
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        return a
 
     args = [sub(a) for a in run.args]
     if resume and run.resume_flag:

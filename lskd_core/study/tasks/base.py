@@ -22,6 +22,20 @@ if TYPE_CHECKING:  # typing only: config imports the task registry
 ALL_ANALYSES: Tuple[str, ...] = ("eta", "entropy", "projection", "soft_output", "classwise")
 
 
+def cache_result(run_dir: Path) -> Tuple[Dict[str, object], Optional[str]]:
+    """result.json fields of a finished teacher-cache run: its size on disk and shape
+    (:func:`lskd_core.teacher_cache.describe`), which the report's cache-savings section reads."""
+    from lskd_core.teacher_cache import describe
+
+    try:
+        info = describe(run_dir / "cache")
+    except (OSError, ValueError) as exc:
+        return {}, f"the teacher cache cannot be described: {exc}"
+    if info["shards_complete"] != info["shards"]:
+        return {}, f"the teacher cache has {info['shards_complete']} of {info['shards']} shards complete"
+    return {"cache": info}, None
+
+
 class TaskBackend(ABC):
     """One task of the study. Subclasses set the class attributes and implement the methods."""
 
@@ -67,6 +81,8 @@ class TaskBackend(ABC):
     def complete_result(self, run: "Run", run_dir: Path) -> Tuple[Dict[str, object], Optional[str]]:
         """Fields to add to the study-written result.json of a run that exited 0 and whose outputs
         exist, or an error message when the outputs do not hold what they should."""
+        if run.kind == "cache":
+            return cache_result(run_dir)
         return {}, None
 
     def metric_run(self, model_run_id: str) -> str:
@@ -81,13 +97,3 @@ class TaskBackend(ABC):
     def not_applicable_note(self) -> str:
         """Markdown standing in for the analyses that do not apply (empty when all apply)."""
         return ""
-
-    # ------------------------------------------------------------------ up-front checks
-    def num_classes(self, cfg: "StudyConfig") -> Optional[int]:
-        """The dataset's class count, for checking class ids and sample caps before any compute
-        (None: not applicable or not known yet)."""
-        return None
-
-    def model_problem(self, cfg: "StudyConfig") -> Optional[str]:
-        """One line naming a model setting the task cannot build, and the remedy (None: fine or unknown)."""
-        return None

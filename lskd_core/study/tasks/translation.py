@@ -1,6 +1,8 @@
 """The translation task: fairseq + ``fairseq_plugin`` (Table 5: BLEU grid; no feature analyses).
 
-Offline corpus -> LS teachers (fairseq's label_smoothed_cross_entropy) -> ls_kd students -> BLEU.
+Offline corpus -> LS teachers (fairseq's label_smoothed_cross_entropy) -> with ``cache`` one teacher
+cache per teacher (``python -m fairseq_plugin.teacher_cache build``) -> ls_kd students
+(``--teacher-cache``, or ``--teacher-path`` live) -> ``fairseq-generate`` -> BLEU by ``fairseq_plugin.bleu``.
 
 Against fairseq_plugin's CLI (issue 4): ``python -m fairseq_plugin.prepare_offline --pair P --out
 DIR`` (binarised data in ``DIR/bin``), ``--user-dir <fairseq_plugin>`` (also on teachers and
@@ -12,19 +14,30 @@ its save dir by itself, so an interrupted run is restarted in place.
 
 from __future__ import annotations
 
+import json
 import os
-import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
 from lskd_core.jsonio import num
-from lskd_core.study.plan import Run, plugin_root, student_id, teacher_id
+from lskd_core.study.plan import (
+    STUDY_TOKEN,
+    Run,
+    cache_id,
+    paired_teacher_seed,
+    plugin_root,
+    student_id,
+    teacher_run_id,
+    teacher_seed_list,
+)
 from lskd_core.study.tasks.base import TaskBackend
 
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
 
-__all__ = ["TranslationTask", "PAIRS", "parse_bleu", "bleu_id"]
+__all__ = ["TranslationTask", "PAIRS", "score_bleu", "bleu_id"]
 
 PAIRS = ("en-de", "en-ru")
 
@@ -34,16 +47,34 @@ def bleu_id(model_run_id: str) -> str:
     return f"bleu_{model_run_id}"
 
 
-def parse_bleu(path: "os.PathLike[str] | str") -> Optional[dict]:
-    """BLEU from ``fairseq-generate`` output: the last ``BLEU4 = x`` (or sacrebleu ``BLEU = x``) line."""
+def _target_lang(pair: str) -> str:
+    return pair.split("-")[1]
+
+
+def score_bleu(generate_output: Path, lang: str, ref: Optional[Path]) -> Tuple[Dict[str, object], Optional[str]]:
+    """The one BLEU path: ``python -m fairseq_plugin.bleu`` (run as a program: the core never
+    imports a plugin) on a ``fairseq-generate`` log. ``bleu`` = detokenised, lower-cased sacreBLEU
+    (the grid's score; the IWSLT'14 recipe and ``prepare_offline`` lower-case the data), against
+    ``ref`` when given (``prepare_offline``'s ``raw/test.<lang>``), else the detokenised ``T-`` lines;
+    ``bleu_tok`` = the tokenised IWSLT-style BLEU4 (Table 5's convention), a secondary number."""
+    argv = [sys.executable, "-m", "fairseq_plugin.bleu", str(generate_output), "--lang", lang, "--lowercase", "--json"]
+    if ref is not None and ref.is_file():
+        argv += ["--ref", str(ref)]
+    env = dict(os.environ)
+    root = plugin_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + [x for x in [env.get("PYTHONPATH")] if x])
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        return {}, f"BLEU scoring failed (python -m fairseq_plugin.bleu): {last}"
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    found = re.findall(r"BLEU4?\s*=\s*([0-9]+(?:\.[0-9]+)?)", text)
-    if not found:
-        return None
-    return {"bleu": float(found[-1])}
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}, f"BLEU scoring printed no JSON: {proc.stdout[-200:]!r}"
+    return {"bleu": got["bleu_detok"], "bleu_tok": got["bleu_tok"], "bleu_sentences": got["sentences"],
+            "sacrebleu_signature": got["sacrebleu_signature"],
+            "bleu_note": "bleu: detokenised lower-cased sacreBLEU (the grid); bleu_tok: tokenised BLEU4 (IWSLT-style)"}, None
 
 
 def fairseq_plugin_dir() -> str:
@@ -71,21 +102,37 @@ def _exec_args(cfg: "StudyConfig") -> List[str]:
 _PLUGIN = ["--user-dir", "{fairseq_plugin}"]
 
 
-def _teacher_args(cfg: "StudyConfig", data: str, alpha: float) -> List[str]:
+def _teacher_args(cfg: "StudyConfig", data: str, alpha: float, teacher_seed: int) -> List[str]:
     return ([data] + _PLUGIN + ["--arch", cfg.teacher_arch or cfg.arch, "--criterion", "label_smoothed_cross_entropy",
                                 "--label-smoothing", num(alpha), "--max-epoch", str(cfg.teacher_epochs),
                                 "--lr", num(cfg.teacher_lr), "--max-tokens", str(cfg.max_tokens),
-                                "--seed", str(cfg.teacher_seed)]
+                                "--seed", str(teacher_seed)]
             + list(cfg.teacher_args) + _exec_args(cfg) + ["--save-dir", "{run}"])
 
 
+def _cache_args(cfg: "StudyConfig", data: str, t_id: str) -> List[str]:
+    """The teacher's outputs on every target token of the training set (eval mode: no epochs)."""
+    kind = (["--topk", str(cfg.cache_topk), "--cache-temperatures"] + [num(t) for t in cfg.temperatures]
+            if cfg.cache_topk else ["--full"])
+    return ["build", data, "--teacher-path", f"{{study}}/runs/{t_id}/checkpoint_best.pt"] + kind + [
+        "--dtype", cfg.cache_dtype, "--max-tokens", str(cfg.max_tokens),
+        "--device", "cpu" if cfg.device == "cpu" else "cuda", "--out", "{run}/cache"]
+
+
+def _kd_source(cfg: "StudyConfig", t_id: str) -> List[str]:
+    """The student's teacher: its cache (with --kd-topk K for a top-K cache) or the live checkpoint."""
+    if not cfg.cache:
+        return ["--teacher-path", f"{{study}}/runs/{t_id}/checkpoint_best.pt"]
+    topk = ["--kd-topk", str(cfg.cache_topk)] if cfg.cache_topk else []
+    return ["--teacher-cache", f"{{study}}/runs/{cache_id(t_id)}/cache"] + topk
+
+
 def _student_args(cfg: "StudyConfig", data: str, t_id: str, temperature: float, seed: int) -> List[str]:
-    return ([data] + _PLUGIN + ["--arch", cfg.student_arch or cfg.arch,
-                                "--criterion", "ls_kd", "--teacher-path", f"{{study}}/runs/{t_id}/checkpoint_best.pt",
-                                "--kd-temperature", num(temperature), "--kd-beta", num(cfg.kd_beta),
-                                "--label-smoothing", "0", "--max-epoch", str(cfg.student_epochs),
-                                "--lr", num(cfg.student_lr), "--max-tokens", str(cfg.max_tokens),
-                                "--seed", str(seed)]
+    return ([data] + _PLUGIN + ["--arch", cfg.student_arch or cfg.arch, "--criterion", "ls_kd"] + _kd_source(cfg, t_id)
+            + ["--kd-temperature", num(temperature), "--kd-beta", num(cfg.kd_beta),
+               "--label-smoothing", "0", "--max-epoch", str(cfg.student_epochs),
+               "--lr", num(cfg.student_lr), "--max-tokens", str(cfg.max_tokens),
+               "--seed", str(seed)]
             + list(cfg.student_args) + _exec_args(cfg) + ["--save-dir", "{run}"])
 
 
@@ -117,6 +164,9 @@ class TranslationTask(TaskBackend):
     def validate(self, cfg: "StudyConfig") -> None:
         if cfg.pair not in PAIRS:
             raise ValueError(f"pair must be en-de or en-ru, got {cfg.pair!r}")
+        if cfg.matched_temperatures:
+            raise ValueError("matched_temperatures (App. H's entropy-matched students) applies to the vision task "
+                             "only: translation teachers export no logits to match; set matched_temperatures = []")
 
     def build_runs(self, cfg: "StudyConfig") -> List[Run]:
         runs: List[Run] = []
@@ -132,22 +182,36 @@ class TranslationTask(TaskBackend):
             data = f"{{study}}/runs/{prep}/data/bin"
         train = ("exe", "fairseq-train")
         for alpha in cfg.alphas:
-            runs.append(Run(teacher_id(alpha), "teacher", train, _teacher_args(cfg, data, alpha), deps=list(deps_data),
-                            info={"alpha": alpha, "seed": cfg.teacher_seed}, outputs=["checkpoint_best.pt"],
-                            resume_flag=None))
+            for tseed in teacher_seed_list(cfg):
+                runs.append(Run(teacher_run_id(cfg, alpha, tseed), "teacher", train,
+                                _teacher_args(cfg, data, alpha, tseed), deps=list(deps_data),
+                                info={"alpha": alpha, "seed": tseed, "teacher_seed": tseed},
+                                outputs=["checkpoint_best.pt"], resume_flag=None))
+        if cfg.cache:
+            for t in [r for r in runs if r.kind == "teacher"]:
+                runs.append(Run(cache_id(t.run_id), "cache", ("module", "fairseq_plugin.teacher_cache"),
+                                _cache_args(cfg, data, t.run_id), deps=list(deps_data) + [t.run_id],
+                                info=dict(alpha=t.info["alpha"], teacher_seed=t.info["teacher_seed"],
+                                          teacher_run=t.run_id),
+                                outputs=["cache/header.json"], resume_flag=None))
         for alpha in cfg.alphas:
             for temperature in cfg.temperatures:
                 for seed in cfg.seed_list:
-                    t_id = teacher_id(alpha)
+                    tseed = paired_teacher_seed(cfg, seed)
+                    t_id = teacher_run_id(cfg, alpha, tseed)
                     runs.append(Run(student_id(alpha, temperature, seed), "student", train,
-                                    _student_args(cfg, data, t_id, temperature, seed), deps=list(deps_data) + [t_id],
-                                    info={"alpha": alpha, "temperature": temperature, "seed": seed},
+                                    _student_args(cfg, data, t_id, temperature, seed),
+                                    deps=list(deps_data) + [cache_id(t_id) if cfg.cache else t_id],
+                                    info={"alpha": alpha, "temperature": temperature, "seed": seed,
+                                          "teacher_seed": tseed, "teacher_run": t_id, "cached": cfg.cache},
                                     outputs=["checkpoint_best.pt"], resume_flag=None))
-        # BLEU of every trained model (teachers too: the grid's teacher row)
+        # BLEU of every trained model (teachers too: the grid's teacher row), scored by
+        # fairseq_plugin.bleu against prepare_offline's detokenised references when the study made the data
+        ref = f"{{study}}/runs/{deps_data[0]}/data/raw/test.{_target_lang(cfg.pair)}" if deps_data else None
         for r in [r for r in runs if r.kind in ("teacher", "student")]:
             runs.append(Run(bleu_id(r.run_id), "generate", ("exe", "fairseq-generate"),
                             _generate_args(cfg, data, r.run_id), deps=list(deps_data) + [r.run_id],
-                            info=dict(r.info, model_run=r.run_id, role=r.kind),
+                            info=dict(r.info, model_run=r.run_id, role=r.kind, pair=cfg.pair, bleu_ref=ref),
                             outputs=["generate-test.txt"], resume_flag=None))
         return runs
 
@@ -158,11 +222,10 @@ class TranslationTask(TaskBackend):
 
     def complete_result(self, run: Run, run_dir: Path) -> Tuple[Dict[str, object], Optional[str]]:
         if run.kind != "generate":
-            return {}, None
-        bleu = parse_bleu(run_dir / "generate-test.txt")
-        if bleu is None:
-            return {}, "no BLEU score found in generate-test.txt"
-        return dict(bleu), None
+            return super().complete_result(run, run_dir)
+        ref = run.info.get("bleu_ref")
+        ref_path = Path(str(ref).replace(STUDY_TOKEN, str(run_dir.parent.parent))) if ref else None
+        return score_bleu(run_dir / "generate-test.txt", _target_lang(str(run.info.get("pair", "en-de"))), ref_path)
 
     def metric_run(self, model_run_id: str) -> str:
         return bleu_id(model_run_id)

@@ -1,19 +1,33 @@
 """The vision task: image classification with ``vision_plugin`` (Table 2 and the feature analyses).
 
-Runs: one teacher per alpha (``python -m vision_plugin.train --label-smoothing alpha``), a KD
-student per (alpha, T, seed), then feature exports (``python -m vision_plugin.export_features``)
-of the teachers and of the analysis seed's students for the report's analyses. Commands are built
+Runs: ``teacher_seeds`` teachers per alpha (``python -m vision_plugin.train --label-smoothing
+alpha``), with ``cache`` one teacher cache per teacher (``python -m vision_plugin.teacher_cache
+build``), a KD student per (alpha, T, seed) reading the cache (or running its teacher live), feature
+exports (``python -m vision_plugin.export_features``) for the report's analyses and, with
+``matched_temperatures``, App. H's entropy matching (``python -m lskd_core.study.match``) and the
+entropy-matched students. Commands are built
 as text; the core never imports the plugin.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, List, Mapping, Optional
+from typing import TYPE_CHECKING, List, Mapping, Sequence, Tuple
 
 from lskd_core.classsets import FASHION_MNIST_CLASSES
 from lskd_core.jsonio import num
-from lskd_core.study.plan import Run, export_id, student_id, teacher_id
+from lskd_core.study.plan import (
+    Run,
+    cache_id,
+    export_id,
+    match_id,
+    matched_id,
+    matched_key,
+    paired_teacher_seed,
+    student_id,
+    teacher_run_id,
+    teacher_seed_list,
+)
 from lskd_core.study.tasks.base import ALL_ANALYSES, TaskBackend
 
 if TYPE_CHECKING:
@@ -55,27 +69,84 @@ def _exec_args(cfg: "StudyConfig") -> List[str]:
     return ["--device", cfg.device, "--workers", str(cfg.workers), "--no-progress"]
 
 
-def _training_runs(cfg: "StudyConfig") -> List[Run]:
-    runs: List[Run] = []
+# Trainer flags that change the training views: the cache builder must record the same views.
+_TRANSFORM_FLAGS = {"--crop-size": 1, "--val-resize-size": 1, "--extra-augment": 0, "--skip-bad-images": 0}
+
+
+def _transform_args(args: List[str]) -> List[str]:
+    out: List[str] = []
+    for i, a in enumerate(args):
+        if a in _TRANSFORM_FLAGS:
+            out += args[i:i + 1 + _TRANSFORM_FLAGS[a]]
+    return out
+
+
+def _teacher_runs(cfg: "StudyConfig") -> List[Run]:
     train = ("module", "vision_plugin.train")
+    runs = []
     for alpha in cfg.alphas:
-        args = (["--model", cfg.teacher_model] + _train_common(cfg, "teacher")
-                + ["--label-smoothing", num(alpha), "--seed", str(cfg.teacher_seed)]
-                + list(cfg.teacher_args) + _exec_args(cfg) + ["--output-dir", "{run}"])
-        runs.append(Run(teacher_id(alpha), "teacher", train, args, info={"alpha": alpha, "seed": cfg.teacher_seed},
-                        outputs=["checkpoint.pth"], self_reporting=True, distributed=True))
+        for tseed in teacher_seed_list(cfg):
+            args = (["--model", cfg.teacher_model] + _train_common(cfg, "teacher")
+                    + ["--label-smoothing", num(alpha), "--seed", str(tseed)]
+                    + list(cfg.teacher_args) + _exec_args(cfg) + ["--output-dir", "{run}"])
+            runs.append(Run(teacher_run_id(cfg, alpha, tseed), "teacher", train, args,
+                            info={"alpha": alpha, "seed": tseed, "teacher_seed": tseed},
+                            outputs=["checkpoint.pth"], self_reporting=True, distributed=True))
+    return runs
+
+
+def _cache_run(cfg: "StudyConfig", t_id: str, info: dict) -> Run:
+    """One teacher pass over every (epoch, sample) view the students will see (issue 10)."""
+    args = ["--dataset", cfg.dataset]
+    if cfg.data_path:
+        args += ["--data-path", str(cfg.data_path)]
+    if cfg.train_samples:
+        args += ["--train-samples", str(cfg.train_samples), "--subset-seed", str(cfg.data_seed)]
+    args += _transform_args(list(cfg.student_args))
+    args += ["--batch-size", str(cfg.student_batch_size), "--teacher", cfg.teacher_model,
+             "--teacher-ckpt", f"{{study}}/runs/{t_id}/checkpoint.pth",
+             "--epochs", str(cfg.student_epochs), "--seed", str(cfg.cache_aug_seed), "--dtype", cfg.cache_dtype]
+    if cfg.cache_topk:
+        args += ["--topk", str(cfg.cache_topk), "--cache-temperatures"] + [num(t) for t in cfg.temperatures]
+    args += _exec_args(cfg) + ["--out", "{run}/cache"]
+    return Run(cache_id(t_id), "cache", ("module", "vision_plugin.teacher_cache"), ["build"] + args, deps=[t_id],
+               info=dict(info, teacher_run=t_id, epochs=cfg.student_epochs, aug_seed=cfg.cache_aug_seed),
+               outputs=["cache/header.json"], resume_flag=None)
+
+
+def _kd_source(cfg: "StudyConfig", t_id: str, cached: bool) -> Tuple[List[str], str]:
+    """The KD teacher flags of a student and the run it depends on: the cache or the teacher."""
+    if cached:
+        return ["--teacher-cache", f"{{study}}/runs/{cache_id(t_id)}/cache"], cache_id(t_id)
+    return ["--teacher", cfg.teacher_model, "--teacher-ckpt", f"{{study}}/runs/{t_id}/checkpoint.pth"], t_id
+
+
+def _student_run(cfg: "StudyConfig", run_id: str, t_id: str, seed: int, temperature_args: List[str],
+                 cached: bool, info: dict, extra_deps: Sequence[str] = ()) -> Run:
+    kd, dep = _kd_source(cfg, t_id, cached)
+    args = (["--model", cfg.student_model] + _train_common(cfg, "student")
+            + ["--label-smoothing", "0", "--seed", str(seed)] + kd
+            + temperature_args + ["--kd-beta", num(cfg.kd_beta)]
+            + list(cfg.student_args) + _exec_args(cfg) + ["--output-dir", "{run}"])
+    return Run(run_id, "student", ("module", "vision_plugin.train"), args, deps=[dep] + list(extra_deps),
+               info=dict(info, seed=seed, teacher_run=t_id, cached=cached), outputs=["checkpoint.pth"],
+               self_reporting=True, distributed=True)
+
+
+def _training_runs(cfg: "StudyConfig") -> List[Run]:
+    """Teachers (alpha x teacher seed), their caches, then the students (alpha x T x seed); the
+    i-th student seed distils from the (i mod teacher_seeds)-th teacher of its alpha."""
+    runs = _teacher_runs(cfg)
+    if cfg.cache:
+        runs += [_cache_run(cfg, r.run_id, {"alpha": r.info["alpha"], "teacher_seed": r.info["teacher_seed"]})
+                 for r in list(runs)]
     for alpha in cfg.alphas:
         for temperature in cfg.temperatures:
             for seed in cfg.seed_list:
-                t_id = teacher_id(alpha)
-                args = (["--model", cfg.student_model] + _train_common(cfg, "student")
-                        + ["--label-smoothing", "0", "--seed", str(seed),
-                           "--teacher", cfg.teacher_model, "--teacher-ckpt", f"{{study}}/runs/{t_id}/checkpoint.pth",
-                           "--kd-temperature", num(temperature), "--kd-beta", num(cfg.kd_beta)]
-                        + list(cfg.student_args) + _exec_args(cfg) + ["--output-dir", "{run}"])
-                runs.append(Run(student_id(alpha, temperature, seed), "student", train, args, deps=[t_id],
-                                info={"alpha": alpha, "temperature": temperature, "seed": seed},
-                                outputs=["checkpoint.pth"], self_reporting=True, distributed=True))
+                tseed = paired_teacher_seed(cfg, seed)
+                runs.append(_student_run(cfg, student_id(alpha, temperature, seed), teacher_run_id(cfg, alpha, tseed),
+                                         seed, ["--kd-temperature", num(temperature)], cfg.cache,
+                                         {"alpha": alpha, "temperature": temperature, "teacher_seed": tseed}))
     return runs
 
 
@@ -98,20 +169,61 @@ def _export_args(cfg: "StudyConfig", model_run: str, model: str, split: str, rol
 
 
 def _export_runs(cfg: "StudyConfig") -> List[Run]:
-    """Feature exports: teachers (train with logits: entropy, Fig. 2; val: Fig. 1) and every seed's
-    students (train + val: eta over seeds; the analysis seed's also Fig. 1, Table I)."""
+    """Feature exports: every teacher (train with logits: entropy, Fig. 2, App. H matching; val:
+    Fig. 1) and, with ``analysis``, every seed's students (train + val: eta over seeds; the analysis
+    seed's also Fig. 1, Table I). Without ``analysis`` only the teachers' train exports that the
+    entropy matching reads."""
     exporter = ("module", "vision_plugin.export_features")
-    models = [(teacher_id(a), cfg.teacher_model, {"role": "teacher", "alpha": a}) for a in cfg.alphas]
-    models += [(student_id(a, t, s), cfg.student_model,
-                {"role": "student", "alpha": a, "temperature": t, "seed": s})
-               for a in cfg.alphas for t in cfg.temperatures for s in cfg.seed_list]
+    models = [(teacher_run_id(cfg, a, k), cfg.teacher_model, {"role": "teacher", "alpha": a, "teacher_seed": k})
+              for a in cfg.alphas for k in teacher_seed_list(cfg)]
+    if cfg.analysis:
+        models += [(student_id(a, t, s), cfg.student_model,
+                    {"role": "student", "alpha": a, "temperature": t, "seed": s})
+                   for a in cfg.alphas for t in cfg.temperatures for s in cfg.seed_list]
+    splits = ("train", "val") if cfg.analysis else ("train",)
     runs = []
     for model_run, model, info in models:
-        for split in ("train", "val"):
+        for split in splits:
             args = _export_args(cfg, model_run, model, split, str(info["role"]))
             runs.append(Run(export_id(model_run, split), "export", exporter, args, deps=[model_run],
                             info=dict(info, model_run=model_run, split=split), outputs=["features.npz"],
                             resume_flag=None))
+    return runs
+
+
+def _matched_runs(cfg: "StudyConfig") -> List[Run]:
+    """App. H: per teacher seed, one ``match`` run finds the plain teacher's T' whose mean entropy
+    on the training exports equals each LS teacher's at each of ``matched_temperatures``; the
+    ``matched`` students (seeds as the grid) read T' from its matched.json when they start."""
+    plain = 0.0
+    ls_alphas = [a for a in cfg.alphas if a != plain]
+    runs: List[Run] = []
+    for tseed in teacher_seed_list(cfg):
+        m_id = match_id(tseed if cfg.teacher_seeds > 1 else None)
+        plain_export = export_id(teacher_run_id(cfg, plain, tseed), "train")
+        args = ["--plain", f"{{study}}/runs/{plain_export}/features.npz"]
+        deps = [plain_export]
+        for a in ls_alphas:
+            ls_export = export_id(teacher_run_id(cfg, a, tseed), "train")
+            args += ["--ls", num(a), f"{{study}}/runs/{ls_export}/features.npz"]
+            deps.append(ls_export)
+        args += ["--at"] + [num(t) for t in cfg.matched_temperatures] + ["--out", "{run}/matched.json"]
+        runs.append(Run(m_id, "match", ("module", "lskd_core.study.match"), args, deps=deps,
+                        info={"teacher_seed": tseed, "plain_alpha": plain, "ls_alphas": ls_alphas},
+                        outputs=["matched.json"], resume_flag=None))
+    # a top-K cache serves only the temperatures it was built for; T' is known only at run time
+    cached = cfg.cache and not cfg.cache_topk
+    for a in ls_alphas:
+        for t in cfg.matched_temperatures:
+            for seed in cfg.seed_list:
+                tseed = paired_teacher_seed(cfg, seed)
+                m_id = match_id(tseed if cfg.teacher_seeds > 1 else None)
+                key = matched_key(a, t)
+                temp = ["--kd-temperature-file", f"{{study}}/runs/{m_id}/matched.json", "--kd-temperature-key", key]
+                info = {"alpha": plain, "matched_to_alpha": a, "matched_to_temperature": t, "matched_key": key,
+                        "match_run": m_id, "teacher_seed": tseed}
+                runs.append(_student_run(cfg, matched_id(plain, a, t, seed), teacher_run_id(cfg, plain, tseed), seed,
+                                         temp, cached, info, extra_deps=[m_id]))
     return runs
 
 
@@ -137,21 +249,13 @@ class VisionTask(TaskBackend):
         if cfg.dataset != "fashion-mnist" and not cfg.data_path:
             raise ValueError(f"data_path is required for dataset {cfg.dataset!r}")
 
-    def num_classes(self, cfg: "StudyConfig") -> Optional[int]:
-        from lskd_core.study.tasks.vision_checks import dataset_class_count
-
-        return dataset_class_count(cfg)
-
-    def model_problem(self, cfg: "StudyConfig") -> Optional[str]:
-        from lskd_core.study.tasks.vision_checks import model_name_problem
-
-        return model_name_problem(cfg)
-
     def build_runs(self, cfg: "StudyConfig") -> List[Run]:
         """Teachers (one per alpha), students (alpha x T x seed), then feature exports for the analyses."""
         runs = _training_runs(cfg)
-        if cfg.analysis:
+        if cfg.analysis or cfg.matched_temperatures:
             runs += _export_runs(cfg)
+        if cfg.matched_temperatures:
+            runs += _matched_runs(cfg)
         return runs
 
     def setup_line(self, cfg: Mapping) -> str:
