@@ -301,3 +301,26 @@ def test_match_cli_bad_input_is_one_line(tmp_path, capsys):
     rc = match_main(["--plain", str(tmp_path / "absent.npz"), "--ls", "0.1", str(tmp_path / "nolog.npz"),
                      "--at", "1", "--out", str(tmp_path / "m.json")])
     assert rc == 2 and "no such features file" in capsys.readouterr().err
+
+
+def test_trainer_reads_the_matched_temperature_from_the_file(tmp_path):
+    """The planned matched student's flags parse with the vision trainer, which takes T from matched.json."""
+    pytest.importorskip("torchvision")
+    from vision_plugin.kd import check_kd_args
+    from vision_plugin.train import get_args_parser
+
+    cfg = _cfg(seeds=1, temperatures=[1], matched_temperatures=[3])
+    run = _by_id(cfg)["matched_a0_for_a0.1_T3_s0"]
+    (tmp_path / "runs" / "match").mkdir(parents=True)
+    (tmp_path / "runs" / "match" / "matched.json").write_text(json.dumps({"temperatures": {"a0.1_T3": 5.638}}))
+    argv = S.run_command(run, tmp_path, cfg)
+    args = get_args_parser().parse_args(argv[argv.index("vision_plugin.train") + 1:])
+    assert args.kd_temperature == 1.0  # the default, until the file is read
+    check_kd_args(args)
+    assert args.kd_temperature == 5.638
+    args.kd_temperature_key = "a0.1_T9"
+    with pytest.raises(ValueError, match=r"has no temperatures\['a0.1_T9'\] \(keys: \['a0.1_T3'\]\)"):
+        check_kd_args(args)
+    args.kd_temperature_file = str(tmp_path / "absent.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_kd_args(args)

@@ -17,6 +17,8 @@ live inference without touching the training loop.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
@@ -96,7 +98,37 @@ def add_kd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="KD temperature T > 0 (default 1: the paper's rule of thumb for LS teachers)")
     group.add_argument("--kd-beta", default=1.0, type=float, metavar="B",
                        help="weight of the KD term in [0, 1]; 1 - B weighs the (LS) cross-entropy (default 1)")
+    group.add_argument("--kd-temperature-file", default=None, metavar="PATH",
+                       help="read T from this JSON file at start-up instead of --kd-temperature: the value "
+                            "temperatures[KEY] (e.g. an lskd study's match run's matched.json, App. H)")
+    group.add_argument("--kd-temperature-key", default=None, metavar="KEY",
+                       help="the key of --kd-temperature-file's temperatures object to read")
     return parser
+
+
+def resolve_kd_temperature_file(args: argparse.Namespace) -> None:
+    """``--kd-temperature-file PATH --kd-temperature-key KEY``: set ``args.kd_temperature`` from the
+    file's ``temperatures[KEY]``, so a command fixed at plan time (a queued study run) distils at a
+    temperature computed by an earlier run. JSON only (nothing executed); ValueError naming the file."""
+    path, key = getattr(args, "kd_temperature_file", None), getattr(args, "kd_temperature_key", None)
+    if path is None and key is None:
+        return
+    if path is None or key is None:
+        raise ValueError("--kd-temperature-file and --kd-temperature-key go together")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--kd-temperature-file {path} does not exist (has the run that writes it finished?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--kd-temperature-file {path} is not a readable JSON file ({exc})") from None
+    temps = data.get("temperatures") if isinstance(data, dict) else None
+    if not isinstance(temps, dict) or key not in temps:
+        known = sorted(temps) if isinstance(temps, dict) else []
+        raise ValueError(f"--kd-temperature-file {path} has no temperatures[{key!r}] (keys: {known})")
+    value = temps[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"--kd-temperature-file {path}: temperatures[{key!r}] must be a number, got {value!r}")
+    args.kd_temperature = check_kd_temperature(float(value), name=f"--kd-temperature-file {path} [{key}]")
 
 
 def check_kd_temperature(value: float, name: str = "--kd-temperature") -> float:
@@ -106,6 +138,7 @@ def check_kd_temperature(value: float, name: str = "--kd-temperature") -> float:
 
 def check_kd_args(args: argparse.Namespace) -> None:
     """ValueError naming the flag for bad KD arguments (called before any data is loaded)."""
+    resolve_kd_temperature_file(args)
     check_kd_temperature(args.kd_temperature)
     check_beta(args.kd_beta, name="--kd-beta")
     check_alpha(getattr(args, "label_smoothing", 0.0), name="--label-smoothing")
