@@ -194,12 +194,13 @@ def test_partition_as_slurm_reports_it(slurm):
 @pytest.mark.slurm
 def test_submit_states_cancel(slurm, tmp_path):
     c = _client(slurm)
+    out = f"#SBATCH --output={tmp_path}/%j.out\n"  # not slurm-%j.out in the current directory
     ok = tmp_path / "ok.sh"
-    ok.write_text("#!/bin/bash\n#SBATCH --mem=50M\nsleep 1\n")
+    ok.write_text("#!/bin/bash\n#SBATCH --mem=50M\n" + out + "sleep 1\n")
     bad = tmp_path / "bad.sh"
     bad.write_text(f"#!/bin/bash\n#SBATCH --mem=50M\n#SBATCH --output={tmp_path}/bad.log\nexit 7\n")
     slow = tmp_path / "slow.sh"
-    slow.write_text("#!/bin/bash\n#SBATCH --mem=50M\nsleep 120\n")
+    slow.write_text("#!/bin/bash\n#SBATCH --mem=50M\n" + out + "sleep 120\n")
     j_ok, j_bad = c.submit(str(ok)), c.submit(str(bad))
     j_child = c.submit(str(ok), after=[j_bad])  # never runs: its parent fails
     j_slow = c.submit(str(slow))

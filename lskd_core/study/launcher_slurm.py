@@ -1,8 +1,10 @@
 """The SLURM launcher: each run of the study becomes one batch job.
 
 Settings: the study config's ``[launcher]`` table (``kind = "slurm"``), defaults for every run kind
-at the top level and one table per run kind (``[launcher.teacher]``, ``[launcher.student]``,
-``[launcher.export]``, ``[launcher.prepare]``, ``[launcher.generate]``) overriding them::
+at the top level and one table per run kind (``[launcher.teacher]``, ``[launcher.cache]``,
+``[launcher.student]``, ``[launcher.matched]`` (default: the student's), ``[launcher.match]``,
+``[launcher.export]``, ``[launcher.prepare]``, ``[launcher.generate]``) overriding them (their
+``setup`` and ``extra_sbatch`` lines are added to the top level's)::
 
     [launcher]
     kind = "slurm"
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +53,9 @@ from lskd_core.study.slurm import (
 
 __all__ = ["SlurmSettings", "SlurmLauncher", "RUN_KINDS"]
 
-RUN_KINDS = ("teacher", "student", "export", "prepare", "generate")
+RUN_KINDS = ("teacher", "cache", "student", "match", "matched", "export", "prepare", "generate")
+# a kind without its own table takes this kind's (entropy-matched students train like students)
+_FALLBACK = {"matched": "student"}
 _GENERAL_KEYS = ("kind", "poll_interval")
 
 
@@ -84,11 +89,14 @@ class SlurmSettings:
         return settings
 
     def for_kind(self, kind: str) -> Resources:
+        if kind not in self.per_kind and kind in _FALLBACK:
+            kind = _FALLBACK[kind]
         return self.per_kind.get(kind, self.default)
 
 
 def _distributed(run: Run, argv: Sequence[str]) -> str:
-    if len(argv) > 2 and argv[1:3] == ["-m", "torch.distributed.run"] or (run.distributed and run.program[0] == "module"):
+    if (len(argv) > 2 and list(argv[1:3]) == ["-m", "torch.distributed.run"]) or \
+            (run.distributed and run.program[0] == "module"):
         return "torch"
     if run.program[0] == "exe" and run.program[1] == "fairseq-train":
         return "fairseq"
@@ -149,14 +157,30 @@ class SlurmLauncher(Launcher):
                     continue
             of_kind = [r for r in runs if r.kind == kind]
             dist = "fairseq" if any(r.program == ("exe", "fairseq-train") for r in of_kind) else ""
-            errors += check_resources(res, parts[res.partition], kind, tasks_per_node(res, dist))
+            found = check_resources(res, parts[res.partition], kind, tasks_per_node(res, dist))
             world = res.nodes * max(1, res.gpus_per_node)
             if any(r.distributed for r in of_kind) and world > 1 and world != nproc:
-                errors.append(f"[launcher.{kind}] nodes x gpus_per_node = {world} processes, but nproc = {nproc}: "
-                              f"set nproc = {world} (the world size changes the global batch, so it is part of "
-                              "the run's hash)")
+                found.append(f"[launcher.{kind}] nodes x gpus_per_node = {world} processes, but nproc = {nproc}: "
+                             f"set nproc = {world} (the world size changes the global batch, so it is part of "
+                             "the run's hash)")
+            errors += found or self._probe(kind, res, dist)
         if errors:
             raise SlurmError("\n".join(dict.fromkeys(errors)))
+
+    def _probe(self, kind: str, res: Resources, dist: str) -> List[str]:
+        """``sbatch --test-only`` of the kind's options: SLURM itself checks what we cannot
+        (account, qos, constraints in extra_sbatch) without queuing anything."""
+        options = sbatch_options(res, f"lskd-check-{kind}", os.devnull, None, tasks_per_node(res, dist))
+        fd, path = tempfile.mkstemp(suffix=".sbatch", prefix="lskd-check-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(render_script(["true"], options, res.setup))
+            self.client.test_only(path)
+        except SlurmError as exc:
+            return [f"[launcher.{kind}] {exc}"]
+        finally:
+            os.unlink(path)
+        return []
 
     # ------------------------------------------------------------------ launcher interface
     def script_for(self, run: Run, argv: Sequence[str], log_path: Path, cwd: Optional[Path] = None) -> str:
