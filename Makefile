@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lskd-setup-stamp
+# The GPU check runs on a lent GPU machine's own Python (no venv, no install): see docs/benchmarks.md.
+GPU_PY ?= python3
 
 .PHONY: setup demo lint test test-fast bench gpu-check clean
 
@@ -29,6 +31,10 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/run_all.py --quick
+
+# No `setup` dependency: the GPU machine gets the working tree only (scripts/gpu_check.py --help).
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) scripts/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache
