@@ -289,3 +289,21 @@ def test_fairseq_train_from_cache_then_validate_without_the_teacher(data, teache
     assert "valid on 'valid' subset" in val_out and "nll_loss" in val_out
     assert train.returncode == 1 and "Traceback" not in train_err, train_err[-3000:]
     assert f"lskd: error: teacher checkpoint not found: {moved_teacher}" in train_err
+
+
+def test_interrupted_build_resumes_to_identical_shards(data, teacher, full_cache, tmp_path):
+    """A shard lost to a kill is rebuilt from the same samples in the same batches: byte-identical."""
+    import hashlib
+
+    def digests(root: Path) -> Dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*.npy"))}
+
+    copy = tmp_path / "cache"
+    shutil.copytree(full_cache, copy)
+    shutil.rmtree(copy / "shard-00001")
+    summary = teacher_cache.build(str(data), str(teacher), str(copy), device="cpu", rows_per_shard=100)
+    assert summary["shards_complete"] == summary["shards"]
+    assert digests(copy) == digests(full_cache)
+    with pytest.raises(CacheMismatch, match="rows_per_shard"):  # other settings: not resumed over
+        teacher_cache.build(str(data), str(teacher), str(copy), device="cpu", rows_per_shard=64)
