@@ -1,0 +1,198 @@
+"""The advice: recommendation, confidence, indistinguishable cells, compute, and the figures.
+
+Confidence comes from :mod:`lskd_core.statistics` on the seeds of the cells trained to the full
+schedule (the finalists): the cells that cannot be told apart from the best
+(:func:`~lskd_core.statistics.could_be_best`, Holm-controlled, one-sided paired t over seeds), the
+pick's mean with its 95 % interval, and the pick against the runner-up
+(:func:`~lskd_core.statistics.cell_difference`, :func:`~lskd_core.statistics.evidence_level`).
+A finalist with one seed cannot be excluded (its spread is unknown): that is said, not hidden.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from lskd_core import statistics as st
+from lskd_core.advise.allocation import Allocation
+from lskd_core.advise.signals import pooled_seed_std, rank_cells
+from lskd_core.jsonio import num
+
+__all__ = ["summarize", "markdown", "plot_trajectories", "plot_eta"]
+
+Cell = Tuple[float, float]
+
+
+def _name(cell: Sequence[float]) -> str:
+    return f"(alpha = {num(cell[0])}, T = {num(cell[1])})"
+
+
+def _confidence(finals: Mapping[Cell, Mapping[int, float]], pick: Cell, runner_up: Optional[Cell]) -> Dict[str, Any]:
+    obs = [st.Obs(alpha=c[0], temperature=c[1], seed=s, value=v) for c, per in finals.items() for s, v in per.items()]
+    cells = sorted({(o.alpha, o.temperature) for o in obs})
+    out: Dict[str, Any] = {"finalists": [list(c) for c in cells], "n_seeds": {f"{num(c[0])},{num(c[1])}": len(finals[c])
+                                                                             for c in cells}}
+    if pick in finals and finals[pick]:
+        out["pick_interval"] = st.mean_estimate(list(finals[pick].values()))
+    if len(cells) >= 2:
+        best = st.could_be_best(obs)
+        out["could_be_best"] = best
+        out["indistinguishable"] = best["set"]
+    else:
+        out["indistinguishable"] = [list(c) for c in cells]
+    if runner_up is not None and runner_up in finals and finals[runner_up] and pick in finals and finals[pick]:
+        diff = st.cell_difference(obs, pick, runner_up)
+        out["vs_runner_up"] = dict(diff, level=st.evidence_level(diff, +1))
+    alone = out["indistinguishable"] == [list(pick)]
+    out["level"] = st.CLEAR if alone else out.get("vs_runner_up", {}).get("level", st.NOT_SHOWN)
+    return out
+
+
+def summarize(alloc: Allocation, signals: Mapping[Cell, Mapping[str, Any]], epochs: int,
+              train_samples: Optional[int], cpu: Mapping[str, float]) -> Dict[str, Any]:
+    """Everything advice.json holds (JSON-able)."""
+    finals = {r.cell: {s: c[epochs - 1] for s, c in r.curves.items() if len(c) >= epochs} for r in alloc.cells}
+    finals = {c: v for c, v in finals.items() if v}
+    noise = pooled_seed_std({c: list(v.values()) for c, v in finals.items()})
+    recs = [{"alpha": r.cell[0], "temperature": r.cell[1], "level": r.level, "value": r.value,
+             "stopped": r.stopped, "diffusion_share": signals.get(r.cell, {}).get("diffusion_share"),
+             "teacher_entropy": signals.get(r.cell, {}).get("teacher_entropy")} for r in alloc.cells if r.level >= 0]
+    ranking = rank_cells(recs, noise)
+    pick = (ranking[0]["alpha"], ranking[0]["temperature"])
+    full = [(r["alpha"], r["temperature"]) for r in ranking if (r["alpha"], r["temperature"]) in finals]
+    runner_up = next((c for c in full if c != pick), None)
+    conf = _confidence(finals, pick, runner_up)
+    spent = alloc.spent
+    return {
+        "recommendation": {"alpha": pick[0], "temperature": pick[1], "value": ranking[0]["value"],
+                           "level": ranking[0]["level"], "moved_by_signals": _moved(ranking)},
+        "confidence": conf,
+        "noise_seed_std": noise,
+        "ranking": ranking,
+        "compute": {"epoch_runs": spent, "grid_epoch_runs": alloc.grid, "fraction": spent / alloc.grid,
+                    "train_samples": train_samples,
+                    "sample_epochs": None if train_samples is None else spent * train_samples,
+                    "grid_sample_epochs": None if train_samples is None else alloc.grid * train_samples,
+                    "budget": alloc.budget, **cpu,
+                    "note": "teachers and caches are shared with the grid and not counted; CPU seconds are "
+                            "measured (process start-up and feature exports included)"},
+        "signals": {f"{num(c[0])},{num(c[1])}": dict(v) for c, v in signals.items()},
+        "allocation": alloc.to_dict(),
+    }
+
+
+def _moved(ranking: Sequence[Mapping[str, Any]]) -> bool:
+    """Did a signal put the first cell ahead of a more accurate cell of its tie group?"""
+    first = ranking[0]
+    return any(r["tie_group"] == first["tie_group"] and r["level"] == first["level"] and r["value"] > first["value"]
+               for r in ranking[1:])
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    rec, conf, comp = summary["recommendation"], summary["confidence"], summary["compute"]
+    pick = (rec["alpha"], rec["temperature"])
+    lines = [f"# Advice: distil at {_name(pick)}", ""]
+    interval = conf.get("pick_interval")
+    if interval and interval.get("ci"):
+        lo, hi = interval["ci"]
+        lines.append(f"Val top-1 {interval['estimate']:.2f} % (95 % interval {lo:.2f} to {hi:.2f}, "
+                     f"{interval['n']} seeds).")
+    else:
+        lines.append(f"Val top-1 {rec['value']:.2f} % at its last level (one seed: no interval).")
+    others = [c for c in conf["indistinguishable"] if tuple(c) != pick]
+    if conf["level"] == st.CLEAR:
+        lines.append("Confidence: clear; no other finalist could be the best (Holm-controlled, 95 %).")
+    else:
+        lines.append(f"Confidence: {conf['level']}; cells that cannot be told apart from the best: "
+                     + (", ".join(_name(c) for c in others) or "none besides the pick") + ".")
+    vs = conf.get("vs_runner_up")
+    if vs:
+        ci = vs.get("ci")
+        lines.append(f"Against the runner-up {_name(vs['cells'][1])}: {vs['estimate']:+.2f} points"
+                     + (f" (95 % interval {ci[0]:+.2f} to {ci[1]:+.2f}, {vs['method']})" if ci else
+                        " (no interval: a cell with one seed)") + ".")
+    if rec["moved_by_signals"]:
+        lines.append("The signals (diffusion share, teacher entropy) chose the pick within a tie group "
+                     f"(accuracies within the seed std {summary['noise_seed_std']:.2f}).")
+    lines += ["", f"Compute: {comp['epoch_runs']} of {comp['grid_epoch_runs']} epoch-runs of the full grid "
+              f"({comp['fraction']:.3f}); measured CPU {comp.get('cpu_s_train', 0):.0f} s training, "
+              f"{comp.get('cpu_s_exports', 0):.0f} s feature exports.", "",
+              "| rank | alpha | T | level | value | stopped | diffusion share | teacher entropy | tie group |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(summary["ranking"], 1):
+        lines.append(f"| {i} | {num(r['alpha'])} | {num(r['temperature'])} | {r['level']} | {_pct(r['value'])} | "
+                     f"{r['stopped']} | {_pct(r['diffusion_share'])} | {_pct(r['teacher_entropy'])} | {r['tie_group']} |")
+    lines += ["", "Figures: `trajectories.png` (each cell's val top-1 over its epoch-runs, x = stopped), "
+              "`eta_over_epochs.png` (early eta against the lowest T). Log: `allocation.jsonl`.", ""]
+    return "\n".join(lines)
+
+
+def plot_trajectories(alloc: Allocation, epochs: int, path: Path) -> None:
+    """Each cell's val top-1 against the epoch-runs it received (seeds one after another), with a
+    marker where it stopped and the levels' boundaries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for rec in alloc.cells:
+        color = None
+        xs: List[float] = []
+        ys: List[float] = []
+        for i, (_, curve) in enumerate(sorted(rec.curves.items())):  # one line per seed, one colour per cell
+            xs = [i * epochs + e + 1 for e in range(len(curve))]
+            ys = list(curve)
+            line, = ax.plot(xs, ys, marker=".", color=color,
+                            label=None if color else f"a={num(rec.cell[0])}, T={num(rec.cell[1])}")
+            color = line.get_color()
+        if not xs:
+            continue
+        mark = {"pruned": "x", "budget": "s", "complete": "*"}.get(rec.stopped, "o")
+        ax.plot([xs[-1]], [ys[-1]], marker=mark, markersize=11, color=color, linestyle="none")
+    for lv in alloc.levels:
+        ax.axvline((lv.seeds - 1) * epochs + lv.epochs, color="0.85", linewidth=0.8, zorder=0)
+    ax.set_xlabel("epoch-runs of the cell (seed after seed)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title("cells' trajectories; x pruned, square stopped by the budget, star complete")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_eta(signals: Mapping[Cell, Mapping[str, Any]], path: Path) -> None:
+    """Mean eta_S1 / eta_S2 over the target classes against the epoch, per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    any_line = False
+    for cell, sig in sorted(signals.items()):
+        pts = [(e["epoch"], e["eta_s1"], e["eta_s2"]) for e in sig.get("eta", []) if e.get("eta_s1") is not None]
+        if not pts:
+            continue
+        any_line = True
+        label = f"a={num(cell[0])}, T={num(cell[1])} vs T={num(sig['eta_reference_T'])}"
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label)
+    for ax, name in zip(axes, ("eta_S1 (%)", "eta_S2 (%)")):
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        ax.set_xlabel("epoch (first seed)")
+        ax.set_ylabel(name)
+    axes[0].set_title("diffusion: S1 closer (< 0) ...")
+    axes[1].set_title("... and S2 farther (> 0)")
+    if any_line:
+        axes[0].legend(fontsize=7)
+    else:
+        axes[0].text(0.5, 0.5, "no eta: no cell shares epochs with the lowest-T cell", ha="center",
+                     transform=axes[0].transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
