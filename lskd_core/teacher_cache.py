@@ -525,6 +525,12 @@ class TeacherCache:
         self._hint = hint
         self._shards: Dict[int, Dict[str, np.ndarray]] = {}
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Memory maps would pickle as full in-memory copies; a worker process re-opens its own.
+        state = self.__dict__.copy()
+        state["_shards"] = {}
+        return state
+
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def open(
@@ -636,8 +642,12 @@ class TeacherCache:
         ids = _row_ids(rows, self.num_rows)
         size = int(self.header["rows_per_shard"])
         shard_of = ids // size
+        shards = np.unique(shard_of)
+        if shards.size == 1:  # the common case (a batch from one shard): one fancy-indexed read
+            index = int(shards[0])
+            return np.asarray(self._shard(index)[field][ids - index * size])
         out: Optional[np.ndarray] = None
-        for index in np.unique(shard_of):
+        for index in shards:
             arr = self._shard(int(index))[field]
             where = np.nonzero(shard_of == index)[0]
             part = arr[ids[where] - int(index) * size]

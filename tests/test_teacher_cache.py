@@ -348,3 +348,15 @@ def test_topk_order_is_descending_with_ties_by_class_id(tmp_path):
     # tail of row 0 at T = 1: classes 0 and 3 (logits 1 and 0)
     tail = np.load(shard / "tail_lse.npy", allow_pickle=False)
     assert tail[0, 0] == pytest.approx(math.log(math.e + 1.0), rel=1e-7)
+
+
+def test_cache_pickles_without_its_memory_maps(tmp_path):
+    import pickle
+
+    x = _logits()
+    _build(tmp_path / "c", x)
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    cache.teacher_logits_at(ROW_ORDER, 1.0)  # maps some shards
+    data = pickle.dumps(cache)
+    assert len(data) < 2000  # no logits inside (37 x 12 float32 alone is 1776 bytes)
+    assert torch.equal(pickle.loads(data).teacher_logits_at(ROW_ORDER, 1.0), x[ROW_ORDER])
