@@ -4,6 +4,7 @@ the one BLEU path. Plan-level tests (no training) plus one slow tiny end-to-end 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,103 @@ def test_trainer_reads_the_matched_temperature_from_the_file(tmp_path):
     args.kd_temperature_file = str(tmp_path / "absent.json")
     with pytest.raises(ValueError, match="does not exist"):
         check_kd_args(args)
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end: a tiny real study, cached vs live, with entropy-matched students
+# ------------------------------------------------------------------------------------------------
+TINY_GRID = {"name": "tiny-grid", "train_samples": 200, "val_samples": 100, "teacher_epochs": 1, "student_epochs": 1,
+             "teacher_batch_size": 50, "student_batch_size": 50, "teacher_args": [], "alphas": [0, 0.1],
+             "temperatures": [1, 4], "seeds": 1, "matched_temperatures": [1], "analysis": False, "jobs": 2,
+             "student_args": ["--threads", "1"]}
+
+
+def _results(study: Path, prefix: str) -> dict:
+    return {d.name: json.loads((d / "result.json").read_text()) for d in sorted((study / "runs").iterdir())
+            if d.name.startswith(prefix) and ".stale-" not in d.name and (d / "result.json").is_file()}
+
+
+@pytest.mark.slow
+def test_tiny_study_cached_equals_live_and_matched_students_use_the_recomputed_t(tmp_path):
+    from lskd_core.features_io import load_features
+    from lskd_core.study.tasks.vision import default_fashion_mnist_dir
+
+    fashion = Path(default_fashion_mnist_dir())
+    if not any((fashion / n).exists() for n in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")):
+        pytest.skip(f"Fashion-MNIST not installed at {fashion} (apt-get install dataset-fashion-mnist)")
+    study = tmp_path / "study"
+    cached = S.run_study(S.load_config(overrides=dict(TINY_GRID)), study, progress=False, echo=lambda s: None)
+    assert cached.ok, cached.failed
+    got = _results(study, "student_") | _results(study, "matched_")
+    assert len(got) == 2 * 2 + 1
+    for rid, res in got.items():  # every student read its teacher's cache, none ran a teacher
+        assert res["args"]["teacher_cache"].endswith("/cache") and res["args"]["teacher"] is None, rid
+    caches = _results(study, "cache_")
+    assert set(caches) == {"cache_teacher_a0", "cache_teacher_a0.1"}
+    assert all(c["cache"]["rows"] == 200 and c["cache"]["bytes_on_disk"] > 200 * 10 * 4 for c in caches.values())
+    # matched students distilled at T' recomputed here from the teachers' exported train logits
+    matched = json.loads((study / "runs" / "match" / "matched.json").read_text())
+    t_prime = matched["temperatures"]["a0.1_T1"]
+    assert got["matched_a0_for_a0.1_T1_s0"]["args"]["kd_temperature"] == t_prime
+    plain = np.asarray(load_features(study / "runs" / "export_teacher_a0_train" / "features.npz").logits)
+    ls = np.asarray(load_features(study / "runs" / "export_teacher_a0.1_train" / "features.npz").logits)
+    assert _np_mean_entropy(plain, t_prime) == pytest.approx(_np_mean_entropy(ls, 1.0), rel=1e-6)
+    report = (study / "report" / "report.md").read_text()
+    assert "## Entropy-matched students" in report and f"T' = {t_prime:.4g}" in report
+    assert "## Teacher caches: compute saved and disk used" in report
+    savings = json.loads((study / "report" / "results.json").read_text())["cache_savings"]["total"]
+    # each of the 3 students of the plain teacher (2 grid + 1 matched) and the 2 of the LS teacher
+    # would have run its teacher on 200 views; the two builds ran 200 each
+    assert savings["forwards_avoided"] == (3 + 2) * 200 - 2 * 200
+    # the same grid with live teachers on the same augmentation stream: the same students
+    live_cfg = dict(TINY_GRID, cache=False, matched_temperatures=[], student_args=["--threads", "1", "--aug-seed", "0"])
+    live = S.run_study(S.load_config(overrides=live_cfg), study, progress=False, echo=lambda s: None)
+    assert live.ok, live.failed
+    assert not [r for r in live.launched if r.startswith(("teacher_", "export_")) or r == "match"]  # reused
+    again = _results(study, "student_")
+    assert set(again) == {r for r in got if r.startswith("student_")} and len(again) == 4
+    for rid, res in again.items():
+        assert res["args"]["teacher"] == "lskd_cnn_t" and not res["args"]["teacher_cache"], rid
+        assert res["val_acc1"] == pytest.approx(got[rid]["val_acc1"], abs=1e-5), rid
+        assert res["val_loss"] == pytest.approx(got[rid]["val_loss"], rel=1e-4), rid
+
+
+def test_report_sections_matched_students_and_cache_savings(tmp_path):
+    """Hand-made run results: the matched table pairs the right cells, the savings are counted."""
+    from lskd_core.report import write_report
+
+    cfg = _cfg(seeds=2, temperatures=[1, 4], matched_temperatures=[1], analysis=False)
+    plan = S.build_plan(cfg)
+    S.write_manifest(tmp_path, cfg, plan)
+
+    def done(run_id, **fields):
+        d = tmp_path / "runs" / run_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
+        return d
+
+    for a in (0, 0.1):
+        done(f"teacher_a{a}", val_acc1=80.0, val_acc5=99.0)
+        done(f"cache_teacher_a{a}", wall_time_s=10.0, cache={"rows": 600, "bytes_on_disk": 2**20, "bytes_per_row": 1747.6,
+                                                             "kind": "full", "dtype": "float32", "topk": None})
+    scores = {("0", "1"): [70.0, 72.0], ("0.1", "1"): [75.0, 77.0], ("0", "4"): [71.0, 71.5], ("0.1", "4"): [60.0, 62.0]}
+    for (a, t), vals in scores.items():
+        for s, v in enumerate(vals):
+            done(f"student_a{a}_T{t}_s{s}", val_acc1=v, val_acc5=99.0, wall_time_s=3.0)
+    for s, v in enumerate([73.0, 74.0]):
+        done(f"matched_a0_for_a0.1_T1_s{s}", val_acc1=v, val_acc5=99.0, wall_time_s=3.0)
+    m = done("match")
+    (m / "matched.json").write_text(json.dumps({"temperatures": {"a0.1_T1": 1.75}, "pairs": [
+        {"key": "a0.1_T1", "matched_temperature": 1.75, "ls_entropy": 0.9, "plain_entropy": 0.9}]}))
+    rep = write_report(tmp_path)
+    res = json.loads((rep / "results.json").read_text())
+    (row,) = res["matched"]["rows"]
+    assert (row["ls_alpha"], row["ls_temperature"], row["matched_temperatures"]) == (0.1, 1.0, {"0": 1.75})
+    assert row["ls_mean"] == pytest.approx(76.0) and row["matched_mean"] == pytest.approx(73.5)
+    md = (rep / "report.md").read_text()
+    assert "| alpha = 0.1, T = 1 | 76.00 ± 1.41 (n=2) | alpha = 0, T' = 1.75 | 73.50 ± 0.71 (n=2) | 0.9000 / 0.9000 |" in md
+    tot = res["cache_savings"]["total"]
+    # plain teacher: 4 grid + 2 matched students, LS teacher: 4 students; 600 rows each, minus 2 builds
+    assert tot["forwards_avoided"] == (6 + 4) * 600 - 2 * 600 and tot["students_done"] == 10
+    assert tot["bytes_on_disk"] == 2 * 2**20 and tot["build_wall_s"] == 20.0 and tot["students_wall_s"] == 30.0
+    assert "2 of 2 teacher caches built (2.0 MiB on disk)" in md

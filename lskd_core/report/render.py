@@ -6,10 +6,12 @@ from typing import List
 
 from lskd_core.jsonio import num
 from lskd_core.report.accuracy import grid_markdown
+from lskd_core.report.cache_savings import cache_savings_markdown
 from lskd_core.report.classwise import classwise_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import eta_markdown
 from lskd_core.report.markdown import md_table
+from lskd_core.report.matched import matched_markdown
 from lskd_core.report.profile import profile_markdown
 from lskd_core.report.projection import projection_markdown
 from lskd_core.report.view import StudyView
@@ -74,6 +76,8 @@ def render(view: StudyView, res: dict) -> str:
     md.append("## Verdict\n")
     md.append(res["verdict"].get("text", "—") + "\n")
     md += grid_markdown(res, view.task)
+    md += matched_markdown(res, view.task.score_unit)
     md += _analyses(view, res)
+    md += cache_savings_markdown(res)
     md += _runs(view, res)
     return "\n".join(md) + "\n"

@@ -32,9 +32,14 @@ class StudyView:
     """Manifest + finished runs of a study directory."""
 
     # ids as built by lskd_core.study.plan
-    teacher = staticmethod(teacher_id)
     student = staticmethod(student_id)
     export = staticmethod(export_id)
+
+    def teacher(self, alpha: float) -> str:
+        """The teacher run of ``alpha`` that the single-teacher sections (teacher row, entropy,
+        profile, eta's reference) read: the first teacher seed's when the study trains several."""
+        n = int(self.config.get("teacher_seeds") or 1)
+        return teacher_id(alpha, int(self.config.get("teacher_seed") or 0) if n > 1 else None)
 
     def __init__(self, study_dir: Path, usable: Optional[set] = None):
         self.dir = Path(study_dir)
@@ -96,7 +101,7 @@ class StudyView:
             if isinstance(res.get("class_names"), list):
                 return [str(c) for c in res["class_names"]]
         for a in self.alphas:
-            f = self.features(teacher_id(a), "val")
+            f = self.features(self.teacher(a), "val")
             if f is not None and f.class_names:
                 return list(f.class_names)
         return None

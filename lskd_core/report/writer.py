@@ -19,10 +19,12 @@ from lskd_core.atomic import atomic_write_bytes
 from lskd_core.jsonio import jsonable
 from lskd_core.report.accuracy import accuracy_grid
 from lskd_core.report.cache import AnalysisCache
+from lskd_core.report.cache_savings import cache_savings_section
 from lskd_core.report.classwise import classwise_section
 from lskd_core.report.entropy import entropy_section
 from lskd_core.report.eta import eta_section
 from lskd_core.report.figures import plot_accuracy, plot_entropy
+from lskd_core.report.matched import matched_section
 from lskd_core.report.profile import profile_section
 from lskd_core.report.projection import projection_section
 from lskd_core.report.render import render
@@ -84,6 +86,8 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
                  "config": view.config, "study_wall_time_s": study_wall_time_s,
                  "problems": list(problems or [])}
     res["accuracy_grid"] = accuracy_grid(view)
+    res["matched"] = matched_section(view)  # App. H's entropy-matched students, beside the grid
+    res["cache_savings"] = cache_savings_section(view)
     _analyses(view, cache, out, res)
     res["figures"] = _figures(view, out, res)
     res["verdict"] = verdict(res["accuracy_grid"], res.get("eta"), view.task.name)
