@@ -162,8 +162,11 @@ def test_run_of_a_dead_runner_is_waited_for_not_started_again(tmp_path):
             child.stdin.close()
 
     fake = _TorchFake()
-    out = _run(cfg, study, fake, echo)
-    child.wait()
+    try:
+        out = _run(cfg, study, fake, echo)
+    finally:
+        child.kill()  # a no-op when it finished; never left behind when the runner did not wait for it
+        child.wait()
     assert any(f"pid {child.pid}" in m for m in seen)
     assert "teacher_a0" not in fake.started and "teacher_a0" in out.adopted
     assert out.ok and set(fake.started) == {"teacher_a0.1", "student_a0_T1_s0", "student_a0_T2_s0",

@@ -32,7 +32,7 @@ STUDY_TOKEN = "{study}"
 # arguments the flag takes.
 _EXECUTION_FLAGS = {"--device": 1, "--workers": 1, "--print-freq": 1, "--resume": 1, "--output-dir": 1,
                     "--out": 1, "--save-dir": 1, "--num-workers": 1, "--cpu": 0, "--results-path": 1,
-                    "--no-progress": 0}
+                    "--no-progress": 0, "--data-buffer-size": 1}
 
 
 # ------------------------------------------------------------------------------------------------
