@@ -240,3 +240,33 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     _wait_state(c, job, {"COMPLETED"})
     lines = [ln for ln in log.read_text().splitlines() if ln.startswith("ARGS")]
     assert lines == [f"ARGS [{str(ckpt)!r}]", f"ARGS [{str(ckpt)!r}, '--resume', {str(ckpt)!r}]"], log.read_text()
+
+
+def test_multi_node_script_expands_the_rendezvous_under_bash(tmp_path):
+    """Two 8-GPU nodes: srun starts one torchrun agent per node, rendezvous on the first node of
+    the allocation. srun and scontrol are stand-ins that print what they were given."""
+    import json
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/sh\nexec {sys.executable} -c "
+                                  "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n")
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'gpu07\\ngpu08\\n'\n")
+    for f in ("srun", "scontrol"):
+        (bin_dir / f).chmod(0o755)
+    res = sl.Resources(nodes=2, gpus_per_node=8, cpus_per_task=64)
+    argv = ["/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "16",
+            "-m", "vision_plugin.train", "--output-dir", "/runs/a b"]
+    command = sl.launch_command(argv, res, "torch")
+    script = sl.render_script(command, sl.sbatch_options(res, "x", str(tmp_path / "log"), None, 1))
+    assert "#SBATCH --gres=gpu:8\n" in script and "#SBATCH --nodes=2\n" in script
+    assert "OMP_NUM_THREADS" not in script  # torchrun sets it per process
+    (tmp_path / "job.sh").write_text(script)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
+               SLURM_JOB_NODELIST="gpu[07-08]")
+    out = subprocess.run(["bash", str(tmp_path / "job.sh")], capture_output=True, text=True, env=env, check=True)
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got[:4] == ["--kill-on-bad-exit=1", "/venv/bin/python", "-m", "torch.distributed.run"]
+    assert "--rdzv-id=4242" in got and "--rdzv-endpoint=gpu07:29500" in got
+    assert "--nnodes=2" in got and "--nproc-per-node=8" in got
+    assert got[-4:] == ["-m", "vision_plugin.train", "--output-dir", "/runs/a b"]
