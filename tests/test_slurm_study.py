@@ -299,6 +299,8 @@ def test_interrupt_cancels_only_this_invocations_jobs_when_asked(one_thread, slu
     ours = launcher.client.submit(str(script))
     launcher.submitted.append(ours)
     said: List[str] = []
+    launcher.on_interrupt(said.append)  # stdin is not a terminal under pytest: no prompt, nothing cancelled
+    assert said[-1].startswith(f"[study] left 1 SLURM job(s) queued or running ({ours})")
     launcher.on_interrupt(said.append, ask=lambda prompt: "n")  # declined: both keep running
     assert "left 1 SLURM job(s)" in said[-1] and f"scancel {ours}" in said[-1]
     assert set(slurm.queue()) == {others, ours}
