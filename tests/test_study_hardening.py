@@ -261,6 +261,30 @@ def test_truncated_teacher_checkpoint_reruns_the_teacher_and_its_students(tmp_pa
     assert any(p.name.startswith("teacher_a0.1.corrupt-") for p in (tmp_path / "runs").iterdir())
 
 
+class _DamagingFake(_TorchFake):
+    """Damages the teacher's checkpoint while its first student "trains" (a disk error, a user's
+    stray write): the teacher's next student must not read it."""
+
+    def start(self, run, argv, env, log_path, cwd=None, after=()):
+        handle = super().start(run, argv, env, log_path, cwd, after)
+        if run.run_id == "student_a0_T1_s0":
+            ckpt = Path(log_path).parent.parent / "teacher_a0" / "checkpoint.pth"
+            ckpt.write_bytes(ckpt.read_bytes()[:-10])
+        return handle
+
+
+def test_input_damaged_after_it_finished_is_not_read_and_is_rerun_next_time(tmp_path):
+    cfg = _cfg()
+    fake = _DamagingFake()
+    out = _run(cfg, tmp_path, fake)
+    assert set(out.failed) == {"student_a0_T2_s0"} and "teacher_a0" in out.failed["student_a0_T2_s0"]
+    assert "student_a0_T2_s0" not in fake.started
+    again = _TorchFake()
+    out2 = _run(cfg, tmp_path, again)
+    # the damaged teacher and every student of it (the one trained on the old file too) re-run
+    assert out2.ok and set(again.started) == {"teacher_a0", "student_a0_T1_s0", "student_a0_T2_s0"}
+
+
 def test_same_size_damage_and_unrecorded_damage_are_caught(tmp_path):
     import torch
 

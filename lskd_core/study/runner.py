@@ -39,6 +39,7 @@ from lskd_core.study.state import (
     RUN_CONFIG,
     RunState,
     append_jsonl,
+    checksum_problem,
     dep_fingerprints,
     inspect_run,
     log_event,
@@ -206,6 +207,13 @@ class _Loop:
             self.skipped.append(run.run_id)
             self.bar.update(1)
             return
+        damaged = self._damaged_input(run)
+        if damaged:
+            self.failed[run.run_id] = damaged
+            log_event(self.study, "failed", run_id=run.run_id, reason=damaged)
+            self.echo(f"[study] {run.run_id} not started: {damaged}")
+            self.bar.update(1)
+            return
         if state.status in ("corrupt", "stale"):
             moved = move_aside(rdir, state.status)
             self.problems.append(log_event(self.study, state.status, run_id=run.run_id, reason=state.reason,
@@ -227,6 +235,17 @@ class _Loop:
         write_launch(rdir, handle)
         self.running[run.run_id] = _InFlight(handle, time.time(), resume)
         self.launched.append(run.run_id)
+
+    def _damaged_input(self, run: Run) -> Optional[str]:
+        """Re-verify the finished inputs a run is about to read (size + sha256 recorded when they
+        finished): a file damaged since must not be trained on. The next invocation re-runs it."""
+        for d in run.deps:
+            if d in self.done:
+                problem = checksum_problem(self.by_id[d], run_dir(self.study, d))
+                if problem:
+                    return (f"its input run {d} was damaged after it finished ({problem}); run the study again "
+                            f"to re-run {d} and its dependents")
+        return None
 
     def adopt_orphans(self) -> None:
         """Runs whose recorded local process still runs on this host (started by a runner that
