@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -175,6 +176,23 @@ def _header_fingerprint(root: str) -> Dict[str, Any]:
         return dict(header.get("fingerprint") or {})
     except (OSError, ValueError, AttributeError):
         return {}  # TeacherCache.open reports the missing/damaged header with its own message
+
+
+def check_served_temperature(root: str, temperature: float) -> None:
+    """Refuse at start-up a top-K cache that does not serve ``temperature`` (the full check, with
+    fingerprints, runs on the first training step; an unreadable header is reported there)."""
+    header = {}
+    try:
+        header = json.loads((Path(root) / "header.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    served = header.get("temperatures") if isinstance(header, dict) else None
+    if header.get("kind") != "topk" or not isinstance(served, list):
+        return
+    if not any(math.isclose(float(t), temperature, rel_tol=1e-12, abs_tol=0.0) for t in served):
+        raise CacheMismatch(f"top-K teacher cache {root} serves temperatures = {served} but T = {temperature:g} "
+                            f"was requested; rebuild it with --cache-temperatures including {temperature:g} "
+                            f"(or build a --full cache, which serves every T)")
 
 
 def open_for_task(root: str, task, teacher_path: Optional[str], topk: int, temperature: float,

@@ -160,9 +160,11 @@ def test_topk_cache_equals_live_kd_topk_at_a_served_temperature(setup, teacher, 
     for a, b, f in zip(live, cached, full):
         assert torch.allclose(a, b, rtol=1e-6, atol=0), (float(a), float(b))
         assert not torch.allclose(a, f, rtol=1e-4)  # top-5 really truncates
-    unserved = _criterion(setup, ["--kd-temperature", "3", "--kd-topk", "5", "--teacher-cache", str(topk_cache)])
-    with pytest.raises(CacheMismatch, match=r"serves temperatures = \[1.0, 2.0\] but T = 3"):
-        _losses(unserved, setup)
+    with pytest.raises(CacheMismatch, match=r"serves temperatures = \[1.0, 2.0\] but T = 3"):  # at start-up
+        _criterion(setup, ["--kd-temperature", "3", "--kd-topk", "5", "--teacher-cache", str(topk_cache)])
+    reader = teacher_cache.open_for_task(str(topk_cache), setup["task"], None, topk=5, temperature=2.0)
+    with pytest.raises(CacheMismatch, match=r"serves temperatures = \[1.0, 2.0\] but T = 3"):  # and on reads
+        reader.logits_for_sample(setup["batches"][0], 3.0, torch.device("cpu"))
 
 
 def test_stale_caches_are_refused_naming_the_field(setup, data, teacher, full_cache, topk_cache, tmp_path):
@@ -282,7 +284,8 @@ def test_fairseq_train_from_cache_then_validate_without_the_teacher(data, teache
                       ("fairseq_cli.validate", [data, "--user-dir", REPO / "fairseq_plugin", "--path",
                                                 tmp_path / "s" / "checkpoint_last.pt", "--cpu", "--task",
                                                 "translation", "--max-tokens", "400", "--data-buffer-size", "0"]),
-                      ("fairseq_cli.train", base + ["--no-save"]))]
+                      # a failing training step makes fairseq write crash.pt into the save dir
+                      ("fairseq_cli.train", base + ["--no-save", "--save-dir", tmp_path / "crash"]))]
     val_out = "".join(val.communicate(timeout=600))
     train_err = train.communicate(timeout=600)[1]
     assert val.returncode == 0, val_out[-3000:]

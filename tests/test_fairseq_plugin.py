@@ -27,10 +27,10 @@ pytest.importorskip("fairseq")
 pytest.importorskip("sacremoses")
 pytest.importorskip("subword_nmt")
 
-import fairseq_plugin  # noqa: E402,F401  (registers ls_kd and the checkpoint allow-list)
 from fairseq import options, tasks  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
+import fairseq_plugin  # noqa: E402,F401  (registers ls_kd and the checkpoint allow-list)
 from fairseq_plugin import autoload, bleu, prepare_offline  # noqa: E402
 from fairseq_plugin.safe_load import CheckpointLoadError  # noqa: E402
 from fairseq_plugin.teacher import _TEACHERS, clear_teacher_cache, get_teacher  # noqa: E402
@@ -363,7 +363,9 @@ def test_corrupt_and_unsafe_teacher_files(inproc, corpus, teacher, tmp_path):
 
 def test_cli_reports_missing_teacher_and_bad_temperature(corpus, teacher, tmp_path):
     base = [corpus / "bin", "--user-dir", PLUGIN] + STUDENT_ARCH + COMMON + [
-        "--criterion", "ls_kd", "--max-update", "1", "--no-save"]
+        "--criterion", "ls_kd", "--max-update", "1", "--no-save",
+        # a failing training step makes fairseq write crash.pt into the save dir
+        "--save-dir", tmp_path / "crash"]
     missing, cold = run_parallel([
         ("fairseq_cli.train", base + ["--teacher-path", tmp_path / "absent.pt"]),
         ("fairseq_cli.train", base + ["--teacher-path", teacher, "--kd-temperature", "0"]),

@@ -209,6 +209,10 @@ class LskdCriterion(FairseqCriterion):
                 "--teacher-cache holds one teacher's logits; an ensemble (--teacher-path a:b) has no "
                 "raw logits to cache: drop --teacher-cache or pass a single --teacher-path"
             )
+        if self.cache_dir:  # a top-K cache built for other temperatures: say so before training
+            from ..teacher_cache import check_served_temperature
+
+            check_served_temperature(self.cache_dir, self.kd_temperature)
         # A missing teacher is an error only when a training step needs it: evaluating a student
         # (fairseq-validate) must not need the teacher whose path its checkpoint remembers.
         self.missing_teachers = [p for p in self.teacher_paths if not os.path.isfile(p)]
