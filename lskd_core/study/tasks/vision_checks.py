@@ -40,9 +40,12 @@ def _known_models() -> Optional[FrozenSet[str]]:
     """lskd's registered models + torchvision's classifiers; None when vision_plugin is absent."""
     if importlib.util.find_spec("vision_plugin") is None:
         return None
-    from vision_plugin import models  # lazily: only a vision study's validation asks
+    try:
+        from vision_plugin import models  # lazily: only a vision study's validation asks
 
-    return frozenset(models.lskd_model_names()) | frozenset(models._torchvision_classifiers())
+        return frozenset(models.lskd_model_names()) | frozenset(models._torchvision_classifiers())
+    except ImportError:
+        return None  # the plugin's own dependencies are missing here: the trainer will say so
 
 
 def model_name_problem(cfg: "StudyConfig") -> Optional[str]:
