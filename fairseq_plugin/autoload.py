@@ -139,13 +139,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("action", choices=("install", "uninstall", "show"))
     parser.add_argument("--site-dir", default=None, help="site-packages directory (default: this interpreter's)")
     args = parser.parse_args(argv)
-    if args.action == "install":
-        print(f"installed {install_pth(args.site_dir)}")
-    elif args.action == "uninstall":
-        removed = uninstall_pth(args.site_dir)
-        print("removed" if removed else "nothing to remove", Path(args.site_dir or default_site_dir()) / PTH_NAME)
-    else:
-        print(pth_line())
+    try:
+        if args.action == "install":
+            print(f"installed {install_pth(args.site_dir)}")
+        elif args.action == "uninstall":
+            removed = uninstall_pth(args.site_dir)
+            print("removed" if removed else "nothing to remove", Path(args.site_dir or default_site_dir()) / PTH_NAME)
+        else:
+            print(pth_line())
+    except (ValueError, OSError) as error:  # standard library only here: no fairseq_plugin.errors
+        where = getattr(error, "filename", None) or args.site_dir or default_site_dir()
+        reason = getattr(error, "strerror", None) or str(error)
+        print(f"autoload: error: {where}: {reason} (pass --site-dir with a writable site-packages "
+              f"directory)", file=sys.stderr)
+        return 2
     return 0
 
 

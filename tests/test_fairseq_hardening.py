@@ -160,3 +160,16 @@ def test_prepare_iwslt_bad_archive(tmp_path, capsys):
     assert prepare_iwslt.main(["--pair", "en-de", "--orig", str(orig), "--out",
                                str(tmp_path / "file" / "out"), "--workers", "1", "--bpe-size", "5"]) == 2
     assert "not a directory" in _one_error_line(capsys, "prepare_iwslt")
+
+
+def test_autoload_cli_one_line_errors(tmp_path, capsys):
+    from fairseq_plugin import autoload
+
+    assert autoload.main(["install", "--site-dir", str(tmp_path / "missing")]) == 2
+    line = _one_error_line(capsys, "autoload")
+    assert "missing" in line and "site_dir must be an existing directory" in line
+    (tmp_path / "file").write_text("x")
+    assert autoload.main(["install", "--site-dir", str(tmp_path / "file")]) == 2
+    assert "file" in _one_error_line(capsys, "autoload")
+    assert autoload.main(["install", "--site-dir", str(tmp_path)]) == 0
+    assert (tmp_path / autoload.PTH_NAME).is_file()
