@@ -428,3 +428,17 @@ def test_exit_statuses_are_documented_in_the_help(capsys):
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "1 = some runs failed" in text and "2 = bad input" in text
+
+
+def test_a_file_system_without_locks_is_one_line_not_a_false_holder(tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    monkeypatch.setattr(cli, "check_models", lambda cfg: None)
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert cli.main(["--out", str(tmp_path / "s"), "--seeds", "1", "--no-progress"]) == 2
+    line = _one_error(capsys)
+    assert "study.lock" in line and "in use" not in line

@@ -12,6 +12,7 @@ that a pid reused by an unrelated process is not mistaken for a run's process.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -93,8 +94,12 @@ class StudyLock:
         fh = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             fh.close()
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                # e.g. ENOLCK: a file system without locks; the CLI names the file and the error
+                raise OSError(exc.errno, f"{exc.strerror} (the study's lock; use an --out on a local disk)",
+                              str(self.path)) from None
             raise StudyLocked(f"{self.path.parent} is in use by another study runner ({_holder_text(self.path)}); "
                               "wait for it to finish, stop it, or use another --out") from None
         fh.seek(0)
