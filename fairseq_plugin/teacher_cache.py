@@ -6,8 +6,10 @@ Build (teacher in eval mode: its outputs are a function of the sentence, so ther
     python -m fairseq_plugin.teacher_cache build DATA/bin --teacher-path teacher.pt --out CACHE \\
         --topk 64 --cache-temperatures 1 2 3 64        # or --full (small dictionaries)
 
-Train a student from it (the teacher is not run; validation batches use the live teacher when
-``--teacher-path`` is also given, else they report loss without the KD term)::
+Train a student from it (the teacher is not run for training batches; validation batches, which
+the cache does not cover, use the live teacher: ``--teacher-path``, or the checkpoint recorded in
+the cache's ``build.json`` when it is still there with the cached sha256; else they report loss
+without the KD term)::
 
     fairseq-train DATA/bin --criterion ls_kd --teacher-cache CACHE --kd-temperature 2 [--kd-topk 64]
 
@@ -176,6 +178,20 @@ def _header_fingerprint(root: str) -> Dict[str, Any]:
         return dict(header.get("fingerprint") or {})
     except (OSError, ValueError, AttributeError):
         return {}  # TeacherCache.open reports the missing/damaged header with its own message
+
+
+def recorded_teacher(root: str) -> Optional[str]:
+    """The teacher checkpoint a cache was built from (``build.json``), if that file is still there
+    with the sha256 the cache's fingerprint holds; else None. For validation batches, which the
+    cache does not cover."""
+    try:
+        path = json.loads((Path(root) / "build.json").read_text(encoding="utf-8"))["teacher_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    expected = _header_fingerprint(root).get("teacher_sha256")
+    return path if expected and file_sha256(path) == expected else None
 
 
 def check_served_temperature(root: str, temperature: float) -> None:

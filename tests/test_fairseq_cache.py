@@ -198,19 +198,34 @@ def test_stale_caches_are_refused_naming_the_field(setup, data, teacher, full_ca
         teacher_cache.open_for_task(str(broken), setup["task"], None, topk=0, temperature=1.0)
 
 
-def test_cache_refuses_batches_from_another_split(setup, full_cache):
+def test_cache_refuses_batches_from_another_split(setup, teacher, full_cache, tmp_path):
     setup["task"].load_dataset("valid")
     batch = next(setup["task"].get_batch_iterator(setup["task"].dataset("valid"), max_tokens=400)
                  .next_epoch_itr(shuffle=False))
     reader = teacher_cache.open_for_task(str(full_cache), setup["task"], None, topk=0, temperature=1.0)
     with pytest.raises(CacheMismatch, match="not from the cached training set"):
         reader.logits_for_sample(batch, 1.0, torch.device("cpu"))
-    # evaluation (criterion.eval(), as in validation) never reads the cache: no KD term, no error
-    criterion = _criterion(setup, ["--teacher-cache", str(full_cache)])
-    criterion.eval()
+    # Evaluation (criterion.eval(), as in validation) never reads the cache: it runs the teacher the
+    # cache was built from, so validation loss equals a live run's; without that teacher (moved, or
+    # another file at its path), the KD term is left out.
+    live = _criterion(setup, ["--teacher-path", str(teacher)])
+    cached = _criterion(setup, ["--teacher-cache", str(full_cache)])
+    for criterion in (live, cached):
+        criterion.eval()
     with torch.no_grad():
-        _, _, log = criterion(setup["model"], batch)
-    assert "kd_loss" not in log and torch.isfinite(log["loss"])
+        loss_live, _, _ = live(setup["model"], batch)
+        loss_cached, _, log = cached(setup["model"], batch)
+    assert "kd_loss" in log and torch.allclose(loss_cached, loss_live, rtol=1e-6)
+    for recorded in (tmp_path / "gone.pt", tmp_path / "other.pt"):
+        copy = tmp_path / f"cache_{recorded.stem}"
+        shutil.copytree(full_cache, copy)
+        (tmp_path / "other.pt").write_bytes(b"not the teacher")
+        (copy / "build.json").write_text(json.dumps({"teacher_path": str(recorded)}))
+        criterion = _criterion(setup, ["--teacher-cache", str(copy)])
+        criterion.eval()
+        with torch.no_grad():
+            _, _, log = criterion(setup["model"], batch)
+        assert "kd_loss" not in log and torch.isfinite(log["loss"])
 
 
 def test_builder_cli_errors_are_one_line(data, teacher, tmp_path, capsys):

@@ -21,8 +21,11 @@ Where the teacher's logits come from (``get_teacher_logits``):
 * ``--teacher-cache DIR`` (built by ``python -m fairseq_plugin.teacher_cache build``): during
   training steps, read by sample id from the cache; the teacher is never run.
 * ``--teacher-path CKPT[:CKPT...]``: the live teacher(s), loaded lazily on the first batch.
+* Validation batches of a cache-only run (their sample ids are not the cache's): the live teacher
+  the cache was built from, when that file is still where the build recorded it and its sha256 is
+  the cache's, so validation loss (and ``checkpoint_best``) equal a live-teacher run's.
 * Evaluation without a usable teacher (``fairseq-validate`` on a student whose teacher file has
-  been moved, or validation batches of a cache-only run, whose sample ids are not the cache's):
+  been moved, or a cache-only run whose teacher is gone):
   the KD term is skipped and logged once; ``loss`` is then the label-smoothed CE term while
   ``nll_loss``/``ppl`` are unchanged. A training step without its teacher is an error.
 
@@ -198,6 +201,7 @@ class LskdCriterion(FairseqCriterion):
         self.cache_dir = os.path.expanduser(str(teacher_cache or "").strip())
         self._cache = None  # opened on the first training step (evaluation never needs it)
         self._skip_logged = False
+        self._eval_teacher: Optional[str] = None  # cache only: the checkpoint it was built from
         if not self.teacher_paths and not self.cache_dir and self.beta > 0:
             raise CriterionConfigError(
                 f"teacher_path is required when kd_beta > 0 (got kd_beta={self.beta}); pass "
@@ -266,9 +270,21 @@ class LskdCriterion(FairseqCriterion):
             self._skip_kd(f"teacher {self.missing_teachers[0]} not found")
             return None
         if not self.teacher_paths:  # cache only, evaluation: valid sample ids are not the cache's
-            self._skip_kd("the teacher cache covers the training set only (pass --teacher-path to "
-                          "validate with the live teacher)")
-            return None
+            if self._eval_teacher is None:
+                from ..teacher_cache import recorded_teacher
+
+                self._eval_teacher = recorded_teacher(self.cache_dir) or ""
+            if not self._eval_teacher:
+                self._skip_kd("the teacher cache covers the training set only and the teacher it was "
+                              "built from is not available (pass --teacher-path to validate with it)")
+                return None
+            # The cache's own teacher (same sha256): validation loss, and so checkpoint_best, are
+            # those of a live-teacher run.
+            ensemble = get_teacher((self._eval_teacher,), self.task, unsafe=self.unsafe_load)
+            param = next(model.parameters())
+            logits = ensemble.to(param.device, param.dtype).kd_logits(
+                sample["net_input"], self.kd_temperature, self.topk)
+            return self._strip_prefix(logits)
         return self._strip_prefix(self.teacher_kd_logits(model, sample))
 
     # -- loss ----------------------------------------------------------------------------------
