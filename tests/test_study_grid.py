@@ -224,9 +224,23 @@ def test_bleu_of_a_generate_run_is_detokenised_sacrebleu(tmp_path):
     detok_hyps = ["das ist ein kleines haus.", "ich habe es gesehen, oder?"]
     want = sacrebleu.metrics.BLEU(lowercase=True).corpus_score(detok_hyps, [refs]).score
     assert extra["bleu"] == pytest.approx(want, abs=1e-3) and "bleu_tok" in extra
-    (rdir / "generate-test.txt").write_text("no decodes here\n", encoding="utf-8")
-    extra, err = S.get_task("translation").complete_result(run, rdir)
-    assert extra == {} and "no H-/T- line pairs" in err
+
+
+def test_bleu_scorer_failure_is_the_run_error(tmp_path, monkeypatch):
+    """A scorer exit status != 0 fails the run with the scorer's last line (no subprocess here:
+    the real scorer's error lines are tested in test_fairseq_hardening)."""
+    import subprocess
+
+    from lskd_core.study.tasks import translation as tr
+
+    def fake_run(argv, **kw):
+        assert argv[1:3] == ["-m", "fairseq_plugin.bleu"] and "--json" in argv and "--lowercase" in argv
+        return subprocess.CompletedProcess(argv, 2, "", "warning\nbleu: gen.txt: no H-/T- line pairs found\n")
+
+    monkeypatch.setattr(tr.subprocess, "run", fake_run)
+    extra, err = tr.score_bleu(tmp_path / "gen.txt", "de", None)
+    assert extra == {} and err == ("BLEU scoring failed (python -m fairseq_plugin.bleu): "
+                                   "bleu: gen.txt: no H-/T- line pairs found")
 
 
 # ------------------------------------------------------------------------------------------------
