@@ -104,11 +104,15 @@ def markdown(summary: Mapping[str, Any]) -> str:
     else:
         lines.append(f"Val top-1 {rec['value']:.2f} % at its last level (one seed: no interval).")
     others = [c for c in conf["indistinguishable"] if tuple(c) != pick]
+    n_fin = len(conf["finalists"])
     if conf["level"] == st.CLEAR:
-        lines.append("Confidence: clear; no other finalist could be the best (Holm-controlled, 95 %).")
+        lines.append(f"Confidence: clear among the {n_fin} finalist(s) (the cells trained to the full schedule): "
+                     "no other finalist could be the best (Holm-controlled, 95 %).")
     else:
-        lines.append(f"Confidence: {conf['level']}; cells that cannot be told apart from the best: "
+        lines.append(f"Confidence: {conf['level']}; finalists that cannot be told apart from the best: "
                      + (", ".join(_name(c) for c in others) or "none besides the pick") + ".")
+    lines.append("The cells stopped earlier were compared on fewer epochs or seeds only: early values can rank "
+                 "cells differently from their final accuracy, and no interval covers that.")
     vs = conf.get("vs_runner_up")
     if vs:
         ci = vs.get("ci")
