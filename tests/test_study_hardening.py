@@ -442,3 +442,68 @@ def test_a_file_system_without_locks_is_one_line_not_a_false_holder(tmp_path, ca
     assert cli.main(["--out", str(tmp_path / "s"), "--seeds", "1", "--no-progress"]) == 2
     line = _one_error(capsys)
     assert "study.lock" in line and "in use" not in line
+
+
+_RUNNER = r"""
+import json, sys
+from pathlib import Path
+from lskd_core import study as S
+
+class Blocking(S.LocalLauncher):
+    '''Real child processes in their own sessions, as the local launcher starts them; each waits
+    for a go file (whenever it appears: no timing involved), then writes a trainer's outputs.'''
+
+    def start(self, run, argv, env, log_path, cwd=None, after=()):
+        code = ("import sys, json, pathlib, time; d = pathlib.Path(sys.argv[1]); go = pathlib.Path(sys.argv[2])\n"
+                "while not go.exists():\n    time.sleep(0.01)\n"
+                "(d / 'checkpoint.pth').write_bytes(b'w'); "
+                "(d / 'result.json').write_text(json.dumps({'status': 'done', 'val_acc1': 33.0, 'val_acc5': 90.0}))")
+        return super().start(run, [sys.executable, "-c", code, str(Path(log_path).parent), sys.argv[3]], env,
+                             log_path, cwd, after)
+
+cfg = S.load_config(overrides=json.loads(sys.argv[2]))
+S.run_study(cfg, sys.argv[1], launcher=Blocking(), report=False, progress=False)
+"""
+
+
+def test_sigkilled_runner_its_surviving_run_is_collected_not_duplicated(tmp_path):
+    """The issue's scenario with real processes: a runner is SIGKILLed while its first run is in
+    flight; the run survives in its own session; the next runner waits for it and starts no
+    duplicate. Ordering comes from a go file the runs wait for, not from timing."""
+    import signal
+
+    # provenance "version": two processes hash the same runs even while the source tree is being
+    # edited (helpers at work); the code digest has its own tests
+    over = {"seeds": 1, "temperatures": [1, 2], "alphas": [0, 0.1], "analysis": False, "jobs": 2,
+            "provenance": "version"}
+    if "cache" in _FIELDS:
+        over["cache"] = False
+    study = tmp_path / "s"
+    go = tmp_path / "go"
+    runner = subprocess.Popen([sys.executable, "-c", _RUNNER, str(study), json.dumps(over), str(go)],
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    launches = [study / "runs" / t / "launch.json" for t in ("teacher_a0", "teacher_a0.1")]  # jobs = 2
+    deadline = time.monotonic() + 120
+    while not all(p.exists() and "pid" in p.read_text() for p in launches):  # both teachers started
+        assert runner.poll() is None and time.monotonic() < deadline, "the runner did not start its runs"
+        time.sleep(0.05)
+    handles = [json.loads(p.read_text()) for p in launches]
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    assert all(process_alive(h["pid"], h.get("proc_start")) for h in handles)  # the runs outlived their runner
+
+    def echo(msg):  # the new runner waits for the survivors: let them finish now
+        if "still running from an earlier runner" in msg and "teacher_a0.1" in msg:
+            go.touch()
+
+    fake = _TorchFake()
+    try:
+        out = _run(S.load_config(overrides=over), study, fake, echo)
+    finally:
+        for h in handles:
+            if process_alive(h["pid"], h.get("proc_start")):
+                os.killpg(h["pid"], signal.SIGKILL)
+    assert out.ok and sorted(out.adopted) == ["teacher_a0", "teacher_a0.1"]
+    assert sorted(fake.started) == ["student_a0.1_T1_s0", "student_a0.1_T2_s0", "student_a0_T1_s0", "student_a0_T2_s0"]
+    for t in ("teacher_a0", "teacher_a0.1"):  # the survivors' own results
+        assert json.loads((study / "runs" / t / "result.json").read_text())["val_acc1"] == 33.0
