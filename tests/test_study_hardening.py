@@ -285,6 +285,19 @@ def test_input_damaged_after_it_finished_is_not_read_and_is_rerun_next_time(tmp_
     assert out2.ok and set(again.started) == {"teacher_a0", "student_a0_T1_s0", "student_a0_T2_s0"}
 
 
+def test_a_damaged_checkpoint_is_not_resumed_from(tmp_path):
+    cfg = _cfg()
+    _run(cfg, tmp_path, _TorchFake())
+    teacher = {r.run_id: r for r in S.build_plan(cfg)}["teacher_a0"]
+    rdir = tmp_path / "runs/teacher_a0"
+    (rdir / "result.json").unlink()  # killed before it finished: resumable
+    assert S.inspect_run(teacher, tmp_path, {}).status == "resume"
+    ckpt = rdir / "checkpoint.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[:-50])
+    st = S.inspect_run(teacher, tmp_path, {})
+    assert st.status == "corrupt" and "checkpoint.pth" in st.reason
+
+
 def test_same_size_damage_and_unrecorded_damage_are_caught(tmp_path):
     import torch
 

@@ -206,6 +206,9 @@ def inspect_run(run: Run, study: Path, deps_fp: Mapping[str, Optional[str]], str
         # presence means it finished.
         return RunState("done", "outputs present (externally dispatched)")
     if run.resume_flag and (rdir / "checkpoint.pth").exists():
+        damaged = _zip_problem(rdir / "checkpoint.pth")
+        if damaged:  # e.g. the disk filled while it was written: start over rather than resume from it
+            return RunState("corrupt", f"cannot resume: {damaged}")
         return RunState("resume", "checkpoint.pth of the same config")
     return RunState("restart", "unfinished")
 
