@@ -14,11 +14,14 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
 
-__all__ = ["StudyConfig", "load_config", "read_config_file", "read_preset", "available_presets", "PRESET_DIR"]
+if TYPE_CHECKING:
+    from lskd_core.study.tasks.base import TaskBackend
+
+__all__ = ["StudyConfig", "load_config", "check_models", "read_config_file", "read_preset", "available_presets", "PRESET_DIR"]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -99,6 +102,10 @@ class StudyConfig:
     # how runs are started: a name of lskd_core.study.launchers.LAUNCHERS, or a [launcher] table
     # with kind = "<name>" and that launcher's settings (the SLURM launcher's resources per run kind)
     launcher: Any = "local"
+    # what besides its command defines a run's hash (lskd_core.study.provenance): "code" (lskd's and
+    # the frameworks' versions + a digest of the source the run executes) or "version" (versions only:
+    # the documented escape hatch to keep results across source edits that the user vouches for)
+    provenance: str = "code"
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -129,6 +136,7 @@ class StudyConfig:
         _validate_analysis(self)
         _validate_teachers_and_cache(self)
         _validate_execution(self)
+        _validate_against_task(self, backend)
         return self
 
 
@@ -307,6 +315,39 @@ def _validate_teachers_and_cache(cfg: StudyConfig) -> None:
                              f"in alphas, got alphas = {cfg.alphas}; or set matched_temperatures = []")
 
 
+def _validate_against_task(cfg: StudyConfig, backend: "TaskBackend") -> None:
+    """Settings checked against the dataset and the model registry, before any compute: class ids
+    below the class count, sample caps that keep every class, model names the task can build."""
+    if cfg.provenance not in ("code", "version"):
+        raise ValueError(f"provenance must be \"code\" or \"version\", got {cfg.provenance!r}")
+    n = backend.num_classes(cfg)
+    if n is None:
+        return
+    where = f"dataset {cfg.dataset!r} has {n} classes (ids 0..{n - 1})"
+    for name in ("target_classes", "projection_classes"):
+        bad = [c for c in getattr(cfg, name) if c >= n]
+        if bad:
+            raise ValueError(f"{name} {bad} out of range: {where}; use ids below {n}")
+    if cfg.profile_class is not None and not 0 <= cfg.profile_class < n:
+        raise ValueError(f"profile_class {cfg.profile_class} out of range: {where}; use an id below {n}")
+    for name in ("train_samples", "val_samples", "analysis_train_samples", "analysis_val_samples"):
+        cap = getattr(cfg, name)
+        if cap is not None and cap < n:
+            raise ValueError(f"{name} = {cap} is below the number of classes ({where}): the stratified subset "
+                             f"needs at least one sample per class; use {name} >= {n}, or 0 for all samples")
+
+
+def check_models(cfg: StudyConfig) -> None:
+    """ValueError naming a model setting the task cannot build. Separate from :meth:`StudyConfig.validate`
+    because asking the plugin's registry imports the framework (seconds): the CLI calls it once
+    before dispatching anything; it says nothing when the plugin is not installed here."""
+    from lskd_core.study.tasks import get_task
+
+    problem = get_task(cfg.task).model_problem(cfg)
+    if problem:
+        raise ValueError(problem)
+
+
 def _validate_execution(cfg: StudyConfig) -> None:
     """Processes per run, runs at a time, data-loading workers and the launcher."""
     from lskd_core.study.launchers import LAUNCHERS, launcher_spec
@@ -359,9 +400,15 @@ def read_config_file(path: "os.PathLike[str] | str") -> dict:
     suffix = p.suffix.lower()
     if suffix not in (".toml", ".json"):
         raise ValueError(f"config file must end in .json or .toml, got {str(p)!r}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {str(p)!r} is not UTF-8 text; save it as UTF-8") from None
     try:
         data = _load_toml(text, p) if suffix == ".toml" else json.loads(text)
+    except RecursionError:
+        raise ValueError(f"config file {str(p)!r} is nested too deeply to be a study config; "
+                         "settings are at most a few tables deep") from None
     except ValueError as exc:
         if "tomllib" in str(exc):
             raise

@@ -7,6 +7,7 @@ from here.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import sys
@@ -142,6 +143,7 @@ class Run:
 def build_plan(cfg: "StudyConfig") -> List[Run]:
     """All runs of the study in dependency order (from the task backend), with their hashes filled
     in: a run's hash covers its defining command and the hashes of the runs it depends on."""
+    from lskd_core.study.provenance import run_provenance
     from lskd_core.study.tasks import get_task  # the backends import this module
 
     runs = get_task(cfg.task).build_runs(cfg)
@@ -152,7 +154,9 @@ def build_plan(cfg: "StudyConfig") -> List[Run]:
         for d in r.deps:
             if d not in by_id:
                 raise AssertionError(f"run {r.run_id} depends on {d}, which is not planned before it")
-        r.hash = sha256_json({"run": r.defining(cfg.nproc), "deps": {d: by_id[d].hash for d in r.deps}})
+        # provenance: the code and framework versions that execute it (lskd_core.study.provenance)
+        r.hash = sha256_json({"run": r.defining(cfg.nproc), "deps": {d: by_id[d].hash for d in r.deps},
+                              "provenance": run_provenance(r, cfg)})
         by_id[r.run_id] = r
     return runs
 
@@ -186,10 +190,12 @@ def run_command(run: Run, study: Path, cfg: "StudyConfig", resume: bool = False)
     subs = {"{study}": str(study), "{run}": str(rdir)}
     subs.update(get_task(cfg.task).placeholders(run.args))
 
+    # One pass over each argument: substituted text (e.g. an --out path holding "{run}") is never
+    # scanned again for placeholders. Longest first, so no placeholder shadows a longer one.
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(subs, key=len, reverse=True)))
+
     def sub(a: str) -> str:
-        for k, v in subs.items():
-            a = a.replace(k, v)
-        return a
+        return pattern.sub(lambda m: subs[m.group(0)], a)
 
     args = [sub(a) for a in run.args]
     if resume and run.resume_flag:

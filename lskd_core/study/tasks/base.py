@@ -97,3 +97,13 @@ class TaskBackend(ABC):
     def not_applicable_note(self) -> str:
         """Markdown standing in for the analyses that do not apply (empty when all apply)."""
         return ""
+
+    # ------------------------------------------------------------------ up-front checks
+    def num_classes(self, cfg: "StudyConfig") -> Optional[int]:
+        """The dataset's class count, for checking class ids and sample caps before any compute
+        (None: not applicable or not known yet)."""
+        return None
+
+    def model_problem(self, cfg: "StudyConfig") -> Optional[str]:
+        """One line naming a model setting the task cannot build, and the remedy (None: fine or unknown)."""
+        return None

@@ -12,7 +12,7 @@ as text; the core never imports the plugin.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple
 
 from lskd_core.classsets import FASHION_MNIST_CLASSES
 from lskd_core.jsonio import num
@@ -248,6 +248,16 @@ class VisionTask(TaskBackend):
             raise ValueError(f"dataset must be fashion-mnist, imagefolder or cub, got {cfg.dataset!r}")
         if cfg.dataset != "fashion-mnist" and not cfg.data_path:
             raise ValueError(f"data_path is required for dataset {cfg.dataset!r}")
+
+    def num_classes(self, cfg: "StudyConfig") -> Optional[int]:
+        from lskd_core.study.tasks.vision_checks import dataset_class_count
+
+        return dataset_class_count(cfg)
+
+    def model_problem(self, cfg: "StudyConfig") -> Optional[str]:
+        from lskd_core.study.tasks.vision_checks import model_name_problem
+
+        return model_name_problem(cfg)
 
     def build_runs(self, cfg: "StudyConfig") -> List[Run]:
         """Teachers (one per alpha), students (alpha x T x seed), then feature exports for the analyses."""
