@@ -243,6 +243,28 @@ def test_source_digest_covers_every_py_file_and_nothing_else(tmp_path):
     P._dir_digest.cache_clear()
 
 
+def test_analysis_only_code_does_not_enter_the_digest(tmp_path):
+    """Editing the report or the advisor (code no run executes) keeps trained runs valid; editing
+    any other lskd_core code (the study's match run, the losses) does not."""
+    pkg = tmp_path / "core"
+    for sub in ("report", "advise", "study"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "m.py").write_text("x = 1\n")
+    (pkg / "losses.py").write_text("y = 1\n")
+    skip = P._ANALYSIS_ONLY
+    assert set(skip) == {"report", "advise"}
+    base = P._dir_digest(str(pkg), skip)
+    for sub in ("report", "advise"):
+        (pkg / sub / "m.py").write_text("x = 2\n")
+        P._dir_digest.cache_clear()
+        assert P._dir_digest(str(pkg), skip) == base
+    for f in (pkg / "study" / "m.py", pkg / "losses.py"):
+        f.write_text("z = 3\n")
+        P._dir_digest.cache_clear()
+        assert P._dir_digest(str(pkg), skip) != base
+    P._dir_digest.cache_clear()
+
+
 def _public(version: str) -> str:
     """A wheel's metadata version without the local build tag that ``__version__`` may add (+cu130)."""
     return version.split("+")[0]

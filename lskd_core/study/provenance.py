@@ -1,8 +1,9 @@
 """Provenance of a run: which code and which framework versions produce it.
 
 A run's hash (:func:`lskd_core.study.plan.build_plan`) covers :func:`run_provenance`: lskd's
-version, a digest of the source it executes (every ``.py`` file of ``lskd_core`` and of the plugin
-the run's command uses, in sorted order) and the versions of the host framework the plugin runs
+version, a digest of the source it executes (every ``.py`` file of ``lskd_core`` -- except the
+analysis-only ``report/`` and ``advise/``, which no run executes -- and of the plugin the run's
+command uses, in sorted order) and the versions of the host framework the plugin runs
 on (torch + torchvision for ``vision_plugin``; torch + fairseq for ``fairseq_plugin``), read from
 package metadata without importing the framework. Changing the code therefore re-runs the runs
 it defines instead of silently mixing their results with old ones.
@@ -70,12 +71,20 @@ def _package_dir(name: str) -> Optional[Path]:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+#: lskd_core subpackages that only read finished runs (the report, the advisor's summaries): no run
+#: executes them, so editing them must not invalidate trained runs
+_ANALYSIS_ONLY = ("report", "advise")
+
+
 @functools.lru_cache(maxsize=None)
-def _dir_digest(path: str) -> str:
-    """sha256 over (relative path, bytes) of every .py file under ``path``, in sorted order."""
+def _dir_digest(path: str, skip: Tuple[str, ...] = ()) -> str:
+    """sha256 over (relative path, bytes) of every .py file under ``path`` outside the top-level
+    folders ``skip``, in sorted order."""
     root = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts):
+    files = (p for p in root.rglob("*.py")
+             if "__pycache__" not in p.parts and p.relative_to(root).parts[0] not in skip)
+    for f in sorted(files):
         h.update(f.relative_to(root).as_posix().encode() + b"\0")
         h.update(f.read_bytes())
         h.update(b"\0")
@@ -85,7 +94,7 @@ def _dir_digest(path: str) -> str:
 def source_digest(plugin: Optional[str]) -> str:
     """Digest of the source a run executes: lskd_core, plus ``plugin`` when it has one (a plugin
     that is not installed contributes ``absent``)."""
-    parts = {"lskd_core": _dir_digest(str(_CORE_DIR))}
+    parts = {"lskd_core": _dir_digest(str(_CORE_DIR), _ANALYSIS_ONLY)}
     if plugin is not None:
         pdir = _package_dir(plugin)
         parts[plugin] = _dir_digest(str(pdir)) if pdir is not None else "absent"
