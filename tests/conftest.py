@@ -1,16 +1,96 @@
-"""Shared helpers: independent reference formulas for eta (Eq. 1) and App. K, and an in-process CLI.
+"""Shared test set-up: the repository root and a child-process environment, skip markers for
+optional offline data (Fashion-MNIST, WordNet), independent reference formulas (eta, Eq. 1 and
+App. K; entropy; t intervals) and small helpers that several test files used to copy.
 
-The references are written from the paper's text with plain numpy loops, sharing no code with
-lskd_core, so a wrong R, a flipped sign or a swapped set in the library fails the tests.
+The references are written from the paper's text with plain numpy loops (or scipy), sharing no
+code with lskd_core, so a wrong R, a flipped sign or a swapped set in the library fails the tests.
+Import them with ``from conftest import ...`` (pytest puts tests/ on sys.path).
 """
 
 import contextlib
+import hashlib
 import io
-from typing import List, Optional, Sequence, Tuple
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
+# ------------------------------------------------------------------------------------------------
+# environment
+# ------------------------------------------------------------------------------------------------
+def subprocess_env(*, threads: Optional[str] = "1", **extra: str) -> Dict[str, str]:
+    """os.environ for a child process that imports this checkout: the repo first on PYTHONPATH,
+    LSKD_DEBUG dropped (so one-line errors stay one line), OMP_NUM_THREADS = ``threads`` unless
+    None. One intra-op thread by default: on a small machine shared with other jobs, OpenMP threads
+    that spin-wait for a descheduled sibling make 2-thread runs many times slower, not faster."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("LSKD_DEBUG", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------
+# skip markers for optional offline data
+# ------------------------------------------------------------------------------------------------
+def _wordnet_dir() -> str:
+    from lskd_core.wordnet import DEFAULT_WORDNET_DIR  # light: no numpy/torch
+
+    return os.environ.get("LSKD_WORDNET_DIR") or DEFAULT_WORDNET_DIR
+
+
+WORDNET_DIR = _wordnet_dir()
+HAVE_WORDNET = os.path.isfile(os.path.join(WORDNET_DIR, "data.noun"))
+needs_wordnet = pytest.mark.skipif(
+    not HAVE_WORDNET, reason=f"WordNet 3.0 data.noun not found in {WORDNET_DIR} "
+    f"(install the Debian package wordnet-base or set LSKD_WORDNET_DIR)")
+
+# Marker, not a skipif: where the data lives is the trainer's own rule (vision_plugin.datasets),
+# which imports torch; it is looked up only when a marked test is about to run.
+needs_fashion_mnist = pytest.mark.fashion_mnist
+
+
+def fashion_mnist_dir() -> Path:
+    """Where the trainer looks for Fashion-MNIST by default ($LSKD_FASHION_MNIST_DIR or the Debian path)."""
+    from vision_plugin.datasets import fashion_mnist_dir as trainer_dir
+
+    return trainer_dir(None)
+
+
+def have_fashion_mnist() -> bool:
+    root = fashion_mnist_dir()
+    return (root / "train-images-idx3-ubyte.gz").is_file() or (root / "train-images-idx3-ubyte").is_file()
+
+
+def require_fashion_mnist() -> None:
+    """Skip the calling test (with the remedy) when Fashion-MNIST is not installed."""
+    if not have_fashion_mnist():
+        pytest.skip(f"Fashion-MNIST not installed at {fashion_mnist_dir()} (apt-get install dataset-fashion-mnist "
+                    "or set LSKD_FASHION_MNIST_DIR)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fashion_mnist: needs the offline Fashion-MNIST (Debian dataset-fashion-mnist); "
+                            "skipped with the remedy where it is missing")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("fashion_mnist") is not None:
+        require_fashion_mnist()
+
+
+# ------------------------------------------------------------------------------------------------
+# reference formulas
+# ------------------------------------------------------------------------------------------------
 def _centroid(x: np.ndarray, labels: np.ndarray, c: int) -> np.ndarray:
     rows = [x[i].astype(np.float64) for i in range(len(labels)) if labels[i] == c]
     return sum(rows) / len(rows)
@@ -69,6 +149,111 @@ def eta_projected_reference(before, after, target, s1, s2) -> Tuple[float, float
         x, lab, w, b = f
         return [projected_mean_distance(x, lab, w, b, target, k, span) for k in list(s1) + list(s2)]
     return eta_from_cluster_distances(dists(before), dists(after), len(s1))
+
+
+def eta_from_centroids(c1: np.ndarray, c2: np.ndarray, target: int, s1: Sequence[int],
+                       s2: Sequence[int]) -> Tuple[float, float]:
+    """Eq. 1 from class centroids [K, D] before (c1) and after (c2): squared centroid distances."""
+    def dists(c):
+        return [float(((c[target] - c[k]) ** 2).sum()) for k in list(s1) + list(s2)]
+    return eta_from_cluster_distances(dists(c1), dists(c2), len(s1))
+
+
+def mean_entropy_reference(logits, temperature: float) -> float:
+    """Mean Shannon entropy (nats) of softmax(logits / T) over rows, by scipy in float64."""
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    return float(np.mean(entropy(softmax(np.asarray(logits, np.float64) / temperature, axis=1), axis=1)))
+
+
+def centered(n: int, sd: float = 1.0) -> np.ndarray:
+    """A fixed pattern of n values with mean exactly 0 and sample sd exactly ``sd``."""
+    z = np.arange(n, dtype=float) - (n - 1) / 2
+    return z / z.std(ddof=1) * sd
+
+
+def values_with_p(n: int, p: float, sd: float = 1.0, one_sided: bool = False) -> np.ndarray:
+    """n values whose one-sample t-test p (two-sided unless ``one_sided``) is exactly ``p``."""
+    from scipy import stats
+
+    t = stats.t.isf(p if one_sided else p / 2, n - 1)
+    return centered(n, sd) + t * sd / math.sqrt(n)
+
+
+def t_interval(mean: float, se: float, df: float, level: float = 0.95) -> Tuple[float, float]:
+    """The textbook t interval mean +- t_{df, (1 + level) / 2} * se."""
+    from scipy import stats
+
+    q = stats.t.ppf(1 - (1 - level) / 2, df)
+    return mean - q * se, mean + q * se
+
+
+def t_ci(values) -> Tuple[float, float]:
+    """95 % t interval of the mean of ``values`` (se = sample sd / sqrt(n))."""
+    v = np.asarray(values, float)
+    return t_interval(float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))), len(v) - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def tree_hashes(root: Path) -> Dict[str, str]:
+    """sha256 of every file under ``root``, by relative path (byte-identical trees compare equal)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def synthetic_study(study: Path, accs: dict, shift: float = 0.3):
+    """A finished vision study by hand (no training): manifest, run configs, given teacher/student
+    accuracies ``accs[(kind, alpha, T, seed)]`` (70 otherwise) and export features in which the T=3
+    students' class-0 features moved towards class 6 by ``shift``."""
+    from lskd_core import study as S
+    from lskd_core.classsets import FASHION_MNIST_CLASSES
+    from lskd_core.features_io import save_features
+
+    cfg = S.load_config(overrides={"seeds": 2, "temperatures": [1, 3], "target_classes": [0, 5],
+                                   "projection_classes": [0, 6, 7]})
+    plan = S.build_plan(cfg)
+    S.write_manifest(study, cfg, plan)
+    rng = np.random.default_rng(0)
+    k, dim = 10, 12
+    centers = np.eye(k, dim) * 6.0
+    for r in plan:
+        d = study / "runs" / r.run_id
+        d.mkdir(parents=True)
+        S.write_run_config(r, study, cfg, S.run_command(r, study, cfg), {}, "study")
+        if r.kind in ("teacher", "student"):
+            key = (r.kind, r.info["alpha"], r.info.get("temperature"), r.info["seed"])
+            acc = accs.get(key, 70.0)
+            (d / "checkpoint.pth").write_bytes(b"w")
+            (d / "result.json").write_text(json.dumps({
+                "status": "done", "val_acc1": acc, "val_acc5": 99.0, "val_per_class_acc": [acc] * k,
+                "num_classes": k, "class_names": FASHION_MNIST_CLASSES}))
+        else:
+            lab = np.repeat(np.arange(k), 30)
+            c = centers.copy()
+            if r.info.get("temperature") == 3:
+                c[0] = (1 - shift) * c[0] + shift * c[6]
+            feats = (c[lab] + rng.normal(size=(lab.size, dim)) * 0.5).astype(np.float32)
+            w = centers[:, :] / 6.0
+            logits = feats @ w.T
+            save_features(d / "features.npz", feats, lab, class_names=FASHION_MNIST_CLASSES, weight=w,
+                          bias=np.zeros(k), logits=logits.astype(np.float32))
+            (d / "result.json").write_text(json.dumps({"status": "done"}))
+    return cfg
+
+
+def run_ids(plan) -> List[str]:
+    return [r.run_id for r in plan]
+
+
+def vision_cli(argv: List[str], capsys) -> Tuple[int, str]:
+    """The vision trainer's CLI in-process: (exit code, stderr)."""
+    from vision_plugin.train import cli
+
+    code = cli(argv)
+    return code, capsys.readouterr().err
 
 
 def run_main(main, argv: List[str]) -> Tuple[int, str, str]:

@@ -1,13 +1,12 @@
 """S1/S2 selection (App. G): WordNet, JSON parent maps, Fashion-MNIST, feature space, agreement."""
 
 import json
-import os
 
 import numpy as np
 import pytest
+from conftest import WORDNET_DIR, needs_wordnet
 
 from lskd_core.classsets import (
-    DEFAULT_WORDNET_DIR,
     FASHION_MNIST_CLASSES,
     ClassHierarchy,
     fashion_mnist_parents,
@@ -20,12 +19,6 @@ from lskd_core.classsets import (
     wnid_to_offset,
     wordnet_parents,
 )
-
-WORDNET_DIR = os.environ.get("LSKD_WORDNET_DIR") or DEFAULT_WORDNET_DIR
-HAVE_WORDNET = os.path.isfile(os.path.join(WORDNET_DIR, "data.noun"))
-needs_wordnet = pytest.mark.skipif(
-    not HAVE_WORDNET, reason=f"WordNet 3.0 data.noun not found in {WORDNET_DIR} "
-    f"(install the Debian package wordnet-base or set LSKD_WORDNET_DIR)")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import eta_projected_reference, eta_reference
 
 from lskd_core.diffusion import (
     class_accuracy,
@@ -117,19 +118,11 @@ def test_eta_invariant_to_sample_permutation_and_scale():
 def test_eta_against_independent_formula():
     fb, fa, lab = _random_pair(seed=3)
     s1, s2 = [1, 3], [0, 5, 6]
-
-    def eta_direct(F1, F2, S):
-        c1 = np.stack([F1[lab == c].mean(0) for c in range(7)])
-        c2 = np.stack([F2[lab == c].mean(0) for c in range(7)])
-        R1 = sum(((c1[2] - c1[k]) ** 2).sum() for k in s1 + s2)
-        R2 = sum(((c2[2] - c2[k]) ** 2).sum() for k in s1 + s2)
-        ch = [(((c2[2] - c2[k]) ** 2).sum() / R2 - ((c1[2] - c1[k]) ** 2).sum() / R1)
-              / (((c1[2] - c1[k]) ** 2).sum() / R1) for k in S]
-        return 100 * np.mean(ch)
+    ref_s1, ref_s2 = eta_reference(fb, lab, fa, lab, 2, s1, s2)
 
     out = diffusion_index(class_stats(fb, lab), class_stats(fa, lab), 2, s1, s2)
-    assert out["eta_s1"] == pytest.approx(eta_direct(fb, fa, s1), rel=1e-10)
-    assert out["eta_s2"] == pytest.approx(eta_direct(fb, fa, s2), rel=1e-10)
+    assert out["eta_s1"] == pytest.approx(ref_s1, rel=1e-10)
+    assert out["eta_s2"] == pytest.approx(ref_s2, rel=1e-10)
 
 
 def test_pairwise_closed_form_equals_brute_force():
@@ -476,8 +469,6 @@ def test_projected_pairwise_hand_computed():
 
 
 def test_projected_pairwise_eta_against_brute_force():
-    from conftest import eta_projected_reference
-
     rng = np.random.default_rng(3)
     k, d = 7, 12
     labels = rng.integers(0, k, size=90)

@@ -9,34 +9,33 @@ import struct
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import eta_pairwise_sq_reference, eta_projected_reference, eta_reference, run_main
+from conftest import (
+    REPO,
+    eta_pairwise_sq_reference,
+    eta_projected_reference,
+    eta_reference,
+    needs_wordnet,
+    run_main,
+    subprocess_env,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lskd_core.eta as eta_cli
-from lskd_core.classsets import DEFAULT_WORDNET_DIR, FASHION_MNIST_CLASSES
+from lskd_core.classsets import FASHION_MNIST_CLASSES
 from lskd_core.eta import main
 from lskd_core.features_io import save_features
-
-REPO = Path(__file__).resolve().parents[1]
-WORDNET_DIR = os.environ.get("LSKD_WORDNET_DIR") or DEFAULT_WORDNET_DIR
-HAVE_WORDNET = os.path.isfile(os.path.join(WORDNET_DIR, "data.noun"))
-needs_wordnet = pytest.mark.skipif(not HAVE_WORDNET, reason=f"WordNet data.noun not found in "
-                                   f"{WORDNET_DIR} (install wordnet-base or set LSKD_WORDNET_DIR)")
 
 K, D, PER = 10, 8, 12
 
 
 def run_cli(*args):
     """The real console path (python -m), for the few tests that need a separate process."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "lskd_core.eta", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
+                          capture_output=True, text=True, env=subprocess_env(threads=None), cwd=str(REPO), timeout=120)
 
 
 def cli(*args):

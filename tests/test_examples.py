@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ALPHAS = {"0", "0.1"}
 TEMPS = {"1", "2", "3", "64"}
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 HAVE_FAIRSEQ = importlib.util.find_spec("fairseq") is not None
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
@@ -28,7 +27,7 @@ def _load():
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = subprocess_env(threads=None)
     return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--smoke", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
 

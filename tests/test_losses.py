@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import subprocess_env
 from scipy.special import log_softmax as np_log_softmax
 from scipy.special import rel_entr
 from scipy.special import softmax as np_softmax
@@ -30,7 +31,6 @@ from lskd_core.losses import (
     ls_targets,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN2 = math.log(2.0)
 
 
@@ -400,7 +400,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
 
 
 def _extra_peak_bytes(mode: str, rows: int) -> int:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env(threads=None)
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, mode, str(rows)], capture_output=True, text=True, env=env
     )

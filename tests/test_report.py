@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import eta_from_centroids, synthetic_study
 
 from lskd_core import study as S
 from lskd_core.report import compare_cells, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _ids(plan):
-    return [r.run_id for r in plan]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -37,62 +34,12 @@ def test_compare_cells_levels():
 # ------------------------------------------------------------------------------------------------
 # report on a hand-made study (known numbers)
 # ------------------------------------------------------------------------------------------------
-def _eta_eq1(c1: np.ndarray, c2: np.ndarray, target: int, s1, s2):
-    """Eq. 1 written out independently: squared centroid distances normalised over S1 u S2, mean
-    relative change over S, in percent."""
-    def d(c, k):
-        r = sum(((c[target] - c[j]) ** 2).sum() for j in list(s1) + list(s2))
-        return ((c[target] - c[k]) ** 2).sum() / r
-
-    def eta(S):
-        return 100.0 * np.mean([(d(c2, k) - d(c1, k)) / d(c1, k) for k in S])
-
-    return eta(s1), eta(s2)
-
-
-def _synthetic_study(study: Path, accs: dict, shift: float = 0.3):
-    """Runs with given student accuracies; the T=3 students' class-0 features moved towards class 6."""
-    from lskd_core.classsets import FASHION_MNIST_CLASSES
-    from lskd_core.features_io import save_features
-
-    cfg = S.load_config(overrides={"seeds": 2, "temperatures": [1, 3], "target_classes": [0, 5],
-                                   "projection_classes": [0, 6, 7]})
-    plan = S.build_plan(cfg)
-    S.write_manifest(study, cfg, plan)
-    rng = np.random.default_rng(0)
-    k, dim = 10, 12
-    centers = np.eye(k, dim) * 6.0
-    for r in plan:
-        d = study / "runs" / r.run_id
-        d.mkdir(parents=True)
-        S.write_run_config(r, study, cfg, S.run_command(r, study, cfg), {}, "study")
-        if r.kind in ("teacher", "student"):
-            key = (r.kind, r.info["alpha"], r.info.get("temperature"), r.info["seed"])
-            acc = accs.get(key, 70.0)
-            (d / "checkpoint.pth").write_bytes(b"w")
-            (d / "result.json").write_text(json.dumps({
-                "status": "done", "val_acc1": acc, "val_acc5": 99.0, "val_per_class_acc": [acc] * k,
-                "num_classes": k, "class_names": FASHION_MNIST_CLASSES}))
-        else:
-            lab = np.repeat(np.arange(k), 30)
-            c = centers.copy()
-            if r.info.get("temperature") == 3:
-                c[0] = (1 - shift) * c[0] + shift * c[6]
-            feats = (c[lab] + rng.normal(size=(lab.size, dim)) * 0.5).astype(np.float32)
-            w = centers[:, :] / 6.0
-            logits = feats @ w.T
-            save_features(d / "features.npz", feats, lab, class_names=FASHION_MNIST_CLASSES, weight=w,
-                          bias=np.zeros(k), logits=logits.astype(np.float32))
-            (d / "result.json").write_text(json.dumps({"status": "done"}))
-    return cfg
-
-
 def test_report_on_known_numbers(tmp_path):
     accs = {("teacher", 0.0, None, 0): 90.0, ("teacher", 0.1, None, 0): 91.0}
     for s, (a0t1, a1t1, a0t3, a1t3) in enumerate([(80.0, 82.0, 81.0, 78.0), (80.4, 82.6, 81.2, 77.0)]):
         accs.update({("student", 0.0, 1.0, s): a0t1, ("student", 0.1, 1.0, s): a1t1,
                      ("student", 0.0, 3.0, s): a0t3, ("student", 0.1, 3.0, s): a1t3})
-    _synthetic_study(tmp_path, accs)
+    synthetic_study(tmp_path, accs)
     rep = write_report(tmp_path)
     res = json.loads((rep / "results.json").read_text())
     cells = {(c["alpha"], c["temperature"]): c for c in res["accuracy_grid"]["cells"]}
@@ -118,7 +65,7 @@ def test_report_on_known_numbers(tmp_path):
         c3 = np.stack([f3.features[f3.labels == c].mean(0) for c in range(10)]).astype(np.float64)
         for row in tab["rows"]:
             s1, s2 = eta["sets"][tab["sets"]][str(row["target"])]
-            e1, e2 = _eta_eq1(c1, c3, row["target"], s1, s2)
+            e1, e2 = eta_from_centroids(c1, c3, row["target"], s1, s2)
             assert row["eta_s1"] == pytest.approx(e1, rel=1e-4, abs=1e-6)
             assert row["eta_s2"] == pytest.approx(e2, rel=1e-4, abs=1e-6)
             if row["target"] == 0 and tab["sets"] == "hierarchy":

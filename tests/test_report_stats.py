@@ -4,12 +4,10 @@ every seed, and the teacher-variance note, on the hand-made study of test_report
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-from scipy import stats as sps
-from test_report import _eta_eq1, _synthetic_study
+from conftest import eta_from_centroids, synthetic_study, t_ci
 
 from lskd_core import study as S
 from lskd_core.report import write_report
@@ -20,14 +18,8 @@ for _s, (_a, _b, _c, _d) in enumerate([(80.0, 82.0, 81.0, 78.0), (80.4, 82.6, 81
                  ("student", 0.0, 3.0, _s): _c, ("student", 0.1, 3.0, _s): _d})
 
 
-def _t_ci(v):
-    v = np.asarray(v, float)
-    h = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return v.mean() - h, v.mean() + h
-
-
 def test_report_opens_with_the_verdict_and_uses_every_seed(tmp_path):
-    _synthetic_study(tmp_path, ACCS)
+    synthetic_study(tmp_path, ACCS)
     rep = write_report(tmp_path)
     res = json.loads((rep / "results.json").read_text())
     md = (rep / "report.md").read_text()
@@ -39,7 +31,7 @@ def test_report_opens_with_the_verdict_and_uses_every_seed(tmp_path):
     if res["verdict"]["recommended"] is None:  # the rule of thumb is never the default answer
         assert "rule of thumb" not in res["verdict"]["text"]
     # per-cell interval: 82.0, 82.6 -> t interval with 1 df, by hand
-    lo, hi = _t_ci([82.0, 82.6])
+    lo, hi = t_ci([82.0, 82.6])
     assert f"82.30 [{lo:.2f}, {hi:.2f}] (n = 2)" in md
     # trend over every T of the LS teacher's students (2 seeds x T in {1, 3}) = polyfit slope
     x = np.log([1, 1, 3, 3])
@@ -60,12 +52,12 @@ def test_report_opens_with_the_verdict_and_uses_every_seed(tmp_path):
             return np.stack([f.features[f.labels == c].mean(0) for c in range(10)]).astype(np.float64)
 
         c1, c3 = cents(1), cents(3)
-        vals = [_eta_eq1(c1, c3, t, *eta["sets"]["hierarchy"][str(t)])[0] for t in eta["targets"]]
+        vals = [eta_from_centroids(c1, c3, t, *eta["sets"]["hierarchy"][str(t)])[0] for t in eta["targets"]]
         per_seed.append(np.mean(vals))
     over = next(o for o in eta["over_seeds"] if (o["sets"], o["split"], o["variant"]) == ("hierarchy", "train", "eq1"))
     g = next(g for g in over["groups"] if g["alpha"] == 0.1)
     assert g["summary"]["eta_s1"]["estimate"] == pytest.approx(np.mean(per_seed), rel=1e-4)
-    assert g["summary"]["eta_s1"]["ci"] == pytest.approx(list(_t_ci(per_seed)), rel=1e-4)
+    assert g["summary"]["eta_s1"]["ci"] == pytest.approx(list(t_ci(per_seed)), rel=1e-4)
     assert g["summary"]["runs"] == 2
     assert "Over every student seed" in md and "runs showing diffusion" in md
     flag = res["verdict"]["flags"]["ls_diffusion_high_T"]
@@ -73,7 +65,7 @@ def test_report_opens_with_the_verdict_and_uses_every_seed(tmp_path):
 
 
 def test_report_takes_the_teacher_as_the_unit_when_students_have_several(tmp_path):
-    _synthetic_study(tmp_path, ACCS)
+    synthetic_study(tmp_path, ACCS)
     manifest = json.loads((tmp_path / "study.json").read_text())
     for r in manifest["runs"]:
         if r["kind"] == "student":

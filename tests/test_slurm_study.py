@@ -17,15 +17,14 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import slurm_cluster
+from conftest import require_fashion_mnist
 
 from lskd_core import study as S
 from lskd_core.study.launcher_slurm import SlurmLauncher, SlurmSettings
 from lskd_core.study.status import study_status
-from lskd_core.study.tasks.vision import default_fashion_mnist_dir
 
 slurm = slurm_cluster.slurm  # the session fixture
 pytestmark = [pytest.mark.slurm]
-FASHION = Path(default_fashion_mnist_dir())
 
 TINY = {
     "name": "tiny",
@@ -46,11 +45,6 @@ TINY = {
 }
 # jobs of 1 CPU and 1 GB: both CPUs of the test node work at once; squeue is asked twice a second
 SLURM_TABLE = {"kind": "slurm", "poll_interval": 0.5, "cpus_per_task": 1, "mem": "1G", "time": "30"}
-
-
-def _need_data() -> None:
-    if not (FASHION / "train-images-idx3-ubyte.gz").exists() and not (FASHION / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"Fashion-MNIST not installed at {FASHION} (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +83,7 @@ def _launches(study: Path) -> List[dict]:
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_reference(one_thread, tmp_path_factory) -> Path:
-    _need_data()
+    require_fashion_mnist()
     root = tmp_path_factory.mktemp("local")
     out = S.run_study(_config(root, TINY), root / "study", progress=False, echo=lambda s: None)
     assert out.ok, (out.failed, out.blocked)
@@ -98,7 +92,7 @@ def local_reference(one_thread, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def slurm_study(one_thread, slurm, tmp_path_factory) -> Tuple[S.StudyConfig, Path, dict]:
-    _need_data()
+    require_fashion_mnist()
     root = tmp_path_factory.mktemp("slurm")
     cfg = _config(root, TINY, SLURM_TABLE)
     study = root / "study"
@@ -201,7 +195,7 @@ def _epochs(run_dir: Path) -> List[dict]:
 
 @pytest.mark.slow
 def test_student_cancelled_mid_run_is_resubmitted_and_resumes(one_thread, slurm, tmp_path):
-    _need_data()
+    require_fashion_mnist()
     student = "student_a0.1_T2_s0"
     ref = S.run_study(_config(tmp_path, RESUME), tmp_path / "local", progress=False, echo=lambda s: None)
     assert ref.ok

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import mean_entropy_reference
 from scipy.special import softmax as np_softmax
-from scipy.stats import entropy as np_entropy
 
 from lskd_core.smoothness import (
     MAX_PLOT_BARS,
@@ -25,10 +25,6 @@ from lskd_core.smoothness import (
 
 def _logits(n, k, scale=3.0, seed=0):
     return np.random.default_rng(seed).normal(scale=scale, size=(n, k))
-
-
-def scipy_mean_entropy(logits, temperature):
-    return float(np.mean(np_entropy(np_softmax(np.asarray(logits, np.float64) / temperature, axis=1), axis=1)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -53,7 +49,7 @@ def test_entropy_hand_computed():
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 1.481375, 5.638, 64.0])
 def test_mean_entropy_matches_scipy(temperature):
     logits = _logits(301, 37, scale=5.0, seed=1)
-    expected = scipy_mean_entropy(logits, temperature)
+    expected = mean_entropy_reference(logits, temperature)
     assert mean_entropy(logits, temperature) == pytest.approx(expected, rel=1e-10)
     # chunking and input type do not matter
     assert mean_entropy(torch.from_numpy(logits), temperature, chunk_size=7) == pytest.approx(expected, rel=1e-10)
@@ -61,10 +57,10 @@ def test_mean_entropy_matches_scipy(temperature):
 
 def test_half_precision_inputs():
     logits16 = _logits(64, 100, seed=2).astype(np.float16)
-    expected = scipy_mean_entropy(logits16.astype(np.float64), 2.0)
+    expected = mean_entropy_reference(logits16.astype(np.float64), 2.0)
     assert mean_entropy(logits16, 2.0) == pytest.approx(expected, rel=1e-10)
     bf16 = torch.from_numpy(_logits(64, 100, seed=2)).to(torch.bfloat16)
-    assert mean_entropy(bf16, 2.0) == pytest.approx(scipy_mean_entropy(bf16.double().numpy(), 2.0), rel=1e-10)
+    assert mean_entropy(bf16, 2.0) == pytest.approx(mean_entropy_reference(bf16.double().numpy(), 2.0), rel=1e-10)
 
 
 def test_memmap_input(tmp_path):
@@ -74,7 +70,7 @@ def test_memmap_input(tmp_path):
     mm[:] = logits
     mm.flush()
     ro = np.memmap(path, dtype=np.float32, mode="r", shape=logits.shape)
-    assert mean_entropy(ro, 1.5, chunk_size=64) == pytest.approx(scipy_mean_entropy(logits, 1.5), rel=1e-10)
+    assert mean_entropy(ro, 1.5, chunk_size=64) == pytest.approx(mean_entropy_reference(logits, 1.5), rel=1e-10)
 
 
 def test_entropy_table_against_scipy_and_hand_values():
@@ -83,7 +79,7 @@ def test_entropy_table_against_scipy_and_hand_values():
     table = entropy_table(logits, temps, chunk_size=50)
     assert list(table) == temps
     for t in temps:  # scipy.stats.entropy of scipy.special.softmax, row by row: shares no code
-        assert table[t] == pytest.approx(scipy_mean_entropy(logits, t), rel=1e-10)
+        assert table[t] == pytest.approx(mean_entropy_reference(logits, t), rel=1e-10)
     # by hand: logits (0, ln 3) at T = 1 give p = (1/4, 3/4); at T = 2, p = (1, sqrt 3) / (1 + sqrt 3)
     two = np.array([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
     h1 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
@@ -98,7 +94,7 @@ def test_entropy_non_decreasing_in_temperature_with_right_limits():
     values = list(entropy_table(logits, temps).values())
     assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
     # T -> 0: near one-hot targets (a few rows have close top-2 logits at this T)
-    assert values[0] < 0.05 and values[0] == pytest.approx(scipy_mean_entropy(logits, 1e-2), rel=1e-9)
+    assert values[0] < 0.05 and values[0] == pytest.approx(mean_entropy_reference(logits, 1e-2), rel=1e-9)
     assert values[-1] == pytest.approx(math.log(50), abs=1e-6)  # T -> inf: uniform
 
 

@@ -6,16 +6,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import t_interval, values_with_p
 from scipy import stats as sps
 
 from lskd_core import statistics as st
 
 TEMPS = [1.0, 2.0, 4.0, 64.0]
-
-
-def _t_interval(mean, se, df, level=0.95):
-    q = sps.t.ppf(1 - (1 - level) / 2, df)
-    return mean - q * se, mean + q * se
 
 
 def _ols(x, y):
@@ -26,18 +22,6 @@ def _ols(x, y):
     df = len(x) - 2
     s2 = float(resid @ resid) / df
     return float(b), math.sqrt(s2 / float(((x - x.mean()) ** 2).sum())), df
-
-
-def _centered(n, sd=1.0):
-    """A fixed pattern with mean exactly 0 and sample sd exactly ``sd``."""
-    z = np.arange(n, dtype=float) - (n - 1) / 2
-    return z / z.std(ddof=1) * sd
-
-
-def _with_p(n, p, sd=1.0, one_sided=False):
-    """n paired differences whose t-test p (two-sided unless one_sided) is exactly ``p``."""
-    t = sps.t.isf(p if one_sided else p / 2, n - 1)
-    return _centered(n, sd) + t * sd / math.sqrt(n)
 
 
 def _grid(value, alphas=(0.0, 0.1), temps=TEMPS, seeds=range(5), teachers=(0,)):
@@ -62,13 +46,13 @@ def test_records_from_dicts_and_refusals():
 # ------------------------------------------------------------------------------------------------
 # basic intervals
 # ------------------------------------------------------------------------------------------------
-def test_mean_estimate_is_the_textbook_t_interval():
+def test_mean_estimate_is_the_textbookt_interval():
     v = [71.2, 70.4, 72.9, 71.8, 70.1]
     est = st.mean_estimate(v)
     m, se = np.mean(v), np.std(v, ddof=1) / math.sqrt(5)
     assert est["estimate"] == pytest.approx(m)
-    assert est["ci"] == pytest.approx(list(_t_interval(m, se, 4)))
-    assert est["ci80"] == pytest.approx(list(_t_interval(m, se, 4, 0.80)))
+    assert est["ci"] == pytest.approx(list(t_interval(m, se, 4)))
+    assert est["ci80"] == pytest.approx(list(t_interval(m, se, 4, 0.80)))
     assert est["p"] == pytest.approx(sps.ttest_1samp(v, 0).pvalue)
     one = st.mean_estimate([3.0])
     assert one["ci"] is None and one["p"] is None and st.evidence_level(one, 1) == st.NOT_SHOWN
@@ -82,7 +66,7 @@ def test_cell_summaries_every_seed():
     assert c["values"] == [71.0, 72.0, 73.0, 74.0] and c["n_runs"] == 4
     assert c["mean"] == pytest.approx(72.5) and c["std"] == pytest.approx(np.std([0, 1, 2, 3], ddof=1))
     se = np.std([0, 1, 2, 3], ddof=1) / 2
-    assert c["interval"]["ci"] == pytest.approx(list(_t_interval(72.5, se, 3)))
+    assert c["interval"]["ci"] == pytest.approx(list(t_interval(72.5, se, 3)))
     assert c["interval"]["unit"] == "student seed" and not c["interval"]["teacher_variance_sampled"]
 
 
@@ -98,7 +82,7 @@ def test_holm_hand_values():
 @pytest.mark.parametrize("p, level", [(0.049, st.CLEAR), (0.051, st.SUGGESTIVE), (0.19, st.SUGGESTIVE),
                                       (0.21, st.NOT_SHOWN)])
 def test_level_follows_p_at_both_thresholds(p, level):
-    d = _with_p(6, p)
+    d = values_with_p(6, p)
     assert sps.ttest_1samp(d, 0).pvalue == pytest.approx(p, rel=1e-6)  # the construction is right
     est = st.mean_estimate(d)
     assert est["p"] == pytest.approx(p, rel=1e-6)
@@ -163,11 +147,11 @@ def test_trend_matches_polyfit_and_textbook_interval():
     b, se, df = _ols(x, [o.value for o in obs])
     est = tr["slope_per_ln_T"]
     assert est["estimate"] == pytest.approx(b) and est["n"] == 20 and est["df"] == df
-    assert est["ci"] == pytest.approx(list(_t_interval(b, se, df)))
+    assert est["ci"] == pytest.approx(list(t_interval(b, se, df)))
     assert est["p"] == pytest.approx(2 * sps.t.sf(abs(b) / se, df))
     span = math.log(64)
     assert tr["change_over_range"]["estimate"] == pytest.approx(b * span)
-    assert tr["change_over_range"]["ci"] == pytest.approx([x * span for x in _t_interval(b, se, df)])
+    assert tr["change_over_range"]["ci"] == pytest.approx([x * span for x in t_interval(b, se, df)])
 
 
 @pytest.mark.parametrize("sign", [-1, +1])
@@ -194,7 +178,7 @@ def test_interaction_paired_per_seed_slopes():
     m, se = np.mean(d), np.std(d, ddof=1) / math.sqrt(6)
     est = inter["slope_difference_per_ln_T"]
     assert est["n"] == 6 and est["unit"] == "student seed"
-    assert est["estimate"] == pytest.approx(m) and est["ci"] == pytest.approx(list(_t_interval(m, se, 5)))
+    assert est["estimate"] == pytest.approx(m) and est["ci"] == pytest.approx(list(t_interval(m, se, 5)))
     assert inter["change_over_range"]["estimate"] == pytest.approx(m * math.log(64))
     assert st.evidence_level(est, -1) == st.CLEAR
 
@@ -212,7 +196,7 @@ def test_interaction_unpaired_is_welch_of_the_two_slopes():
     df = (s0 ** 2 + s1 ** 2) ** 2 / (s0 ** 4 / d0 + s1 ** 4 / d1)
     est = inter["slope_difference_per_ln_T"]
     assert est["estimate"] == pytest.approx(b1 - b0) and est["df"] == pytest.approx(df)
-    assert est["ci"] == pytest.approx(list(_t_interval(b1 - b0, se, df)))
+    assert est["ci"] == pytest.approx(list(t_interval(b1 - b0, se, df)))
 
 
 def test_interaction_of_a_partial_study_says_why():
@@ -233,14 +217,14 @@ def test_teacher_is_the_unit_when_several_teachers():
                        for k in range(3)] for a in (0.0, 0.1)}
     m, se = np.mean(per_teacher[0.1]), np.std(per_teacher[0.1], ddof=1) / math.sqrt(3)
     assert tr["n"] == 3 and tr["unit"] == "teacher" and tr["teacher_variance_sampled"]
-    assert tr["ci"] == pytest.approx(list(_t_interval(m, se, 2)))
+    assert tr["ci"] == pytest.approx(list(t_interval(m, se, 2)))
     # student-level OLS would call this trend clear; with the teachers' spread it is not
     naive = _ols([math.log(o.temperature) for o in obs if o.alpha == 0.1], [o.value for o in obs if o.alpha == 0.1])
-    assert _t_interval(*naive)[1] < 0 and st.evidence_level(tr, -1) != st.CLEAR
+    assert t_interval(*naive)[1] < 0 and st.evidence_level(tr, -1) != st.CLEAR
     inter = st.interaction(obs, 0.1, 0.0)["slope_difference_per_ln_T"]
     d = np.subtract(per_teacher[0.1], per_teacher[0.0])
     assert inter["n"] == 3 and inter["unit"] == "teacher"
-    assert inter["ci"] == pytest.approx(list(_t_interval(d.mean(), d.std(ddof=1) / math.sqrt(3), 2)))
+    assert inter["ci"] == pytest.approx(list(t_interval(d.mean(), d.std(ddof=1) / math.sqrt(3), 2)))
     cell = next(c for c in st.cell_summaries(obs) if c["alpha"] == 0.1 and c["temperature"] == 64.0)
     assert cell["interval"]["n"] == 3 and cell["teachers"] == 3
     diff = st.cell_difference(obs, (0.1, 64.0), (0.0, 64.0))
@@ -286,7 +270,7 @@ def test_could_be_best_clear_winner_and_ties():
 
 @pytest.mark.parametrize("p, size", [(0.049, 1), (0.051, 2)])
 def test_could_be_best_one_sided_threshold(p, size):
-    d = _with_p(6, p, one_sided=True)
+    d = values_with_p(6, p, one_sided=True)
     assert sps.ttest_1samp(d, 0, alternative="greater").pvalue == pytest.approx(p, rel=1e-6)
     obs = [st.Obs(0.0, 1.0, s, 70.0 + s) for s in range(6)] + [st.Obs(0.1, 1.0, s, 70.0 + s + d[s]) for s in range(6)]
     assert len(st.could_be_best(obs)["set"]) == size
@@ -326,12 +310,12 @@ def test_eta_summary_per_target_and_over_targets():
     t0, t1 = g["targets"]
     assert t0["eta_s1"]["estimate"] == pytest.approx(-2.5)
     se = np.std([-2, -3, -1, -4], ddof=1) / 2
-    assert t0["eta_s1"]["ci"] == pytest.approx(list(_t_interval(-2.5, se, 3)))
+    assert t0["eta_s1"]["ci"] == pytest.approx(list(t_interval(-2.5, se, 3)))
     assert t0["share_diffusion"] == 1.0 and t1["share_diffusion"] == 0.5  # seeds 1 and 3
     runs_s1 = [np.mean(r) for r in s1]
     assert g["summary"]["eta_s1"]["estimate"] == pytest.approx(np.mean(runs_s1))
     assert g["summary"]["eta_s1"]["ci"] == pytest.approx(
-        list(_t_interval(np.mean(runs_s1), np.std(runs_s1, ddof=1) / 2, 3)))
+        list(t_interval(np.mean(runs_s1), np.std(runs_s1, ddof=1) / 2, 3)))
     assert g["summary"]["runs"] == 4 and g["summary"]["share_diffusion"] == 1.0
 
 
@@ -341,7 +325,7 @@ def test_eta_teacher_unit_and_pairwise_keys():
     (g,) = st.eta_summary(_eta_rows(s1, s2, teachers={0: 0, 1: 0, 2: 1, 3: 1}))
     est = g["summary"]["eta_s1"]
     assert est["n"] == 2 and est["unit"] == "teacher"
-    assert est["ci"] == pytest.approx(list(_t_interval(-0.45, np.std([-2.1, 1.2], ddof=1) / math.sqrt(2), 1)))
+    assert est["ci"] == pytest.approx(list(t_interval(-0.45, np.std([-2.1, 1.2], ddof=1) / math.sqrt(2), 1)))
     assert g["summary"]["share_diffusion"] == 0.5
     rows = [{"alpha": 0.1, "t1": 1, "t2": 3, "seed": 0, "target": 2, "eta_s1": 9.0, "eta_s2": 9.0,
              "eta_s1_pairwise": -1.0, "eta_s2_pairwise": 2.0}]

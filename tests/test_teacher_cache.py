@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tree_hashes
 from scipy.special import logsumexp
 
 from lskd_core.losses import kd_loss
@@ -49,11 +50,6 @@ def _build(root, logits, *, aux=None, fingerprint=FP, rows_per_shard=PER_SHARD, 
         writer.write_shard(i, logits[rows.start:rows.stop], None if aux is None else aux[rows.start:rows.stop])
     writer.finalize()
     return writer
-
-
-def _tree_hashes(root: Path):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 ROW_ORDER = np.array([36, 0, 11, 10, 9, 25, 3, 3, 30])  # across shards, unsorted, a repeat
@@ -267,7 +263,7 @@ def test_killed_build_resumes_to_byte_identical_shards(tmp_path, kind_kw):
         resumed.write_shard(i, x[rows.start:rows.stop], aux[rows.start:rows.stop])
     resumed.write_shard(0, x[:PER_SHARD], aux[:PER_SHARD])  # rewriting a done shard changes nothing
     resumed.finalize()
-    assert _tree_hashes(tmp_path / "killed") == _tree_hashes(tmp_path / "ref")
+    assert tree_hashes(tmp_path / "killed") == tree_hashes(tmp_path / "ref")
 
 
 def test_writer_over_other_header_refused_same_header_resumes(tmp_path):

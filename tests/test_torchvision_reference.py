@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("reference_like_train.py")
 HEADING = re.compile(r"^#+ Using your own copy of torchvision's `references/classification/train.py`", re.M)
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import centered, values_with_p
 from scipy import stats as sps
 
 from lskd_core import findings
@@ -12,16 +13,6 @@ from lskd_core import statistics as st
 
 TEMPS = [1.0, 2.0, 4.0, 64.0]
 X = np.log(TEMPS)
-
-
-def _centered(n):
-    z = np.arange(n, dtype=float) - (n - 1) / 2
-    return z / z.std(ddof=1)
-
-
-def _with_p(n, p):
-    """n values with a one-sample t-test two-sided p of exactly ``p`` (sample sd 1)."""
-    return _centered(n) + sps.t.isf(p / 2, n - 1) / math.sqrt(n)
 
 
 def _grid(value, alphas=(0.0, 0.1), temps=TEMPS, seeds=range(5), teachers=(0,)):
@@ -149,7 +140,7 @@ def _interaction_grid(per_seed_slope_diff):
 
 @pytest.mark.parametrize("p, level", [(0.049, st.CLEAR), (0.051, st.SUGGESTIVE)])
 def test_interaction_flag_at_the_threshold(p, level):
-    d = -_with_p(6, p)
+    d = -values_with_p(6, p)
     assert sps.ttest_1samp(d, 0).pvalue == pytest.approx(p, rel=1e-6)
     v = findings.verdict(findings.analyze(_interaction_grid(d)))
     flag = v["flags"]["T_hurts_ls_more"]
@@ -161,20 +152,20 @@ def test_interaction_flag_at_the_threshold(p, level):
 
 
 def test_small_interaction_is_stated_with_delta():
-    d = 0.02 * _centered(8) + 0.01  # tiny, precisely estimated slope differences
+    d = 0.02 * centered(8) + 0.01  # tiny, precisely estimated slope differences
     an = findings.analyze(_interaction_grid(d), delta=0.5)
     flag = findings.verdict(an)["flags"]["T_hurts_ls_more"]
     lo, hi = flag["evidence"]["ci"]
     assert -0.5 <= lo and hi <= 0.5 and flag["smaller_than_delta"] is True
     assert "smaller than 0.5 points" in flag["text"] and f"{lo:+.2f} to {hi:+.2f}" in flag["text"]
     # a wide interval is not declared small
-    an = findings.analyze(_interaction_grid(3 * _centered(8)), delta=0.5)
+    an = findings.analyze(_interaction_grid(3 * centered(8)), delta=0.5)
     assert findings.verdict(an)["flags"]["T_hurts_ls_more"]["smaller_than_delta"] is False
 
 
 @pytest.mark.parametrize("p, level", [(0.049, st.CLEAR), (0.051, st.SUGGESTIVE)])
 def test_diffusion_flag_at_the_threshold(p, level):
-    s1 = -_with_p(5, p)
+    s1 = -values_with_p(5, p)
     eta = [{"alpha": 0.1, "t1": 1.0, "t2": 64.0, "seed": s, "target": 0, "eta_s1": s1[s], "eta_s2": -s1[s]}
            for s in range(5)]
     v = findings.verdict(findings.analyze(_interaction_grid(np.zeros(5)), eta))
@@ -185,7 +176,7 @@ def test_diffusion_flag_at_the_threshold(p, level):
 @pytest.mark.parametrize("p, sentence, conf", [(0.049, "Recommendation: alpha = 0.1, T = 1", "clear for these teachers"),
                                                (0.051, "No clear winner among these cells", "suggestive")])
 def test_recommendation_at_the_threshold(p, sentence, conf):
-    d = _centered(6) + sps.t.isf(p, 5) / math.sqrt(6)  # one-sided p exactly p
+    d = centered(6) + sps.t.isf(p, 5) / math.sqrt(6)  # one-sided p exactly p
     rows = ([{"alpha": 0.0, "T": 1.0, "seed": s, "value": 70.0 + s} for s in range(6)]
             + [{"alpha": 0.1, "T": 1.0, "seed": s, "value": 70.0 + s + d[s]} for s in range(6)])
     v = findings.verdict(findings.analyze(rows))

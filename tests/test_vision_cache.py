@@ -3,9 +3,7 @@ resume, AMP and a 2-process DDP student. Tiny Fashion-MNIST subset on the CPU.""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, needs_fashion_mnist, subprocess_env, tree_hashes
 
 from vision_plugin import engine
 from vision_plugin.checkpoint import save_atomic
-from vision_plugin.datasets import fashion_mnist_dir
 from vision_plugin.models import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "vision_plugin" / "train.py")
 N = 160
 DATA = ["--dataset", "fashion-mnist", "--train-samples", str(N), "--subset-seed", "0", "--workers", "0",
@@ -29,8 +26,7 @@ STUDENT = [*DATA, "--val-samples", "40", "--print-freq", "1000", "--model", "lsk
 AUG_SEED = 5
 _REAL_STEP = engine.train_step
 
-pytestmark = pytest.mark.skipif(not (fashion_mnist_dir(None) / "train-images-idx3-ubyte.gz").is_file(),
-                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = needs_fashion_mnist
 
 
 def _teacher(path: Path, seed: int) -> Path:
@@ -159,11 +155,6 @@ def test_amp_student_from_cache(tmp_path, cache):
     assert result["status"] == "done" and np.isfinite(metrics[1]["train_kd_loss"]) and metrics[1]["train_kd_loss"] > 0
 
 
-def _tree_hashes(root: Path):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_killed_build_resumes_to_identical_shards(tmp_path, cache, teacher):
     import shutil
 
@@ -172,7 +163,7 @@ def test_killed_build_resumes_to_identical_shards(tmp_path, cache, teacher):
     shutil.rmtree(copy / "shard-00002")  # as if killed before this shard was renamed into place
     (copy / ".shard-00003.tmp-123-dead").mkdir()  # a half-written temporary of a killed writer
     assert _build(copy, teacher, "--epochs", "2", "--rows-per-shard", "100") == 0
-    assert _tree_hashes(copy) == _tree_hashes(cache)
+    assert tree_hashes(copy) == tree_hashes(cache)
 
 
 def test_builder_refuses_other_settings_in_the_same_dir(cache, teacher, capsys):
@@ -183,8 +174,7 @@ def test_builder_refuses_other_settings_in_the_same_dir(cache, teacher, capsys):
 
 @pytest.mark.slow
 def test_ddp_student_from_cache(tmp_path, cache):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("LSKD_DEBUG", None)
+    env = subprocess_env()
     out = tmp_path / "ddp"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            TRAIN, *STUDENT, "--epochs", "2", "--device", "cpu", "--teacher-cache", str(cache),

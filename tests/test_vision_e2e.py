@@ -17,35 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, eta_reference, needs_fashion_mnist, subprocess_env, vision_cli
 
-from vision_plugin.datasets import fashion_mnist_dir
-
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "vision_plugin" / "train.py")
 N_TRAIN, N_VAL = 2000, 500
 FMNIST = ["--dataset", "fashion-mnist", "--train-samples", str(N_TRAIN), "--val-samples", str(N_VAL),
           "--workers", "0", "--no-progress", "--print-freq", "1000"]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (fashion_mnist_dir(None) / "train-images-idx3-ubyte.gz").is_file(),
-                       reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"),
-]
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("LSKD_DEBUG", None)
-    # One intra-op thread per run: on a small machine shared with other jobs, OpenMP threads that
-    # spin-wait for a descheduled sibling make 2-thread runs many times slower, not faster.
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
-    return env
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 
 def run(args, check=True, timeout=600, **kw):
-    proc = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+    proc = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -156,7 +139,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     epochs = 3
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(_resume_cmd(straight, epochs))
-    proc = subprocess.Popen(_resume_cmd(killed, epochs), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_resume_cmd(killed, epochs), cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoint.pth").exists():
@@ -208,16 +191,9 @@ def test_torchrun_two_processes_agree_with_single_process_eval(teacher_run, tmp_
 
 
 def _eta_numpy(before, after, target, s1, s2):
-    """Eq. 1 in percent, written out independently of lskd_core.diffusion."""
-    def rel(path):
-        z = np.load(path)
-        f, y = z["features"].astype(np.float64), z["labels"]
-        c = {k: f[y == k].mean(0) for k in [target, *s1, *s2]}
-        d = np.array([np.sum((c[target] - c[k]) ** 2) for k in [*s1, *s2]])
-        return d / d.sum()
-    d1, d2 = rel(before), rel(after)
-    change = (d2 - d1) / d1
-    return 100 * change[: len(s1)].mean(), 100 * change[len(s1):].mean()
+    """Eq. 1 in percent (tests/conftest.py's independent reference) on two exported .npz files."""
+    zb, za = np.load(before), np.load(after)
+    return eta_reference(zb["features"], zb["labels"], za["features"], za["labels"], target, s1, s2)
 
 
 def test_export_features_into_eta(teacher_run, student_run, tmp_path):
@@ -268,13 +244,6 @@ def test_export_features_errors(teacher_run, tmp_path):
 # --------------------------------------------------------------------------- bad inputs
 
 
-def _cli(argv, capsys):
-    from vision_plugin.train import cli
-
-    code = cli(argv)
-    return code, capsys.readouterr().err
-
-
 def test_cli_missing_data_path(tmp_path, capsys):
     missing = tmp_path / "no-such-dir"
     proc = run([sys.executable, TRAIN, "--dataset", "fashion-mnist", "--data-path", str(missing),
@@ -282,7 +251,7 @@ def test_cli_missing_data_path(tmp_path, capsys):
     assert proc.returncode == 2 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err = _cli(["--dataset", "fashion-mnist", "--data-path", str(empty), "--model", "lskd_cnn_s",
+    code, err = vision_cli(["--dataset", "fashion-mnist", "--data-path", str(empty), "--model", "lskd_cnn_s",
                       "--epochs", "1", "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "apt-get install dataset-fashion-mnist" in err and str(empty) in err
 
@@ -298,7 +267,7 @@ def test_cli_corrupt_teacher_checkpoint(teacher_run, tmp_path, capsys, damage):
         proc = run([sys.executable, TRAIN, *argv], check=False)
         code, err = proc.returncode, proc.stderr
     else:
-        code, err = _cli(argv, capsys)
+        code, err = vision_cli(argv, capsys)
     assert code == 2
     assert "not a readable PyTorch checkpoint" in err and str(bad) in err
 
@@ -309,13 +278,13 @@ def test_cli_teacher_with_wrong_class_count(tmp_path, capsys):
 
     path = tmp_path / "t7.pth"
     save_atomic({"model": build_model("lskd_cnn_t", 7).state_dict(), "num_classes": 7}, path)
-    code, err = _cli([*FMNIST, "--model", "lskd_cnn_s", "--epochs", "1", "--teacher", "lskd_cnn_t",
+    code, err = vision_cli([*FMNIST, "--model", "lskd_cnn_s", "--epochs", "1", "--teacher", "lskd_cnn_t",
                       "--teacher-ckpt", str(path), "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "7 classes" in err and "10 classes" in err
 
 
 def test_cli_teacher_with_wrong_architecture(teacher_run, tmp_path, capsys):
-    code, err = _cli([*FMNIST, "--model", "lskd_cnn_s", "--epochs", "1", "--teacher", "resnet18",
+    code, err = vision_cli([*FMNIST, "--model", "lskd_cnn_s", "--epochs", "1", "--teacher", "resnet18",
                       "--teacher-ckpt", str(teacher_run / "checkpoint.pth"), "--output-dir", str(tmp_path / "o")],
                      capsys)
     assert code == 2 and "does not match architecture 'resnet18'" in err
@@ -330,7 +299,7 @@ def test_cli_teacher_with_wrong_architecture(teacher_run, tmp_path, capsys):
     (["--label-smoothing", "1.0"], "--label-smoothing"),
 ])
 def test_cli_bad_hyperparameters(teacher_run, tmp_path, capsys, flags, needle):
-    code, err = _cli([*FMNIST, "--model", "lskd_cnn_s", "--epochs", "1", "--teacher", "lskd_cnn_t",
+    code, err = vision_cli([*FMNIST, "--model", "lskd_cnn_s", "--epochs", "1", "--teacher", "lskd_cnn_t",
                       "--teacher-ckpt", str(teacher_run / "checkpoint.pth"), *flags,
                       "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and needle in err and flags[1] in err

@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, subprocess_env, vision_cli
 
 from vision_plugin.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from vision_plugin.models import build_model
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("LSKD_DEBUG", None)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _image_folder(root: Path, bad: str = "") -> Path:
@@ -50,13 +41,6 @@ def _train_argv(data: Path, out: Path, *extra: str):
             *extra]
 
 
-def _cli(argv, capsys):
-    from vision_plugin.train import cli
-
-    code = cli(argv)
-    return code, capsys.readouterr().err
-
-
 def _error_lines(err: str):
     return [line for line in err.splitlines() if line.strip()]
 
@@ -69,7 +53,7 @@ def test_truncated_jpeg_is_named_in_one_line(tmp_path, workers):
     data = _image_folder(tmp_path / "data", bad="train")
     proc = subprocess.run([sys.executable, str(REPO / "vision_plugin" / "train.py"),
                            *_train_argv(data, tmp_path / "out", "--workers", workers)],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = _error_lines(proc.stderr)
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
@@ -80,7 +64,7 @@ def test_truncated_jpeg_is_named_in_one_line(tmp_path, workers):
 def test_skip_bad_images_counts_them(tmp_path, capsys, split):
     data = _image_folder(tmp_path / "data", bad=split)
     out = tmp_path / "out"
-    code, err = _cli(_train_argv(data, out, "--workers", "0", "--skip-bad-images"), capsys)
+    code, err = vision_cli(_train_argv(data, out, "--workers", "0", "--skip-bad-images"), capsys)
     assert code == 0, err
     assert err.count("skipping unreadable image") == 1 and "img1.jpg" in err
     epoch = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1]
@@ -99,7 +83,7 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
     blocker = tmp_path / "out"
     blocker.write_text("not a directory")
-    code, err = _cli(_train_argv(data, blocker, "--workers", "0"), capsys)
+    code, err = vision_cli(_train_argv(data, blocker, "--workers", "0"), capsys)
     assert code == 2 and len(_error_lines(err)) == 1 and str(blocker) in err
 
 
@@ -107,7 +91,7 @@ def test_output_dir_behind_a_dangling_symlink(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "gone")
-    code, err = _cli(_train_argv(data, link, "--workers", "0"), capsys)
+    code, err = vision_cli(_train_argv(data, link, "--workers", "0"), capsys)
     assert code == 2 and len(_error_lines(err)) == 1 and str(link) in err and "symlink" in err
 
 
@@ -118,7 +102,7 @@ def test_read_only_output_dir(tmp_path, capsys):
     out.mkdir()
     out.chmod(0o555)
     try:
-        code, err = _cli(_train_argv(data, out, "--workers", "0"), capsys)
+        code, err = vision_cli(_train_argv(data, out, "--workers", "0"), capsys)
     finally:
         out.chmod(0o755)
     assert code == 2 and len(_error_lines(err)) == 1 and str(out) in err
@@ -146,7 +130,7 @@ def test_full_disk_during_checkpoint_write(tmp_path, capsys, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4416 vs 4304")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    code, err = _cli(_train_argv(data, out, "--workers", "0"), capsys)
+    code, err = vision_cli(_train_argv(data, out, "--workers", "0"), capsys)
     assert code == 2 and len(_error_lines(err)) == 1, err
     assert str(out / "model_0.pth") in err and "disk" in err
     assert not list(out.glob(".*tmp"))  # the partial temporary file was removed
@@ -208,14 +192,14 @@ def test_unknown_teacher_name_is_reported_as_teacher(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
     ckpt = tmp_path / "t.pth"
     save_atomic({"model": build_model("lskd_cnn_t", 2).state_dict()}, ckpt)
-    code, err = _cli(_train_argv(data, tmp_path / "out", "--workers", "0", "--teacher", "no_such_net",
+    code, err = vision_cli(_train_argv(data, tmp_path / "out", "--workers", "0", "--teacher", "no_such_net",
                                  "--teacher-ckpt", str(ckpt)), capsys)
     assert code == 2 and "--teacher 'no_such_net'" in err and "--model" not in err
 
 
 def test_train_samples_below_class_count(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
-    code, err = _cli(_train_argv(data, tmp_path / "out", "--workers", "0", "--train-samples", "1"), capsys)
+    code, err = vision_cli(_train_argv(data, tmp_path / "out", "--workers", "0", "--train-samples", "1"), capsys)
     assert code == 2 and len(_error_lines(err)) == 1 and "--train-samples 1" in err and "2" in err
 
 
@@ -224,7 +208,7 @@ def test_absurd_temperatures_refused_up_front(tmp_path, capsys, value):
     data = _image_folder(tmp_path / "data")
     ckpt = tmp_path / "t.pth"
     save_atomic({"model": build_model("lskd_cnn_t", 2).state_dict()}, ckpt)
-    code, err = _cli(_train_argv(data, tmp_path / "out", "--teacher", "lskd_cnn_t", "--teacher-ckpt", str(ckpt),
+    code, err = vision_cli(_train_argv(data, tmp_path / "out", "--teacher", "lskd_cnn_t", "--teacher-ckpt", str(ckpt),
                                  "--kd-temperature", value), capsys)
     assert code == 2 and "--kd-temperature" in err and len(_error_lines(err)) == 1
     assert not (tmp_path / "out").exists()
