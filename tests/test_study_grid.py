@@ -34,7 +34,9 @@ def _flag(args, flag):
 def test_one_teacher_keeps_the_legacy_ids_and_student_command():
     """teacher_seeds = 1, cache = false: the same ids and the same defining command as before the
     new settings existed (the argv below is written out by hand from the pre-cache planner)."""
-    cfg = _cfg(cache=False, seeds=2, temperatures=[1, 4], analysis=False)
+    # the pre-cache demo preset's evaluation cap and student flags, pinned here (the preset has changed since)
+    cfg = _cfg(cache=False, seeds=2, temperatures=[1, 4], analysis=False, val_samples=2000,
+               student_args=["--lr-scheduler", "cosineannealinglr", "--wd", "5e-4"])
     by = _by_id(cfg)
     assert sorted(r for r in by if r.startswith("teacher")) == ["teacher_a0", "teacher_a0.1"]
     assert not [r for r in by if r.startswith(("cache", "match"))]

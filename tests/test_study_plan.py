@@ -19,7 +19,8 @@ def _ids(plan):
 # plan and hashes
 # ------------------------------------------------------------------------------------------------
 def test_plan_shape_and_dependency_order():
-    cfg = S.load_config(overrides={"seeds": 2, "cache": False})  # the live-teacher path (cache runs: test_study_grid)
+    cfg = S.load_config(overrides={"seeds": 2, "cache": False,  # the live-teacher path (cache runs: test_study_grid)
+                                   "temperatures": [1, 2, 3, 64]})
     plan = S.build_plan(cfg)
     kinds = [r.kind for r in plan]
     assert kinds.count("teacher") == 2
