@@ -27,9 +27,9 @@ def _wall(res: Optional[dict]) -> Optional[float]:
 def _per_student_rows(view: StudyView, rows: int) -> int:
     """Teacher outputs one student computes live: vision caches hold one row per (epoch, sample)
     for exactly the students' epochs; translation caches one row per token, used every epoch."""
-    if view.config.get("task") == "translation":
-        return rows * int(view.config.get("student_epochs") or 1)
-    return rows
+    if view.task.cache_rows_per_epoch:
+        return rows
+    return rows * int(view.config.get("student_epochs") or 1)
 
 
 def cache_savings_section(view: StudyView) -> dict:

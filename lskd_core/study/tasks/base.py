@@ -62,6 +62,9 @@ class TaskBackend(ABC):
     #: the verdict may cite the paper's rule of thumb (LS teacher + low T), which the paper
     #: established on image classification
     rule_of_thumb: bool = False
+    #: a teacher-cache row serves one student epoch (vision: a row per recorded (epoch, sample)
+    #: view) rather than every epoch (translation: a row per target token, reused each epoch)
+    cache_rows_per_epoch: bool = True
 
     # ------------------------------------------------------------------ config
     @abstractmethod

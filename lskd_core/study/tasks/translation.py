@@ -160,6 +160,7 @@ class TranslationTask(TaskBackend):
     score_unit = "BLEU"
     analyses = frozenset()
     rule_of_thumb = False
+    cache_rows_per_epoch = False  # one row per target token, read again every epoch
 
     def validate(self, cfg: "StudyConfig") -> None:
         if cfg.pair not in PAIRS:
