@@ -171,8 +171,9 @@ def find_final_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
         return "classifier", classifier
     if isinstance(classifier, nn.Sequential):
         for idx in range(len(classifier) - 1, -1, -1):
-            if isinstance(classifier[idx], nn.Linear):
-                return f"classifier.{idx}", classifier[idx]
+            layer = classifier[idx]
+            if isinstance(layer, nn.Linear):
+                return f"classifier.{idx}", layer
     heads = getattr(model, "heads", None)
     if heads is not None and isinstance(getattr(heads, "head", None), nn.Linear):
         return "heads.head", heads.head
