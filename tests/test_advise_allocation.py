@@ -39,6 +39,8 @@ def test_ladder_epochs_then_seeds():
     assert ladder(4, 3, eta=2) == [Level(1, 1), Level(1, 2), Level(1, 4), Level(2, 4), Level(3, 4)]
     assert ladder(2, 1, eta=3) == [Level(1, 1), Level(1, 2)]
     assert ladder(9, 2, eta=3, min_epochs=1) == [Level(1, 1), Level(1, 3), Level(1, 9), Level(2, 9)]
+    assert ladder(2, 3, eta=3) == [Level(1, 1), Level(1, 2), Level(3, 2)]
+    assert ladder(2, 25, eta=3, min_epochs=2) == [Level(1, 2), Level(3, 2), Level(9, 2), Level(25, 2)]
     with pytest.raises(ValueError, match="eta"):
         ladder(4, 1, eta=1)
 

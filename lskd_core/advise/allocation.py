@@ -4,7 +4,7 @@ One Optuna trial per cell, enqueued (:meth:`optuna.Study.enqueue_trial`) in an o
 ``seed`` (the order in which the trials arrive), driven through the ask-and-tell interface. A
 cell climbs a *ladder* of fidelity levels (:func:`ladder`): first more epochs of its first student
 seed (``min_epochs``, ``min_epochs * eta``, ... up to the study's full schedule), then more seeds
-trained to the full schedule (2, 3, ... up to the study's seed count). At level ``k`` the trial
+trained to the full schedule (``eta``, ``eta ** 2``, ... seeds, up to the study's seed count). At level ``k`` the trial
 reports the cell's value (the first seed's val accuracy after that many epochs, or the mean over
 seeds of the final accuracy) at Optuna step ``eta ** k`` and asks
 :class:`optuna.pruners.SuccessiveHalvingPruner` (``min_resource = 1``, ``reduction_factor = eta``)
@@ -57,7 +57,8 @@ class Level:
 
 def ladder(epochs: int, seeds: int, eta: int, min_epochs: int = 1) -> List[Level]:
     """The levels a cell climbs: the first seed at ``min_epochs * eta ** i`` epochs (below the full
-    schedule ``epochs``), the full schedule, then 2, ..., ``seeds`` seeds at the full schedule."""
+    schedule ``epochs``), the full schedule, then ``eta ** j`` seeds (below ``seeds``) and finally
+    all ``seeds`` seeds at the full schedule."""
     if epochs < 1 or seeds < 1:
         raise ValueError(f"epochs and seeds must be >= 1, got epochs = {epochs}, seeds = {seeds}")
     if eta < 2:
@@ -70,7 +71,12 @@ def ladder(epochs: int, seeds: int, eta: int, min_epochs: int = 1) -> List[Level
         levels.append(Level(1, e))
         e *= eta
     levels.append(Level(1, epochs))
-    levels += [Level(n, epochs) for n in range(2, seeds + 1)]
+    n = eta
+    while n < seeds:  # seeds grow geometrically too: the resource of successive halving
+        levels.append(Level(n, epochs))
+        n *= eta
+    if seeds > 1:
+        levels.append(Level(seeds, epochs))
     return levels
 
 
