@@ -62,6 +62,7 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from lskd_core.fashion_mnist import FASHION_MNIST_CLASSES
 from lskd_core.wordnet import (
     DEFAULT_WORDNET_DIR,
     WordNetNouns,
@@ -87,8 +88,6 @@ __all__ = [
     "DEFAULT_WORDNET_DIR",
 ]
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
 
 
 Node = Hashable

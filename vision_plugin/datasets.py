@@ -25,15 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from lskd_core.fashion_mnist import (  # noqa: F401  (re-exported: the plugin's public names)
+    DEFAULT_FASHION_MNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ENV,
+    fashion_mnist_dir,
+)
+
 DATASETS = ("imagefolder", "cub", "fashion-mnist")
 SPLITS = ("train", "val")
 
-DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian dataset-fashion-mnist
-FASHION_MNIST_ENV = "LSKD_FASHION_MNIST_DIR"
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
 # Training-set pixel statistics of Fashion-MNIST (0..1 scale).
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
@@ -75,11 +76,6 @@ def read_idx(path: os.PathLike) -> np.ndarray:
     if len(data) - header != expected:
         raise DatasetError(f"{path} is truncated or corrupt: {len(data) - header} data bytes, expected {expected}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-
-
-def fashion_mnist_dir(data_path: Optional[str]) -> Path:
-    """``--data-path`` if given, else ``$LSKD_FASHION_MNIST_DIR``, else the Debian package's directory."""
-    return Path(data_path or os.environ.get(FASHION_MNIST_ENV) or DEFAULT_FASHION_MNIST_DIR)
 
 
 def _find_idx(root: Path, stem: str) -> Path:

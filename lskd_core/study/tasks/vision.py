@@ -11,10 +11,9 @@ as text; the core never imports the plugin.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple
 
-from lskd_core.classsets import FASHION_MNIST_CLASSES
+from lskd_core.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, fashion_mnist_dir
 from lskd_core.jsonio import num
 from lskd_core.study.plan import (
     Run,
@@ -37,13 +36,11 @@ __all__ = ["VisionTask", "DATASETS", "DEFAULT_FASHION_MNIST_DIR", "default_fashi
            "FASHION_MNIST_CLASSES"]
 
 DATASETS = ("fashion-mnist", "imagefolder", "cub")
-#: Documented location of the Debian package dataset-fashion-mnist (the demo's data).
-DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def default_fashion_mnist_dir() -> str:
-    """``$LSKD_FASHION_MNIST_DIR``, else the Debian package's location."""
-    return os.environ.get("LSKD_FASHION_MNIST_DIR", DEFAULT_FASHION_MNIST_DIR)
+    """``$LSKD_FASHION_MNIST_DIR``, else the Debian package's location (the vision plugin's rule)."""
+    return str(fashion_mnist_dir())
 
 
 def _train_common(cfg: "StudyConfig", role: str) -> List[str]:
