@@ -205,3 +205,22 @@ def test_tiny_real_grid_resumes_after_kill(tmp_path):
     assert advice["compute"]["grid_epoch_runs"] == 2 * 2 * 2
     for name in ("advice.md", "trajectories.png", "eta_over_epochs.png", "allocation.jsonl"):
         assert (study / "advise" / name).exists()
+
+
+def test_single_finalist_is_never_called_clear():
+    means = {(0.0, 1.0): 90.0, (0.0, 4.0): 60.0}
+
+    def trainer(cell, seed, epochs):
+        return [means[cell]] * epochs
+
+    for seed in range(20):  # the better cell arriving first prunes the other at level 0
+        events = []
+        alloc = allocate(list(means), trainer, epochs=2, seeds=[0, 1], eta=2, budget=1.0, seed=seed,
+                         log=events.append)
+        if tuple(events[0]["arrival_order"][0]) == (0.0, 1.0):
+            break
+    s = summarize(alloc, {}, epochs=2, train_samples=None, cpu={})
+    assert s["confidence"]["finalists"] == [[0.0, 1.0]]
+    assert s["confidence"]["level"] == "not shown"
+    from lskd_core.advise.report import markdown
+    assert "only cell trained to the full schedule" in markdown(s)

@@ -115,11 +115,11 @@ def _student_export(runner: StudentRunner, exporter: Exporter, cell: Tuple[float
 
 def cell_signals(cfg: StudyConfig, study: Path, alloc: Allocation, runner: StudentRunner, exporter: Exporter,
                  num_classes: int) -> Dict[Tuple[float, float], Dict[str, Any]]:
-    """Per cell: teacher entropy at its T, and early eta against the lowest-T cell of its alpha
+    """Per cell: teacher entropy at its T, and early eta against the T = 1 (else lowest-T) cell of its alpha
     after each epoch both were trained (first seed): ``{"teacher_entropy", "eta": [{epoch, ...}],
     "diffusion_share"}`` (share at the latest epoch with eta)."""
     seed = cfg.seed_list[0]
-    t_ref = min(cfg.temperatures)
+    t_ref = 1.0 if 1.0 in cfg.temperatures else min(cfg.temperatures)  # the paper's reference: T = 1
     curves = {r.cell: r.curves.get(seed, []) for r in alloc.cells}
     out: Dict[Tuple[float, float], Dict[str, Any]] = {c: {"teacher_entropy": None, "eta": [], "diffusion_share": None,
                                                           "eta_reference_T": t_ref} for c in curves}

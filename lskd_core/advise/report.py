@@ -43,7 +43,8 @@ def _confidence(finals: Mapping[Cell, Mapping[int, float]], pick: Cell, runner_u
     if runner_up is not None and runner_up in finals and finals[runner_up] and pick in finals and finals[pick]:
         diff = st.cell_difference(obs, pick, runner_up)
         out["vs_runner_up"] = dict(diff, level=st.evidence_level(diff, +1))
-    alone = out["indistinguishable"] == [list(pick)]
+    # "clear" needs a rival at the full schedule: a pick that is the only finalist was compared with nobody there
+    alone = len(cells) >= 2 and out["indistinguishable"] == [list(pick)]
     out["level"] = st.CLEAR if alone else out.get("vs_runner_up", {}).get("level", st.NOT_SHOWN)
     return out
 
@@ -105,7 +106,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"Val top-1 {rec['value']:.2f} % at its last level (one seed: no interval).")
     others = [c for c in conf["indistinguishable"] if tuple(c) != pick]
     n_fin = len(conf["finalists"])
-    if conf["level"] == st.CLEAR:
+    if n_fin < 2:
+        lines.append("Confidence: not shown; the pick is the only cell trained to the full schedule, so no other "
+                     "cell was compared with it at equal fidelity (raise --budget for a rival with seeds).")
+    elif conf["level"] == st.CLEAR:
         lines.append(f"Confidence: clear among the {n_fin} finalist(s) (the cells trained to the full schedule): "
                      "no other finalist could be the best (Holm-controlled, 95 %).")
     else:

@@ -6,7 +6,7 @@ Signals (none of them is used by the pruning, which sees accuracy only):
   validation images (:func:`lskd_core.smoothness.mean_entropy`, paper App. H): how smooth the
   targets a cell distils from are.
 * **early eta**: the diffusion index (Eq. 1, :func:`lskd_core.diffusion.diffusion_index`) between
-  the student at the lowest T of the grid (the paper's T = 1) and the student at T, same alpha,
+  the student at T = 1 (the lowest T when 1 is not in the grid) and the student at T, same alpha,
   same seed, after the same number of epochs, on the validation images. S1 / S2 of a target class
   are its ``num_similar`` nearest / ``num_dissimilar`` farthest classes by centroid distance in
   that alpha's *teacher* features (a reference model that is neither of the two students compared,
