@@ -151,6 +151,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip unreadable/undecodable images (warned once per file, counted as "
                              "train_skipped_images/val_skipped_images) instead of stopping")
+    parser.add_argument("--stop-after-epoch", default=None, type=int, metavar="K",
+                        help="train with the schedule of --epochs but stop after K epochs (checkpoint kept, no "
+                             "result.json); --resume continues on the same trajectory (lskd advise's rungs)")
     parser.add_argument("--aug-seed", default=None, type=int,
                         help="draw each training view from (aug seed, epoch, sample index) only, as a teacher cache "
                              "records them (set from the cache with --teacher-cache; default: global RNG per --seed)")
@@ -180,6 +183,7 @@ def _validate_numbers(args: argparse.Namespace) -> None:
     _positive_int(args.train_samples, "--train-samples")
     _positive_int(args.val_samples, "--val-samples")
     _positive_int(args.print_freq, "--print-freq", allow_none=False)
+    _positive_int(getattr(args, "stop_after_epoch", None), "--stop-after-epoch")
     _positive_int(args.lr_step_size, "--lr-step-size", allow_none=False)
     if args.crop_size is not None and args.crop_size < 8:
         raise ValueError(f"--crop-size must be >= 8, got {args.crop_size!r}")
@@ -350,6 +354,26 @@ def _describe_kd(args: argparse.Namespace) -> str:
     return ""
 
 
+def _end_epoch(args: argparse.Namespace) -> int:
+    """Where this invocation stops: --epochs, or --stop-after-epoch K (a rung of an adaptive search,
+    lskd advise) with the schedule of --epochs; --resume continues the same trajectory."""
+    stop = getattr(args, "stop_after_epoch", None)
+    return args.epochs if stop is None else min(args.epochs, stop)
+
+
+def _stopped_early(args: argparse.Namespace, history: List[Dict[str, Any]], info: DistInfo, output_dir: Path) -> bool:
+    if not history or history[-1]["epoch"] + 1 >= args.epochs:
+        return False
+    _log(info, f"stopped after epoch {history[-1]['epoch'] + 1} of {args.epochs} (--stop-after-epoch); "
+               f"--resume {output_dir / 'checkpoint.pth'} continues")
+    return True
+
+
+def _close_writer(writer: Optional[Any]) -> None:
+    if writer is not None:
+        writer.close()
+
+
 def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """Train (or with ``--test-only`` evaluate); returns result.json's content (eval dict for
     ``--test-only``). Must be called once per process; torchrun ranks all run it."""
@@ -405,7 +429,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         _log(info, f"training {args.model} on {args.dataset}: {len(train_ds)} train / {len(val_ds)} val images, "
                    f"{num_classes} classes, world size {info.world_size}, device {device}" + _describe_kd(args))
 
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, _end_epoch(args)):
         epoch_start = time.perf_counter()
         seed_epoch(args.seed, epoch, info.rank)
         train_sampler.set_epoch(epoch)
@@ -443,8 +467,9 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                        f"acc5 {val_stats['val_acc5']:.2f} | {_fmt(train_stats['images_per_s'], '.0f')} img/s | "
                        f"{record['time_s']:.1f} s")
 
-    if writer is not None:
-        writer.close()
+    _close_writer(writer)
+    if _stopped_early(args, history, info, output_dir):
+        return None  # no result.json: the run is not finished
     if not history:  # resumed from a finished run: nothing left to train
         sync_buffers(model_without_ddp, info)
         history = [{"epoch": start_epoch - 1, **evaluate(model_without_ddp, val_loader, device, num_classes,
