@@ -44,7 +44,7 @@ def _fake_done(study: Path, run: S.Run, cfg, inputs=None, result=None):
 
 
 def test_run_states(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "cache": False})  # students depend on the teacher itself
+    cfg = S.load_config(overrides={"seeds": 1, "cache": False, "temperatures": [1, 2, 3, 64]})  # students depend on the teacher itself
     plan = {r.run_id: r for r in S.build_plan(cfg)}
     teacher, student = plan["teacher_a0.1"], plan["student_a0.1_T2_s0"]
     assert S.inspect_run(teacher, tmp_path, {}).status == "new"
@@ -75,7 +75,8 @@ def test_run_states(tmp_path):
     argv = S.run_command(student, tmp_path, cfg, resume=True)
     assert argv[-2:] == ["--resume", str(sd / "checkpoint.pth")]
     # a different config made this directory
-    other = {r.run_id: r for r in S.build_plan(S.load_config(overrides={"seeds": 1, "student_epochs": 9}))}
+    other = {r.run_id: r for r in S.build_plan(S.load_config(overrides={"seeds": 1, "student_epochs": 9, "cache": False,
+                                                                     "temperatures": [1, 2, 3, 64]}))}
     assert S.inspect_run(other[student.run_id], tmp_path, fp).status == "stale"
 
 

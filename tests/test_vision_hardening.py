@@ -171,6 +171,8 @@ def test_loading_keeps_the_callers_allow_list(tmp_path):
     path = tmp_path / "ref.pth"
     save_atomic({"model": build_model("lskd_cnn_s", 10).state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
     before = list(torch.serialization.get_safe_globals())
+    # start from an empty allow-list: an earlier test in this process may have allowed Namespace
+    torch.serialization.clear_safe_globals()
     try:
         # caller had not allowed it: allowed for our load only, not left behind
         assert load_checkpoint(path)["args"].lr == 0.1
