@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from lskd_core.advise.allocation import Level, allocate, ladder  # noqa: E402
+from lskd_core.advise.allocation import Level, allocate, auto_min_epochs, ladder  # noqa: E402
 
 Cell = Tuple[float, float]
 
@@ -43,6 +43,15 @@ def test_ladder_epochs_then_seeds():
     assert ladder(2, 25, eta=3, min_epochs=2) == [Level(1, 2), Level(3, 2), Level(9, 2), Level(25, 2)]
     with pytest.raises(ValueError, match="eta"):
         ladder(4, 1, eta=1)
+
+
+def test_auto_min_epochs_three_quarters_within_budget():
+    # (epochs, seeds, cells, budget): 3/4 of the schedule rounded up, capped by what screening fits
+    assert auto_min_epochs(8, 3, 8, 0.25) == 6  # 8 cells x 6 = 48 = 0.25 x 192
+    assert auto_min_epochs(4, 3, 8, 0.25) == 3
+    assert auto_min_epochs(2, 3, 8, 0.25) == 1  # 8 x 2 = 16 > 12: one epoch is what fits
+    assert auto_min_epochs(2, 25, 4, 0.25) == 2
+    assert auto_min_epochs(10, 1, 2, 1.0) == 8
 
 
 def _two_cells():

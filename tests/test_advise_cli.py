@@ -56,6 +56,7 @@ def test_teachers_with_different_class_counts_is_one_line(tmp_path, capsys):
     (["--budget", "0"], "--budget"),
     (["--budget", "1.5"], "--budget"),
     (["--reduction-factor", "1"], "--reduction-factor"),
+    (["--min-epochs", "zero"], "--min-epochs"),
     (["--teacher", "nonsense"], "ALPHA=CHECKPOINT"),
     (["--teacher", "0.5=x.pth"], "not among the alphas"),
 ])

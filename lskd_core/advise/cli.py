@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", type=float, default=0.25, help="most compute to spend, as a fraction of the full "
                                                               "grid's epoch-runs (default 0.25)")
     g.add_argument("--reduction-factor", type=int, default=3, help="successive halving's eta (default 3)")
-    g.add_argument("--min-epochs", type=int, default=1, help="epochs of the first level (default 1)")
+    g.add_argument("--min-epochs", default="auto",
+                   help="epochs of the first level; default auto: 3/4 of the student's schedule, less when "
+                        "screening every cell that long would exceed the budget (docs/advise.md)")
     g.add_argument("--order-seed", type=int, default=0, help="seed of the order in which cells arrive at a rung")
     g.add_argument("--no-signals", action="store_true", help="no feature exports: no eta, no teacher entropy")
     s = p.add_argument_group("settings (override the preset and the config file)")
@@ -145,7 +147,9 @@ def advise(cfg: StudyConfig, study: Path, teachers: Dict[float, str], opts: argp
                "segments_this_invocation": sum(1 for s in segs if _seg_time(s) >= invocation - 1)}
         summary = summarize(alloc, signals, cfg.student_epochs, runner.train_samples or _cap(cfg), cpu)
         summary["settings"] = {"budget": opts.budget, "reduction_factor": opts.reduction_factor,
-                               "min_epochs": opts.min_epochs, "order_seed": opts.order_seed,
+                               "min_epochs": alloc.levels[0].epochs,
+                               "min_epochs_option": "auto" if opts.min_epochs is None else opts.min_epochs,
+                               "order_seed": opts.order_seed,
                                "alphas": cfg.alphas, "temperatures": cfg.temperatures, "seeds": cfg.seed_list,
                                "student_epochs": cfg.student_epochs}
         write_json(root / "advice.json", summary)
@@ -166,6 +170,18 @@ def _seg_time(seg: dict) -> float:
         return 0.0
 
 
+def _min_epochs(value: str) -> Optional[int]:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--min-epochs must be auto or an integer >= 1, got {value!r}")
+    return n
+
+
 def _overrides(ns: argparse.Namespace) -> Dict[str, Any]:
     return {k: getattr(ns, k) for k in _DIRECT if getattr(ns, k, None) is not None}
 
@@ -177,12 +193,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if not 0 < ns.budget <= 1:
             raise ValueError(f"--budget must be a fraction in (0, 1], got {ns.budget}")
-        if ns.reduction_factor < 2 or ns.min_epochs < 1:
-            raise ValueError("--reduction-factor must be >= 2 and --min-epochs >= 1")
+        ns.min_epochs = _min_epochs(ns.min_epochs)
+        if ns.reduction_factor < 2:
+            raise ValueError(f"--reduction-factor must be >= 2, got {ns.reduction_factor}")
         cfg = load_config(ns.preset, ns.config, _overrides(ns))
         teachers = _teacher_specs(ns.teacher)
         check_input(cfg, teachers)
-        if ns.min_epochs > cfg.student_epochs:
+        if ns.min_epochs is not None and ns.min_epochs > cfg.student_epochs:
             raise ValueError(f"--min-epochs {ns.min_epochs} exceeds the student's epochs ({cfg.student_epochs})")
         check_models(cfg)
         study = Path(cfg.out or os.path.join("runs", cfg.name)).resolve()

@@ -9,26 +9,17 @@ never executes code: ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from lskd_core.jsonio import BadJson, read_json_object, write_json
+from lskd_core.jsonio import BadJson, file_sha256, read_json_object, write_json
 from lskd_core.study.config import StudyConfig
 from lskd_core.study.plan import build_plan, run_dir, teacher_run_id
 from lskd_core.study.state import RESULT, move_aside, record_checksums, write_run_config
 
 __all__ = ["install_external_teachers", "checkpoint_num_classes"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_num_classes(path: Path) -> Optional[int]:
@@ -76,7 +67,7 @@ def install_external_teachers(cfg: StudyConfig, study: Path, teachers: Mapping[f
     for alpha, p in paths.items():
         run = by_id[teacher_run_id(cfg, alpha, cfg.teacher_seed)]
         rdir = run_dir(study, run.run_id)
-        digest = _sha256(p)
+        digest = file_sha256(p)
         try:
             result = read_json_object(rdir / RESULT) or {}
         except BadJson:
