@@ -1,4 +1,5 @@
-"""JSON helpers shared by the study and the report: one strict reader, one writer, one hash.
+"""JSON helpers shared by the study and the report: one strict reader, one writer, the hashes
+(of a JSON value, of a file).
 
 The study and the report used to read JSON in two ways: the study refused a file that was
 present but unreadable, the report quietly treated it as absent. The stricter rule is kept here
@@ -20,7 +21,7 @@ import numpy as np
 
 from lskd_core.atomic import PathLike, atomic_write_json
 
-__all__ = ["BadJson", "read_json_object", "write_json", "sha256_json", "jsonable", "num"]
+__all__ = ["BadJson", "read_json_object", "write_json", "sha256_json", "file_sha256", "jsonable", "num"]
 
 
 class BadJson(ValueError):
@@ -50,6 +51,15 @@ def write_json(path: PathLike, obj: Any) -> None:
 def sha256_json(obj: Any) -> str:
     """SHA-256 of the canonical (sorted, compact) JSON text of ``obj``."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints and cache shards can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def jsonable(obj: Any) -> Any:

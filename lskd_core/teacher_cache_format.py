@@ -7,7 +7,6 @@ the writer (:mod:`lskd_core.teacher_cache_writer`) and the reader agree on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from lskd_core import __version__ as LSKD_VERSION
 from lskd_core.checks import check_temperature
+from lskd_core.jsonio import file_sha256
 
 FORMAT = "lskd-teacher-cache"
 VERSION = 1
@@ -60,15 +60,6 @@ def make_fingerprint(**fields: Any) -> Dict[str, Any]:
     normalised = json.loads(json.dumps(fields, sort_keys=True, default=_json_default))
     assert isinstance(normalised, dict)
     return normalised
-
-
-def file_sha256(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints and shards can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _show(value: Any) -> str:

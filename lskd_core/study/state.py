@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from lskd_core import __version__
-from lskd_core.jsonio import BadJson, read_json_object, write_json
+from lskd_core.jsonio import BadJson, file_sha256, read_json_object, write_json
 from lskd_core.study.lock import process_alive, process_start
 from lskd_core.study.plan import Run, run_dir
 from lskd_core.study.provenance import run_provenance
@@ -81,14 +81,6 @@ def outputs_problem(run: Run, rdir: Path) -> Optional[str]:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _zip_problem(path: Path) -> Optional[str]:
     """Why a zip-format file (a torch checkpoint, an .npz) is damaged: a missing end record
     (truncated) or a member whose CRC-32 does not match; None when it is intact or not a zip."""
@@ -115,7 +107,7 @@ def record_checksums(run: Run, rdir: Path) -> Optional[str]:
         problem = _zip_problem(p)
         if problem:
             return problem
-        files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        files[rel] = {"size": p.stat().st_size, "sha256": file_sha256(p)}
     write_json(rdir / CHECKSUMS, {"files": files, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return None
 
@@ -140,7 +132,7 @@ def checksum_problem(run: Run, rdir: Path) -> Optional[str]:
         size = p.stat().st_size
         if size != want.get("size"):
             return f"{rel} has {size} bytes, {want.get('size')} were recorded when its run finished"
-        if _sha256(p) != want.get("sha256"):
+        if file_sha256(p) != want.get("sha256"):
             return f"{rel}'s sha256 differs from the one recorded when its run finished"
     return None
 
