@@ -265,3 +265,24 @@ def run_main(main, argv: List[str]) -> Tuple[int, str, str]:
         except SystemExit as exc:  # argparse's --help
             code = exc.code if isinstance(exc.code, int) else 1
     return int(code), out.getvalue(), err.getvalue()
+
+
+#: a tiny end-to-end vision study (Fashion-MNIST subset, 2 alphas x 2 T x 1 seed, 1 epoch) that the
+#: local and the SLURM launcher tests both run, so their results can be compared
+TINY_STUDY = {
+    "name": "tiny",
+    "train_samples": 300,
+    "val_samples": 200,
+    "teacher_epochs": 1,
+    "student_epochs": 1,
+    "teacher_batch_size": 32,
+    "student_batch_size": 32,
+    "alphas": [0, 0.1],
+    "temperatures": [1, 3],
+    "seeds": 1,
+    "target_classes": [0, 2, 4, 6, 5, 7],
+    "projection_classes": [0, 6, 7],
+    "profile_class": 6,
+    "projection_per_class": 15,
+    "jobs": 2,
+}

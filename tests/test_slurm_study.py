@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import slurm_cluster
-from conftest import require_fashion_mnist
+from conftest import TINY_STUDY, require_fashion_mnist
 
 from lskd_core import study as S
 from lskd_core.study.launcher_slurm import SlurmLauncher, SlurmSettings
@@ -26,23 +26,7 @@ from lskd_core.study.status import study_status
 slurm = slurm_cluster.slurm  # the session fixture
 pytestmark = [pytest.mark.slurm]
 
-TINY = {
-    "name": "tiny",
-    "train_samples": 300,
-    "val_samples": 200,
-    "teacher_epochs": 1,
-    "student_epochs": 1,
-    "teacher_batch_size": 32,
-    "student_batch_size": 32,
-    "alphas": [0, 0.1],
-    "temperatures": [1, 3],
-    "seeds": 1,
-    "target_classes": [0, 2, 4, 6, 5, 7],
-    "projection_classes": [0, 6, 7],
-    "profile_class": 6,
-    "projection_per_class": 15,
-    "jobs": 2,
-}
+TINY = TINY_STUDY  # the tiny end-to-end study shared with the other launcher's tests (conftest)
 # jobs of 1 CPU and 1 GB: both CPUs of the test node work at once; squeue is asked twice a second
 SLURM_TABLE = {"kind": "slurm", "poll_interval": 0.5, "cpus_per_task": 1, "mem": "1G", "time": "30"}
 

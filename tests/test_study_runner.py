@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_STUDY
 
 from lskd_core import study as S
 from lskd_core.jsonio import num
@@ -132,23 +133,7 @@ def test_scheduler_skips_done_blocks_dependents_of_failures(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # end to end on real data
 # ------------------------------------------------------------------------------------------------
-TINY = {
-    "name": "tiny",
-    "train_samples": 300,
-    "val_samples": 200,
-    "teacher_epochs": 1,
-    "student_epochs": 1,
-    "teacher_batch_size": 32,
-    "student_batch_size": 32,
-    "alphas": [0, 0.1],
-    "temperatures": [1, 3],
-    "seeds": 1,
-    "target_classes": [0, 2, 4, 6, 5, 7],
-    "projection_classes": [0, 6, 7],
-    "profile_class": 6,
-    "projection_per_class": 15,
-    "jobs": 2,
-}
+TINY = TINY_STUDY  # the tiny end-to-end study shared with the other launcher's tests (conftest)
 
 
 def _launch_count(study: Path) -> int:
