@@ -225,3 +225,26 @@ def test_single_finalist_is_never_called_clear():
     assert s["confidence"]["level"] == "not shown"
     from lskd_core.advise.report import markdown
     assert "only cell trained to the full schedule" in markdown(s)
+
+
+def test_clear_only_when_no_other_finalist_could_be_the_best():
+    """Pick with 3 seeds, far ahead of a rival with 3 seeds, but a third finalist with one seed: it
+    can never be excluded, so the advice is not "clear" even though the pick beats the runner-up."""
+    from lskd_core.advise.allocation import Allocation, CellRecord, Level
+
+    def rec(cell, arrival, level, value, curves):
+        return CellRecord(cell=cell, arrival=arrival, level=level, value=value, values=[value], stopped="budget",
+                          curves=curves)
+
+    cells = [rec((0.0, 1.0), 0, 2, 90.0, {0: [90.0], 1: [90.5], 2: [89.5]}),
+             rec((0.0, 4.0), 1, 2, 60.0, {0: [60.0], 1: [60.4], 2: [59.7]}),
+             rec((0.0, 9.0), 2, 0, 70.0, {0: [70.0]})]
+    alloc = Allocation(cells=cells, levels=[Level(1, 1), Level(2, 1), Level(3, 1)], spent=7, grid=9, budget=1.0,
+                       eta=3, seed=0)
+    s = summarize(alloc, {}, epochs=1, train_samples=None, cpu={})
+    conf = s["confidence"]
+    assert conf["vs_runner_up"]["level"] == "clear"  # against the 3-seed rival
+    assert [0.0, 9.0] in conf["indistinguishable"]  # the one-seed finalist cannot be excluded
+    assert conf["level"] == "not shown"
+    del cells[2]
+    assert summarize(alloc, {}, epochs=1, train_samples=None, cpu={})["confidence"]["level"] == "clear"

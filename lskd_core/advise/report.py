@@ -43,9 +43,10 @@ def _confidence(finals: Mapping[Cell, Mapping[int, float]], pick: Cell, runner_u
     if runner_up is not None and runner_up in finals and finals[runner_up] and pick in finals and finals[pick]:
         diff = st.cell_difference(obs, pick, runner_up)
         out["vs_runner_up"] = dict(diff, level=st.evidence_level(diff, +1))
-    # "clear" needs a rival at the full schedule: a pick that is the only finalist was compared with nobody there
+    # "clear" needs a rival at the full schedule (a lone finalist was compared with nobody there) and no
+    # other finalist that could still be the best (a finalist with one seed can never be excluded)
     alone = len(cells) >= 2 and out["indistinguishable"] == [list(pick)]
-    out["level"] = st.CLEAR if alone else out.get("vs_runner_up", {}).get("level", st.NOT_SHOWN)
+    out["level"] = st.CLEAR if alone else st.NOT_SHOWN
     return out
 
 
