@@ -65,6 +65,13 @@ def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def wait_for_all_ranks(info: DistInfo) -> None:
+    """Barrier at the end of a successful run: ranks leave together, so none tears gloo down while
+    its peer is still saving or talking to it (seen: a peer aborting in gloo's threads)."""
+    if info.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -53,7 +53,7 @@ from vision_plugin.aug_stream import AugStream, mix_seed
 from vision_plugin.checkpoint import CheckpointError, load_model_weights
 from vision_plugin.cli_errors import run_cli
 from vision_plugin.datasets import DATASETS, DatasetError
-from vision_plugin.distributed import DistInfo, cleanup_distributed, init_distributed
+from vision_plugin.distributed import DistInfo, cleanup_distributed, init_distributed, wait_for_all_ranks
 from vision_plugin.engine import (
     evaluate,
     make_autocast,
@@ -469,6 +469,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
     _close_writer(writer)
     if _stopped_early(args, history, info, output_dir):
+        wait_for_all_ranks(info)
         return None  # no result.json: the run is not finished
     if not history:  # resumed from a finished run: nothing left to train
         sync_buffers(model_without_ddp, info)
@@ -493,6 +494,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         write_json_atomic(result, output_dir / "result.json")
         _log(info, f"done: val acc1 {result['val_acc1']:.2f} acc5 {result['val_acc5']:.2f} "
                    f"in {result['wall_time_s']:.1f} s -> {output_dir}")
+    wait_for_all_ranks(info)
     return result
 
 
