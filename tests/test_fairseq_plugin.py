@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -379,20 +378,14 @@ def test_cli_reports_missing_teacher_and_bad_temperature(corpus, teacher, tmp_pa
 
 
 # ---------------------------------------------------------------- distributed / autoload --------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_cpu_workers(corpus, teacher, tmp_path):
     """fairseq's own spawn path needs GPUs (it starts min(#GPUs, world size) workers); on CPU the
-    workers are started explicitly with a TCP rendezvous, gloo and legacy_ddp."""
-    port = _free_port()
+    workers are started explicitly with a file rendezvous (no port to pick and release: nothing can
+    take it between the pick and the use), gloo and legacy_ddp."""
     base = [corpus / "bin", "--user-dir", PLUGIN] + STUDENT_ARCH + COMMON + [
         "--criterion", "ls_kd", "--teacher-path", teacher, "--kd-temperature", "2", "--max-update", "3",
         "--log-interval", "1", "--save-dir", tmp_path / "dist", "--disable-validation",
-        "--distributed-world-size", "2", "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+        "--distributed-world-size", "2", "--distributed-init-method", f"file://{tmp_path / 'rendezvous-1'}",
         "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
     rank0, rank1 = run_parallel([("fairseq_cli.train", base + ["--distributed-rank", str(r)]) for r in (0, 1)])
     assert rank0.returncode == 0, rank0.stderr[-3000:]
@@ -405,8 +398,7 @@ def test_two_cpu_workers(corpus, teacher, tmp_path):
     assert not any("teacher" in key for key in state["model"])
     # Resume: rank 0 reads checkpoint_last.pt and broadcasts it; rank 1 unpickles the broadcast
     # with torch.load (weights_only on torch >= 2.6), which the plugin's allow-list must cover.
-    port = _free_port()
-    resume = [a if not str(a).startswith("tcp://") else f"tcp://127.0.0.1:{port}" for a in base]
+    resume = [a if not str(a).startswith("file://") else f"file://{tmp_path / 'rendezvous-2'}" for a in base]
     resume[resume.index("--max-update") + 1] = "5"
     rank0, rank1 = run_parallel([("fairseq_cli.train", resume + ["--distributed-rank", str(r)]) for r in (0, 1)])
     assert rank0.returncode == 0, rank0.stderr[-3000:]
