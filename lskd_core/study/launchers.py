@@ -145,18 +145,6 @@ class LocalLauncher(Launcher):
             proc.wait()
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 #: Former name of :class:`LocalLauncher`.
 SubprocessLauncher = LocalLauncher
 
