@@ -24,7 +24,6 @@ seed, dtype/K, lskd version; or when it holds fewer epochs than the student trai
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -34,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lskd_core.atomic import atomic_write_json
+from lskd_core.jsonio import BadJson, read_json_object
 from lskd_core.teacher_cache import CacheMismatch, CacheWriter, TeacherCache, describe, file_sha256, make_fingerprint
 from vision_plugin import __version__
 from vision_plugin.aug_stream import AugStream, RowView, dataset_identity, indices_sha256
@@ -75,12 +75,13 @@ def data_fingerprint(stream: AugStream, dataset_name: str, aug_seed: int) -> Dic
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
+    """lskd_core.jsonio's strict reader; a missing or damaged file is a cache to rebuild."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = read_json_object(path)
+    except BadJson as exc:
         raise CacheMismatch(f"{path} is not readable ({exc}); rebuild the teacher cache") from None
-    if not isinstance(obj, dict):
-        raise CacheMismatch(f"{path} is not a JSON object; rebuild the teacher cache")
+    if obj is None:
+        raise CacheMismatch(f"{path} is not readable (missing); rebuild the teacher cache")
     return obj
 
 
