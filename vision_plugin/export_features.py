@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -128,6 +128,26 @@ class PenultimateCapture:
         self._handle.remove()
 
 
+def penultimate_batches(model: torch.nn.Module, loader: Iterable[Any], device: torch.device
+                        ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(features [B, D], logits [B, K], target [B])`` per batch of ``loader`` in its order, the
+    features captured at the final ``nn.Linear``'s input. The one features pass of the export and of
+    the trainer's per-epoch eta (``vision_plugin.eta_monitor``); every sample is required, so an
+    unreadable image raises. ``model`` must already be in eval mode on ``device``."""
+    capture = PenultimateCapture(model)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                if batch.bad:  # a features file must hold every sample: no skipping
+                    raise bad_image_error(batch.bad[0])
+                output = model(batch.images.to(device, non_blocking=True))
+                logits = output if isinstance(output, torch.Tensor) else output[0]
+                assert capture.features is not None  # the hook ran during the forward pass
+                yield capture.features.flatten(1), logits, batch.target
+    finally:
+        capture.remove()
+
+
 def export(args: argparse.Namespace) -> Dict[str, Any]:
     """Write the features file; returns a small summary (path, rows, dim)."""
     ckpt = load_checkpoint(args.ckpt)
@@ -154,7 +174,7 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
     model.load_state_dict(state)
     device = torch.device(args.device)
     model.to(device).eval()
-    capture = PenultimateCapture(model)
+    layer_name, layer = find_final_linear(model)
 
     workers = args.workers if args.workers is not None else (0 if args.dataset == "fashion-mnist" else 8)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=workers,
@@ -168,27 +188,19 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
         labels = np.empty(n, dtype=np.int64)
         feats_mm = logits_mm = None
         row = 0
-        with torch.inference_mode():
-            for batch in loader:
-                if batch.bad:  # a features file must hold every sample: no skipping
-                    raise bad_image_error(batch.bad[0])
-                images, target = batch.images, batch.target
-                output = model(images.to(device, non_blocking=True))
-                logits = output if isinstance(output, torch.Tensor) else output[0]
-                feats = capture.features.flatten(1)
-                b = feats.shape[0]
-                if feats_mm is None:
-                    feats_mm = np.lib.format.open_memmap(scratch / "features.npy", mode="w+",
-                                                         dtype=np.dtype(args.dtype), shape=(n, feats.shape[1]))
-                    if args.save_logits:
-                        logits_mm = np.lib.format.open_memmap(scratch / "logits.npy", mode="w+",
-                                                              dtype=np.float32, shape=(n, logits.shape[1]))
-                feats_mm[row:row + b] = feats.float().cpu().numpy().astype(args.dtype, copy=False)
-                if logits_mm is not None:
-                    logits_mm[row:row + b] = logits.float().cpu().numpy()
-                labels[row:row + b] = target.numpy()
-                row += b
-        capture.remove()
+        for feats, logits, target in penultimate_batches(model, loader, device):
+            b = feats.shape[0]
+            if feats_mm is None:
+                feats_mm = np.lib.format.open_memmap(scratch / "features.npy", mode="w+",
+                                                     dtype=np.dtype(args.dtype), shape=(n, feats.shape[1]))
+                if args.save_logits:
+                    logits_mm = np.lib.format.open_memmap(scratch / "logits.npy", mode="w+",
+                                                          dtype=np.float32, shape=(n, logits.shape[1]))
+            feats_mm[row:row + b] = feats.float().cpu().numpy().astype(args.dtype, copy=False)
+            if logits_mm is not None:
+                logits_mm[row:row + b] = logits.float().cpu().numpy()
+            labels[row:row + b] = target.numpy()
+            row += b
         if row != n:
             raise RuntimeError(f"exported {row} rows, expected {n}")
         feats_mm.flush()
@@ -205,7 +217,7 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
             "subset_seed": args.seed,
             "sample_cap": cap,
             "classes": args.classes,
-            "feature_layer": capture.layer_name,
+            "feature_layer": layer_name,
             "teacher": train_args.get("teacher"),
             "temperature": train_args.get("kd_temperature") if train_args.get("teacher") else None,
             "kd_beta": train_args.get("kd_beta") if train_args.get("teacher") else None,
@@ -213,7 +225,6 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
             "seed": train_args.get("seed"),
             "lskd_version": __version__,
         }
-        layer = capture.layer
         save_features(
             out, feats_mm, labels, class_names=class_names,
             weight=layer.weight.detach().float().cpu().numpy(),
@@ -224,7 +235,7 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
         del feats_mm, logits_mm
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"out": str(out), "rows": n, "dim": dim, "feature_layer": capture.layer_name}
+    return {"out": str(out), "rows": n, "dim": dim, "feature_layer": layer_name}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

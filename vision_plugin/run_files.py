@@ -20,6 +20,7 @@ from vision_plugin.checkpoint import (
     load_checkpoint,
     save_atomic,
 )
+from vision_plugin.eta_monitor import eta_scalars
 
 
 def prepare_output_dir(path: os.PathLike) -> Path:
@@ -118,4 +119,7 @@ def log_scalars(writer: Optional[Any], record: Dict[str, Any], epoch: int) -> No
     for key, value in record.items():
         if isinstance(value, (int, float)) and key != "epoch":
             writer.add_scalar(key, value, epoch)
+    if isinstance(record.get("eta"), dict):  # --eta-reference: eta/S1, eta/S2, eta/share
+        for name, value in eta_scalars(record["eta"]).items():
+            writer.add_scalar(name, value, epoch)
     writer.flush()

@@ -63,6 +63,7 @@ from vision_plugin.engine import (
     train_one_epoch,
     train_step,
 )
+from vision_plugin.eta_monitor import add_eta_arguments, epoch_eta, open_eta_monitor
 from vision_plugin.kd import add_kd_args, build_teacher, check_kd_args, kd_criterion_from_args
 from vision_plugin.models import build_model
 from vision_plugin.run_files import (
@@ -161,6 +162,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--teacher-cache", default=None, metavar="DIR",
                         help="KD from a teacher cache built by `python -m vision_plugin.teacher_cache build` "
                              "instead of --teacher (give --teacher-ckpt too to verify it was built from that file)")
+    add_eta_arguments(parser)
     return parser
 
 
@@ -405,6 +407,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     if args.test_only:
         return _test_only(args, model, val_loader, device, num_classes, class_names, info, autocast, fmt, output_dir)
 
+    eta_monitor = open_eta_monitor(args, val_ds, class_names, model, device)  # refuses a bad reference now
     teacher = _setup_teacher(args, train_ds, num_classes, device, fmt)
     criterion = kd_criterion_from_args(args, teacher)
 
@@ -444,6 +447,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                              args.skip_bad_images)
         record = {"epoch": epoch, "lr": lr, **train_stats, **val_stats, "seed": args.seed,
                   "time_s": time.perf_counter() - epoch_start}
+        record.update(epoch_eta(eta_monitor, model_without_ddp, info.is_main))  # {"eta": ...} or {}
         history.append(record)
         if info.is_main:
             state = {
