@@ -219,7 +219,7 @@ def _load_reference(path: str) -> FeatureFile:
         raise ValueError(f"--eta-reference {path} does not exist (give a features file from "
                          f"python -m vision_plugin.export_features)") from None
     except FeaturesFileError as exc:
-        raise ValueError(f"--eta-reference: {exc}") from None
+        raise ValueError(f"--eta-reference: {exc} (re-export it with python -m vision_plugin.export_features)") from None
 
 
 def _run_samples(args: argparse.Namespace, split: str, val_ds: Dataset, class_names: List[str]
