@@ -10,6 +10,7 @@ from lskd_core.report.cache_savings import cache_savings_markdown
 from lskd_core.report.classwise import classwise_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import eta_markdown
+from lskd_core.report.eta_training import eta_training_markdown
 from lskd_core.report.markdown import md_table
 from lskd_core.report.matched import matched_markdown
 from lskd_core.report.profile import profile_markdown
@@ -40,6 +41,7 @@ def _analyses(view: StudyView, res: dict) -> List[str]:
         md.append(note)
     if "eta" in applies:
         md += eta_markdown(res, names)
+    md += eta_training_markdown(res)  # empty unless students logged eta during training
     if "entropy" in applies:
         md += entropy_markdown(res)
     if "projection" in applies:

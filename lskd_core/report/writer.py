@@ -23,6 +23,7 @@ from lskd_core.report.cache_savings import cache_savings_section
 from lskd_core.report.classwise import classwise_section
 from lskd_core.report.entropy import entropy_section
 from lskd_core.report.eta import eta_section
+from lskd_core.report.eta_training import eta_training_section
 from lskd_core.report.figures import plot_accuracy, plot_entropy
 from lskd_core.report.matched import matched_section
 from lskd_core.report.profile import profile_section
@@ -64,7 +65,7 @@ def _figures(view: StudyView, out: Path, res: dict) -> dict:
         figures["accuracy"] = plot_accuracy(res["accuracy_grid"], out / "accuracy_vs_T.png", view.task)
     except Exception as exc:
         res["accuracy_grid"]["figure_error"] = str(exc)
-    for k in ("projection", "soft_output"):
+    for k in ("projection", "soft_output", "eta_training"):
         if res.get(k, {}).get("png"):
             figures[k] = res[k]["png"]
     return {k: v for k, v in figures.items() if v}
@@ -89,6 +90,7 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
     res["matched"] = matched_section(view)  # App. H's entropy-matched students, beside the grid
     res["cache_savings"] = cache_savings_section(view)
     _analyses(view, cache, out, res)
+    res["eta_training"] = eta_training_section(view, out)  # students' per-epoch eta (eta_during_training)
     res["figures"] = _figures(view, out, res)
     res["verdict"] = verdict(res["accuracy_grid"], res.get("eta"), view.task.name)
     not_done = [r for r in view.runs if r not in view.results]

@@ -83,6 +83,9 @@ class StudyConfig:
     num_dissimilar: int = 20  # |S2| (paper: 20)
     feature_sets: Optional[list] = None  # [closest %, farthest %] (App. G method 2); None: sized like the hierarchy sets
     projection_per_class: Optional[int] = 150  # the paper plots 150 samples per class
+    # every T > T_min student logs eta against its (alpha, seed)'s T_min student after each epoch
+    # (vision task; the student then waits for that student's val export): "Diffusion during training"
+    eta_during_training: bool = False
     # --- translation task ---
     pair: str = "en-de"
     data_dir: Optional[str] = None  # binarised fairseq data; None: prepared offline by the study
@@ -286,6 +289,20 @@ def _validate_analysis(cfg: StudyConfig) -> None:
         if cfg.analysis_seed not in cfg.seed_list:
             raise ValueError(f"analysis_seed {cfg.analysis_seed} is not one of the seeds {cfg.seed_list}")
     _validate_feature_sets(cfg)
+    _validate_eta_during_training(cfg)
+
+
+def _validate_eta_during_training(cfg: StudyConfig) -> None:
+    """A T > T_min student's eta reference is the T_min student of its (alpha, seed)."""
+    cfg.eta_during_training = _bool(cfg.eta_during_training, "eta_during_training")
+    if not cfg.eta_during_training:
+        return
+    if cfg.task != "vision":
+        raise ValueError(f"eta_during_training applies to the vision task only, not {cfg.task!r}; "
+                         f"set eta_during_training = false")
+    if len(cfg.temperatures) < 2:
+        raise ValueError(f"eta_during_training needs at least two temperatures (eta compares each T with the "
+                         f"lowest), got {cfg.temperatures}")
 
 
 _CACHE_DTYPES = ("float32", "bfloat16", "float16")

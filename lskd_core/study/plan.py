@@ -20,7 +20,7 @@ from lskd_core.jsonio import num, sha256_json
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
 
-__all__ = ["Run", "teacher_id", "student_id", "export_id", "cache_id", "match_id", "matched_id", "matched_key",
+__all__ = ["Run", "teacher_id", "student_id", "export_id", "eta_reference_id", "cache_id", "match_id", "matched_id", "matched_key",
            "teacher_seed_list", "paired_teacher_seed", "teacher_run_id", "run_dir", "build_plan", "run_command",
            "plan_commands", "plugin_root", "STUDY_TOKEN", "num"]
 
@@ -52,6 +52,12 @@ def student_id(alpha: float, temperature: float, seed: int) -> str:
 
 def export_id(model_run_id: str, split: str) -> str:
     return f"export_{model_run_id}_{split}"
+
+
+def eta_reference_id(model_run_id: str) -> str:
+    """A student's val export with the training val cap, for ``eta_during_training`` when the
+    analysis export (:func:`export_id`) holds other samples (``analysis_val_samples``)."""
+    return f"export_{model_run_id}_val_eta_reference"
 
 
 def cache_id(teacher_run_id: str) -> str:

@@ -11,6 +11,7 @@ as text; the core never imports the plugin.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple
 
 from lskd_core.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, fashion_mnist_dir
@@ -18,6 +19,7 @@ from lskd_core.jsonio import num
 from lskd_core.study.plan import (
     Run,
     cache_id,
+    eta_reference_id,
     export_id,
     match_id,
     matched_id,
@@ -224,6 +226,69 @@ def _matched_runs(cfg: "StudyConfig") -> List[Run]:
     return runs
 
 
+def _eta_set_flags(cfg: "StudyConfig") -> List[str]:
+    """The trainer's class sets for eta during training: the report's (hierarchy, sizes, targets);
+    on another dataset with the default hierarchy the trainer's own default (feature-space sets)."""
+    flags: List[str] = []
+    if cfg.target_classes:
+        flags += ["--eta-targets"] + [str(c) for c in cfg.target_classes]
+    if cfg.dataset == "fashion-mnist" or cfg.hierarchy != "fashion-mnist":
+        flags += ["--eta-hierarchy", cfg.hierarchy, "--eta-num-similar", str(cfg.num_similar),
+                  "--eta-num-dissimilar", str(cfg.num_dissimilar)]
+    return flags
+
+
+def _in_dependency_order(runs: List[Run]) -> List[Run]:
+    """Stable topological order: each run as early as in ``runs`` unless a dependency comes later."""
+    done: set = set()
+    out: List[Run] = []
+    pending = list(runs)
+    while pending:
+        rest = []
+        for r in pending:
+            if all(d in done for d in r.deps):
+                out.append(r)
+                done.add(r.run_id)
+            else:
+                rest.append(r)
+        if len(rest) == len(pending):
+            raise AssertionError(f"runs {[r.run_id for r in rest][:3]} depend on runs that are not planned")
+        pending = rest
+    return out
+
+
+def _with_eta_references(cfg: "StudyConfig", runs: List[Run]) -> List[Run]:
+    """``eta_during_training``: each T > T_min student of an (alpha, seed) logs eta against the T_min
+    student's val export (``--eta-reference``) and so depends on that export (planned if the
+    analyses did not plan it)."""
+    t_min = min(cfg.temperatures)
+    ids = {r.run_id for r in runs}
+    # the reference must hold the student's own val samples: the analysis export does unless
+    # analysis_val_samples caps it otherwise
+    same = not cfg.analysis_val_samples or cfg.analysis_val_samples == cfg.val_samples
+    extra: List[Run] = []
+    for alpha in cfg.alphas:
+        for seed in cfg.seed_list:
+            ref_model = student_id(alpha, t_min, seed)
+            ref = export_id(ref_model, "val") if same else eta_reference_id(ref_model)
+            if ref not in ids:
+                own = dataclasses.replace(cfg, analysis_val_samples=None)
+                args = _export_args(own, ref_model, cfg.student_model, "val", "student")
+                extra.append(Run(ref, "export", ("module", "vision_plugin.export_features"), args, deps=[ref_model],
+                                 info={"role": "eta_reference", "alpha": alpha, "temperature": t_min,
+                                       "seed": seed, "model_run": ref_model, "split": "val"},
+                                 outputs=["features.npz"], resume_flag=None))
+            for t in cfg.temperatures:
+                if t == t_min:
+                    continue
+                run = next(r for r in runs if r.run_id == student_id(alpha, t, seed))
+                at = run.args.index("--output-dir")
+                run.args[at:at] = (["--eta-reference", f"{{study}}/runs/{ref}/features.npz"] + _eta_set_flags(cfg))
+                run.deps.append(ref)
+                run.info["eta_reference"] = ref
+    return _in_dependency_order(runs + extra)
+
+
 class VisionTask(TaskBackend):
     name = "vision"
     settings = ("dataset", "data_path", "train_samples", "val_samples", "teacher_model", "student_model",
@@ -263,6 +328,8 @@ class VisionTask(TaskBackend):
             runs += _export_runs(cfg)
         if cfg.matched_temperatures:
             runs += _matched_runs(cfg)
+        if cfg.eta_during_training:
+            runs = _with_eta_references(cfg, runs)
         return runs
 
     def setup_line(self, cfg: Mapping) -> str:
