@@ -14,6 +14,12 @@ What it measures (the study records no CPU time of its own, so both numbers are 
   student, export of a teacher / of a student, match, matched) this is the grid's compute without
   the study runner and the report. Interpreter probes of the runner (package versions) are listed
   as ``other``.
+* **warm start** (the local launcher's default, :mod:`lskd_core.study.warm_start`): runs forked by
+  the warm server do not pass through the wrapper; the server records each one's CPU seconds
+  (``wait4``) in the run's ``stdout.log.exit.json``, read here per run. The server itself goes
+  through the wrapper, whose number then includes the children it reaped; what is left after
+  subtracting them (its imports, paid once) is counted as the kind ``warm_server``. ``--cold``
+  turns warm start off in both arms (every run its own interpreter, as before warm start).
 * **whole study**: ``resource.getrusage(RUSAGE_CHILDREN)`` before and after each study subprocess:
   runner + runs + report (the report cannot be skipped; it is the same work in both arms except
   for its cache-savings section).
@@ -58,7 +64,8 @@ CHANGED_KINDS = ("cache", "student", "matched")
 #: kinds that scale with the number of student seeds (for --project-seeds)
 PER_SEED_KINDS = ("student", "matched", "export_student", "export_matched")
 KIND_ORDER = ("teacher", "cache", "student", "matched", "match", "export_teacher", "export_student",
-              "export_matched", "other")
+              "export_matched", "warm_server", "other")
+WARM_SERVER_MODULE = "lskd_core.study.warm_start"
 _RUN_ID = re.compile(r"[/\\]runs[/\\]([^/\\]+)")
 _SEED = re.compile(r"_s(\d+)$")
 
@@ -144,21 +151,40 @@ def kind_of(run_id: Optional[str]) -> str:
     return "other"
 
 
-def read_log(log: Path, arm: Arm) -> None:
-    seeds = set()
-    if not log.exists():
-        return
-    for line in log.read_text().splitlines():
+def _add_run(arm: Arm, run_id: Optional[str], cpu: float, wall: float, rc: int, seeds: set) -> None:
+    kind = kind_of(run_id)
+    arm.kinds.setdefault(kind, KindCost()).add(cpu, wall)
+    if rc != 0 and run_id:
+        arm.failed_runs.append(f"{run_id} (exit {rc})")
+    if kind == "student" and run_id:
+        m = _SEED.search(run_id)
+        if m:
+            seeds.add(m.group(1))
+
+
+def read_log(log: Path, study: Path, arm: Arm) -> None:
+    """Cold runs from the wrapper's log, warm-started runs from their exit records; the warm
+    server's own CPU is its wrapper record minus the children it reaped."""
+    seeds: set = set()
+    server_cpu = server_wall = 0.0
+    servers = 0
+    for line in (log.read_text().splitlines() if log.exists() else []):
         rec = json.loads(line)
-        run_id = run_id_of(rec["argv"])
-        kind = kind_of(run_id)
-        arm.kinds.setdefault(kind, KindCost()).add(rec["user_s"] + rec["sys_s"], rec["wall_s"])
-        if rec["rc"] != 0 and run_id:
-            arm.failed_runs.append(f"{run_id} (exit {rec['rc']})")
-        if kind == "student" and run_id:
-            m = _SEED.search(run_id)
-            if m:
-                seeds.add(m.group(1))
+        if WARM_SERVER_MODULE in rec["argv"]:
+            server_cpu += rec["user_s"] + rec["sys_s"]
+            server_wall += rec["wall_s"]
+            servers += 1
+            continue
+        _add_run(arm, run_id_of(rec["argv"]), rec["user_s"] + rec["sys_s"], rec["wall_s"], rec["rc"], seeds)
+    children_cpu = 0.0
+    for exit_file in sorted(study.glob("runs/*/stdout.log.exit.json")):
+        rec = json.loads(exit_file.read_text())
+        cpu = rec["cpu_user_s"] + rec["cpu_system_s"]
+        children_cpu += cpu
+        _add_run(arm, exit_file.parent.name, cpu, 0.0, rec["returncode"], seeds)
+    if servers:
+        arm.kinds["warm_server"] = KindCost(runs=servers, cpu_s=max(0.0, server_cpu - children_cpu),
+                                            wall_s=server_wall)
     arm.seeds = len(seeds)
 
 
@@ -179,14 +205,16 @@ def parse_set(items: Sequence[str]) -> Dict[str, object]:
     return out
 
 
-def run_arm(cache: bool, settings: Dict[str, object], study_args: Sequence[str], root: Path) -> Arm:
+def run_arm(cache: bool, settings: Dict[str, object], study_args: Sequence[str], root: Path,
+            cold: bool = False) -> Arm:
     name = "cache" if cache else "live"
     work = root / name
     work.mkdir()
     log, wrapper = work / "cpu.jsonl", work / "python"
     write_wrapper(wrapper, log)
     config = work / "config.json"
-    config.write_text(json.dumps({**settings, "cache": cache, "python": str(wrapper)}, indent=1))
+    extra: Dict[str, object] = {"launcher": {"kind": "local", "warm_start": False}} if cold else {}
+    config.write_text(json.dumps({**settings, **extra, "cache": cache, "python": str(wrapper)}, indent=1))
     cmd = [sys.executable, "-m", "lskd_core.study", "--config", str(config), "--out", str(work / "study"),
            "--no-progress", *study_args]
     print(f"[{name}] {' '.join(cmd)}", flush=True)
@@ -197,7 +225,7 @@ def run_arm(cache: bool, settings: Dict[str, object], study_args: Sequence[str],
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     arm = Arm(cache=cache, rc=rc, wall_s=time.perf_counter() - start,
               study_cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-    read_log(log, arm)
+    read_log(log, work / "study", arm)
     if rc != 0:
         tail = (work / "study.log").read_text(errors="replace").splitlines()[-15:]
         print(f"[{name}] the study exited {rc}; last lines of its output:\n  " + "\n  ".join(tail), flush=True)
@@ -263,6 +291,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="a study setting for both arms (VALUE as JSON), e.g. --set seeds=4; repeatable")
     parser.add_argument("--project-seeds", type=int, default=None, metavar="N",
                         help="also print the ratios with the per-seed runs (students, their exports) scaled to N seeds")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm start: every run its own interpreter (launcher warm_start = false) in both arms")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep both study directories under DIR (must not exist) instead of a removed temp dir")
     args = parser.parse_args(argv)
@@ -282,8 +312,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     load = os.getloadavg()
     print(f"settings: {json.dumps(settings)}  study flags: {study_args}  load average {load[0]:.1f}", flush=True)
     try:
-        cached = run_arm(True, settings, study_args, root)
-        live = run_arm(False, settings, study_args, root)
+        cached = run_arm(True, settings, study_args, root, cold=args.cold)
+        live = run_arm(False, settings, study_args, root, cold=args.cold)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

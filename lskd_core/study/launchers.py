@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 from lskd_core.study.lock import process_alive
 from lskd_core.study.plan import Run
+from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_module
 
 __all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
 
@@ -79,6 +80,10 @@ class Launcher(ABC):
         """Ctrl-C while runs are in flight (detached launchers: they keep running unless this stops them)."""
         return None
 
+    def close(self) -> None:
+        """The runner is done with this launcher (release helpers such as a warm server)."""
+        return None
+
 
 #: Exit status reported for a local run whose process cannot be found (e.g. a handle from an
 #: earlier invocation whose process has ended: its real status is unknowable).
@@ -86,22 +91,43 @@ LOST = 255
 
 
 class LocalLauncher(Launcher):
-    """Each run is a child process of the runner (its own process group, output to ``log_path``).
+    """Each run is a child process of this machine (its own process group, output to ``log_path``).
 
-    Subclass and override :meth:`start` to dispatch elsewhere (tests fake launches this way).
+    With ``warm_start`` (the default) ``python -m MODULE`` runs are forks of one warm server that
+    imported torch once (:mod:`lskd_core.study.warm_start`): the same process, arguments, log and
+    exit status as a cold start, without ~2-3 CPU seconds of imports per run. Other runs, and every
+    run when the server cannot be used, start cold. ``[launcher] kind = "local", warm_start = false``
+    turns it off. Subclass and override :meth:`start` to dispatch elsewhere (tests fake launches this way).
     """
 
     name = "local"
     queues_dependencies = False
     detached = False
 
-    def __init__(self) -> None:
+    def __init__(self, warm_start: bool = True) -> None:
+        self.warm_start = warm_start
         self._procs: Dict[int, subprocess.Popen] = {}
+        self._warm: Dict[int, Path] = {}  # pid -> exit file, for runs forked by our server
+        self._server: Optional[WarmServer] = None
+        self.warm_note: Optional[str] = None  # why runs start cold although warm_start is on
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "LocalLauncher":
+        warm = options.get("warm_start", True)
+        if not isinstance(warm, bool):
+            raise ValueError(f"launcher setting warm_start must be true or false, got {warm!r}")
+        return cls(warm_start=warm)
 
     def start(self, run: Run, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
               cwd: Optional[Path] = None, after: Sequence[Handle] = ()) -> Handle:
         if after:
             raise ValueError("the local launcher cannot queue a run behind unfinished runs")
+        handle: Handle = {"launcher": self.name, "host": socket.gethostname(), "log": str(log_path),
+                          "started": time.time()}
+        pid = self._start_warm(argv, env, log_path, cwd)
+        if pid is not None:
+            handle.update(pid=pid, exit_file=str(self._warm[pid]))
+            return handle
         log = open(log_path, "ab")
         try:
             proc = subprocess.Popen(list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT,
@@ -109,18 +135,47 @@ class LocalLauncher(Launcher):
         finally:
             log.close()  # the child holds its own descriptor
         self._procs[proc.pid] = proc
-        return {"launcher": self.name, "pid": proc.pid, "host": socket.gethostname(), "log": str(log_path),
-                "started": time.time()}
+        handle.update(pid=proc.pid, started=time.time())
+        return handle
+
+    def _start_warm(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+                    cwd: Optional[Path]) -> Optional[int]:
+        module = warm_module(argv, argv[0]) if self.warm_start and argv else None
+        if module is None or self.warm_note:
+            return None
+        server = self._server
+        if server is not None and (server.python != argv[0] or server.env != dict(env)):
+            server.close()  # another interpreter or environment: a server must match the runs'
+            server = None
+        if server is None:
+            server = self._server = WarmServer(argv[0], env, cwd=cwd)
+        exit_path = Path(f"{log_path}.exit.json")
+        exit_path.unlink(missing_ok=True)  # a record from an earlier attempt must not answer for this one
+        pid = server.spawn(module, argv[3:], log_path, exit_path, cwd)
+        if pid is None:
+            if server.failed:
+                self.warm_note = server.failed
+            return None
+        self._warm[pid] = exit_path
+        return pid
 
     def poll(self, handle: Handle) -> Optional[int]:
-        proc = self._procs.get(int(handle.get("pid", -1)))
+        pid = int(handle.get("pid", -1))
+        proc = self._procs.get(pid)
         if proc is not None:
             return proc.poll()
-        # A handle reloaded from disk: this process is not the child's parent, so only its
-        # liveness can be seen (same host only; the recorded start time tells a reused pid apart).
-        if handle.get("host") == socket.gethostname() and process_alive(handle.get("pid", -1),
-                                                                        handle.get("proc_start")):
+        if handle.get("exit_file"):
+            record = read_exit_file(Path(handle["exit_file"]))
+            if record is not None and record.get("pid", pid) == pid:
+                self._warm.pop(pid, None)
+                return int(record["returncode"])
+        # A run our server has not reaped yet, or a handle reloaded from disk (this process is not
+        # the child's parent): only its liveness can be seen (same host only; the recorded start
+        # time tells a reused pid apart).
+        if handle.get("host") == socket.gethostname() and process_alive(pid, handle.get("proc_start")):
             return None
+        if pid in self._warm and self._server is not None and self._server.usable:
+            return None  # ended a moment ago: the server writes its exit record within ~0.2 s
         return LOST
 
     def stop(self, handle: Handle) -> None:
@@ -128,21 +183,40 @@ class LocalLauncher(Launcher):
         pid = int(handle.get("pid", -1))
         if pid <= 0:
             return
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill_group(pid, signal.SIGTERM)
         proc = self._procs.pop(pid, None)
-        if proc is None:
-            return
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        if proc is not None:
             try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _kill_group(pid, signal.SIGKILL)
+                proc.wait()
+        elif pid in self._warm:
+            if not _wait_gone(pid, 20):
+                _kill_group(pid, signal.SIGKILL)
+                _wait_gone(pid, 20)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until a process that is not our child has ended (a zombie counts as ended)."""
+    deadline = time.time() + timeout
+    while process_alive(pid):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 #: Former name of :class:`LocalLauncher`.

@@ -152,6 +152,7 @@ class _Loop:
     skipped: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     adopted: list = field(default_factory=list)
+    warm_noted: bool = False
 
     def __post_init__(self) -> None:
         self.by_id = {r.run_id: r for r in self.plan}
@@ -232,9 +233,16 @@ class _Loop:
                                                "argv": argv})
         after = [self.running[d].handle for d in run.deps if d in self.running]
         handle = self.launcher.start(run, argv, self.env, log_path, after=after)
+        self._note_cold_start()
         write_launch(rdir, handle)
         self.running[run.run_id] = _InFlight(handle, time.time(), resume)
         self.launched.append(run.run_id)
+
+    def _note_cold_start(self) -> None:
+        note = getattr(self.launcher, "warm_note", None)
+        if note and not self.warm_noted:
+            self.warm_noted = True
+            self.echo(f"[study] runs start cold (no warm start): {note}")
 
     def _damaged_input(self, run: Run) -> Optional[str]:
         """Re-verify the finished inputs a run is about to read (size + sha256 recorded when they
@@ -468,6 +476,7 @@ def _run_study(cfg: StudyConfig, study_dir: "os.PathLike[str] | str", launcher: 
              "last checkpoint on the next invocation")
     finally:
         _restore_sigterm_handler(prev_handler)
+        launcher.close()
         bar.close()
     if interrupted:
         raise KeyboardInterrupt

@@ -1,0 +1,213 @@
+"""Warm start (lskd_core.study.warm_start): runs forked from a pre-imported server behave like
+``python -m MODULE`` started cold: same argv and ``__name__``, same exit status, output in the
+log, files flushed, signals and process groups, and bit-identical training results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lskd_core import study as S
+from lskd_core.study.launchers import LOST
+from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_module
+from tests.conftest import needs_fashion_mnist, subprocess_env
+from vision_plugin.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = textwrap.dedent('''
+    import json, os, sys, threading
+    mode = sys.argv[1]
+    print(json.dumps({"argv": sys.argv, "name": __name__, "cwd": os.getcwd(), "pid": os.getpid(),
+                      "pgid": os.getpgid(0)}), flush=True)
+    if mode == "fail":
+        raise RuntimeError("probe failed on purpose")
+    if mode == "exit":
+        sys.exit(int(sys.argv[2]))
+    if mode == "message":
+        sys.exit("a message for stderr")
+    if mode == "sleep":
+        import time
+        time.sleep(60)
+    if mode == "leave-open":
+        OPEN = open(sys.argv[2], "w")
+        OPEN.write("written, never closed")
+    if mode == "numpy":
+        import numpy as np
+        import torch
+        a = np.random.default_rng(0).standard_normal((300, 300))
+        t = torch.from_numpy(a)
+        print(float((a @ a).trace()), float((t @ t).trace()), flush=True)
+''')
+
+THREADED = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+
+
+@pytest.fixture()
+def probe_env(tmp_path):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "lskd_probe.py").write_text(PROBE)
+    (mods / "lskd_threaded.py").write_text(THREADED + "print('threaded ran')\n")
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(mods), str(ROOT)]))
+    return env
+
+
+def _wait_exit(path: Path, timeout: float = 30.0) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        rec = read_exit_file(path)
+        if rec is not None:
+            return rec
+        time.sleep(0.05)
+    raise AssertionError(f"no exit record at {path}")
+
+
+def _wait_poll(launcher, handle, timeout: float = 60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        rc = launcher.poll(handle)
+        if rc is not None:
+            return rc
+        time.sleep(0.05)
+    raise AssertionError("run did not end")
+
+
+def test_warm_module_accepts_only_plain_python_dash_m():
+    py = "/env/bin/python"
+    assert warm_module([py, "-m", "vision_plugin.train", "--epochs", "1"], py) == "vision_plugin.train"
+    assert warm_module([py, "-c", "print(1)"], py) is None
+    assert warm_module(["/other/python", "-m", "x"], py) is None
+    assert warm_module([py, "-m", "torch.distributed.run", "-m", "x"], py) is None  # torchrun: own rendezvous
+    assert warm_module([py, "-m"], py) is None
+
+
+def test_server_runs_modules_like_python_dash_m(tmp_path, probe_env):
+    server = WarmServer(sys.executable, probe_env, preload=("numpy",))
+    try:
+        assert server.usable, server.failed
+        cases = {"ok": ["ok"], "exit": ["exit", "3"], "fail": ["fail"], "message": ["message"],
+                 "leave-open": ["leave-open", str(tmp_path / "open.txt")], "numpy": ["numpy"]}
+        pids = {}
+        for name, args in cases.items():
+            pids[name] = server.spawn("lskd_probe", args, tmp_path / f"{name}.log", tmp_path / f"{name}.exit.json",
+                                      cwd=tmp_path)
+            assert isinstance(pids[name], int)
+        records = {name: _wait_exit(tmp_path / f"{name}.exit.json") for name in cases}
+    finally:
+        server.close()
+    assert {n: r["returncode"] for n, r in records.items()} == {
+        "ok": 0, "exit": 3, "fail": 1, "message": 1, "leave-open": 0, "numpy": 0}
+    for name, rec in records.items():
+        assert rec["pid"] == pids[name] and rec["cpu_user_s"] >= 0 and rec["cpu_system_s"] >= 0
+    first = json.loads((tmp_path / "ok.log").read_text().splitlines()[0])
+    # what a cold `python -m lskd_probe ok` would see: its own file as argv[0], __main__, the cwd,
+    # and a new session (process group = its pid)
+    assert first["argv"][0].endswith("lskd_probe.py") and first["argv"][1:] == ["ok"]
+    assert first["name"] == "__main__" and first["cwd"] == str(tmp_path) and first["pgid"] == first["pid"]
+    assert "RuntimeError: probe failed on purpose" in (tmp_path / "fail.log").read_text()
+    assert "a message for stderr" in (tmp_path / "message.log").read_text()
+    assert (tmp_path / "open.txt").read_text() == "written, never closed"  # flushed at exit
+    # BLAS in numpy and torch still works in a forked child (OpenBLAS restarts its pool after fork)
+    np_trace, torch_trace = map(float, (tmp_path / "numpy.log").read_text().splitlines()[1].split())
+    assert np_trace == pytest.approx(torch_trace, rel=1e-9)
+
+
+def test_server_refuses_to_fork_once_an_import_started_a_thread(tmp_path, probe_env):
+    server = WarmServer(sys.executable, probe_env, preload=())
+    try:
+        assert server.usable
+        pid = server.spawn("lskd_threaded", [], tmp_path / "t.log", tmp_path / "t.exit.json")
+        assert pid is None and "threads" in (server.failed or "")
+        # unusable for good: later requests are refused without asking
+        assert server.spawn("lskd_probe", ["ok"], tmp_path / "p.log", tmp_path / "p.exit.json") is None
+    finally:
+        server.close()
+
+
+def test_launcher_falls_back_to_cold_when_python_is_not_python(tmp_path, probe_env):
+    fake = tmp_path / "fakepython"
+    fake.write_text('#!/bin/sh\necho "fake run $*"\nexit 0\n')
+    fake.chmod(0o755)
+    la = S.LocalLauncher()
+    h = la.start(S.Run("r", "export", ("module", "x"), []), [str(fake), "-m", "lskd_probe", "ok"], probe_env,
+                 tmp_path / "log.txt")
+    assert _wait_poll(la, h) == 0 and "exit_file" not in h
+    assert la.warm_note  # the runner prints why runs start cold
+    assert "fake run -m lskd_probe ok" in (tmp_path / "log.txt").read_text()
+    la.close()
+
+
+def test_launcher_warm_handles_poll_stop_and_reload(tmp_path, probe_env):
+    la = S.LocalLauncher()
+    run = S.Run("r", "export", ("module", "x"), [])
+    try:
+        h = la.start(run, [sys.executable, "-m", "lskd_probe", "exit", "4"], probe_env, tmp_path / "a.log")
+        assert h["exit_file"] and json.loads(json.dumps(h)) == h
+        assert _wait_poll(la, h) == 4
+        # another invocation reading launch.json gets the recorded status, not LOST
+        assert S.LocalLauncher().poll(json.loads(json.dumps(h))) == 4
+        # a new attempt at the same log path does not inherit the old record
+        h2 = la.start(run, [sys.executable, "-m", "lskd_probe", "sleep"], probe_env, tmp_path / "a.log")
+        assert h2["exit_file"] == h["exit_file"] and la.poll(h2) is None
+        t0 = time.time()
+        while "pgid" not in (tmp_path / "a.log").read_text() and time.time() - t0 < 20:
+            time.sleep(0.05)
+        la.stop(h2)
+        assert _wait_poll(la, h2) == -signal.SIGTERM
+        # without an exit record and no such process: LOST, as for a cold handle
+        gone = dict(h2, exit_file=str(tmp_path / "none.json"))
+        assert S.LocalLauncher().poll(gone) == LOST
+    finally:
+        la.close()
+
+
+def test_warm_start_setting_is_validated():
+    assert S.LocalLauncher.from_options({"warm_start": False}).warm_start is False
+    assert S.LocalLauncher.from_options({}).warm_start is True
+    with pytest.raises(ValueError, match="warm_start must be true or false"):
+        S.LocalLauncher.from_options({"warm_start": "no"})
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_warm_training_run_is_bit_identical_to_a_cold_one(tmp_path):
+    """The same deterministic CPU training run, cold and forked from the warm server: identical
+    weights and identical per-epoch metrics."""
+    env = subprocess_env(PYTHONPATH=str(ROOT))
+    args = ["--model", "lskd_cnn_s", "--dataset", "fashion-mnist", "--train-samples", "300", "--val-samples", "200",
+            "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--label-smoothing", "0.1", "--seed", "3",
+            "--threads", "1", "--workers", "0", "--deterministic", "--no-progress", "--device", "cpu"]
+    run = S.Run("r", "teacher", ("module", "vision_plugin.train"), [])
+    outs = {}
+    for mode in ("cold", "warm"):
+        out = tmp_path / mode
+        out.mkdir()
+        la = S.LocalLauncher(warm_start=(mode == "warm"))
+        try:
+            h = la.start(run, [sys.executable, "-m", "vision_plugin.train", *args, "--output-dir", str(out)], env,
+                         out / "stdout.log")
+            assert _wait_poll(la, h, timeout=300) == 0, (out / "stdout.log").read_text()[-2000:]
+            assert ("exit_file" in h) == (mode == "warm")
+        finally:
+            la.close()
+        outs[mode] = out
+    cold = load_checkpoint(outs["cold"] / "checkpoint.pth")["model"]
+    warm = load_checkpoint(outs["warm"] / "checkpoint.pth")["model"]
+    assert cold.keys() == warm.keys()
+    for k in cold:
+        assert torch.equal(cold[k], warm[k]), k
+
+    def epochs(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: r[k] for k in ("epoch", "train_loss", "val_acc1")} for r in rows if "val_acc1" in r]
+
+    assert epochs(outs["cold"]) == epochs(outs["warm"]) and len(epochs(outs["cold"])) == 2
