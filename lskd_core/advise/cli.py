@@ -197,6 +197,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if ns.reduction_factor < 2:
             raise ValueError(f"--reduction-factor must be >= 2, got {ns.reduction_factor}")
         cfg = load_config(ns.preset, ns.config, _overrides(ns))
+        # its students' early eta comes from per-epoch exports (evidence.py); the grid's eta references
+        # (eta_during_training) are exports of the grid's students, which the advisor never runs
+        cfg.eta_during_training = False
         teachers = _teacher_specs(ns.teacher)
         check_input(cfg, teachers)
         if ns.min_epochs is not None and ns.min_epochs > cfg.student_epochs:
