@@ -288,3 +288,22 @@ def test_eta_flags_without_a_reference_are_refused(tmp_path, capsys):
     code, err = vision_cli([*FMNIST, "--epochs", "1", "--eta-targets", "3", "--output-dir", str(tmp_path / "o")],
                            capsys)
     assert code == 2 and "--eta-targets needs --eta-reference FEATS.npz" in err
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_two_process_torchrun_logs_eta_once_equal_to_the_cli(reference, tmp_path):
+    """Under DDP only rank 0 measures (the other rank skips the pass); its numbers are the CLI's."""
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(REPO / "vision_plugin" / "train.py"), *FMNIST, "--epochs", "1", "--seed", "3",
+                           "--device", "cpu", "--eta-reference", str(reference), "--output-dir", str(out)],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = _epoch_records(out)
+    assert len(records) == 1 and "eta" in records[0]
+    _export(out / "model_0.pth", tmp_path / "e0.npz")
+    cli = _eta_cli(reference, tmp_path / "e0.npz", "--hierarchy", "fashion-mnist", "--num-similar", "2",
+                   "--num-dissimilar", "4")
+    for mine, theirs in zip(records[0]["eta"]["targets"], cli):
+        assert (mine["eta_s1"], mine["eta_s2"]) == pytest.approx((theirs["eta_s1"], theirs["eta_s2"]), abs=1e-6)
