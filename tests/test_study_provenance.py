@@ -38,6 +38,7 @@ GROUPS: Dict[str, Pred] = {
     "prepare": lambda r: r.kind == "prepare",
     "gen_t": lambda r: r.kind == "generate" and r.info.get("role") == "teacher",
     "gen_s": lambda r: r.kind == "generate" and r.info.get("role") != "teacher",
+    "student_above_tmin": lambda r: r.run_id.startswith("student_") and float(r.info.get("temperature", 0)) > 1,
     "all": lambda r: True,
 }
 NONE: Set[str] = set()
@@ -90,6 +91,7 @@ VISION = {
     "num_dissimilar": (5, NONE),
     "feature_sets": ([10.0, 50.0], NONE),
     "projection_per_class": (20, NONE),
+    "eta_during_training": (True, {"student_above_tmin"}),  # T > T_min (1 here) students: --eta-reference
     "pair": ("de-en", NONE),
     "data_dir": ("/data/bin", NONE),
     "arch": ("transformer_wmt_en_de", NONE),
@@ -145,6 +147,7 @@ TRANSLATION = {
     "beam": (2, {"gen_t", "gen_s"}),
     "generate_args": (["--lenpen", "0.6"], {"gen_t", "gen_s"}),
     "prepare_args": (["--max-pairs", "10"], {"prepare"}),
+    "eta_during_training": (True, NONE),  # vision only (refused for translation by load_config)
 }
 
 
