@@ -159,10 +159,14 @@ def test_launcher_warm_handles_poll_stop_and_reload(tmp_path, probe_env):
         h2 = la.start(run, [sys.executable, "-m", "lskd_probe", "sleep"], probe_env, tmp_path / "a.log")
         assert h2["exit_file"] == h["exit_file"] and la.poll(h2) is None
         t0 = time.time()
-        while "pgid" not in (tmp_path / "a.log").read_text() and time.time() - t0 < 20:
+        while (tmp_path / "a.log").read_text().count("pgid") < 2 and time.time() - t0 < 20:
             time.sleep(0.05)
         la.stop(h2)
         assert _wait_poll(la, h2) == -signal.SIGTERM
+        # stopped right after it was started: the run already leads its own process group
+        h3 = la.start(run, [sys.executable, "-m", "lskd_probe", "sleep"], probe_env, tmp_path / "b.log")
+        la.stop(h3)
+        assert _wait_poll(la, h3) == -signal.SIGTERM
         # without an exit record and no such process: LOST, as for a cold handle
         gone = dict(h2, exit_file=str(tmp_path / "none.json"))
         assert S.LocalLauncher().poll(gone) == LOST

@@ -225,9 +225,11 @@ def _exit_code(e: SystemExit) -> int:
     return 1
 
 
-def _run_child(request: Mapping[str, Any]) -> int:
+def _run_child(request: Mapping[str, Any], ready_fd: int) -> int:
     """In the forked child: become the run (new session, its log, its argv) and run the module."""
     os.setsid()
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
     # the dispositions of a fresh interpreter (the server ignores SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -307,9 +309,14 @@ def _handle(request: Mapping[str, Any], children: Dict[int, str], state: Dict[st
                              "forking it is not safe" if threads else "threads cannot be counted (no /proc)")
         _send({"cold": state["unusable"], "unusable": True})
         return None
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        return _run_child(request)
+        os.close(ready_r)
+        return _run_child(request, ready_w)
+    os.close(ready_w)
+    os.read(ready_r, 1)  # until the child leads its own session: a stop right after start must reach it
+    os.close(ready_r)
     children[pid] = str(request["exit"])
     _send({"pid": pid})
     return None
