@@ -185,9 +185,14 @@ def compatibility(obs: Sequence[Obs], alpha_ls: float, alpha_plain: float) -> Li
 # ------------------------------------------------------------------------------------------------
 def _slope(x: Sequence[float], y: Sequence[float]) -> Tuple[float, Optional[float], int]:
     """OLS slope of y on x, its standard error (None when n <= 2: no residual df) and n - 2."""
-    res = stats.linregress(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    yv = np.asarray(y, dtype=float)
+    res = stats.linregress(np.asarray(x, dtype=float), yv)
     n = len(x)
-    return float(res.slope), (float(res.stderr) if n > 2 else None), n - 2
+    se: Optional[float] = float(res.stderr) if n > 2 else None
+    if se is not None and not math.isfinite(se):
+        # scipy gives nan for a constant y (its correlation is 0/0); the fit is then exact: se = 0
+        se = 0.0 if float(np.ptp(yv)) == 0.0 else None
+    return float(res.slope), se, n - 2
 
 
 def _unit_slopes(obs: Sequence[Obs], alpha: float, by_teacher: bool) -> Dict[Tuple[int, ...], float]:

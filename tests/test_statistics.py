@@ -154,6 +154,27 @@ def test_trend_matches_polyfit_and_textbook_interval():
     assert tr["change_over_range"]["ci"] == pytest.approx([x * span for x in t_interval(b, se, df)])
 
 
+def test_trend_of_identical_values_is_an_exact_zero_slope():
+    # scipy's linregress returns stderr = nan for a constant y; the exact fit has se 0, so the
+    # interval is the point [0, 0] (not [nan, nan], which reached the report as None and crashed it)
+    obs = _grid(lambda a, t, s, k: 70.0, alphas=(0.0, 0.1))
+    for alpha in (0.0, 0.1):
+        est = st.trend(obs, alpha)["slope_per_ln_T"]
+        assert est["estimate"] == 0.0 and est["se"] == 0.0 and est["ci"] == [0.0, 0.0] and est["p"] == 1.0
+        assert st.evidence_level(est, -1) == st.NOT_SHOWN
+
+
+def test_report_renders_a_study_whose_seeds_all_agree(tmp_path):
+    from conftest import synthetic_study
+
+    from lskd_core.report import write_report
+
+    synthetic_study(tmp_path, {})  # every cell at the same accuracy
+    out = write_report(tmp_path)
+    text = (out / "report.md").read_text()
+    assert "0.00 [0.00, 0.00]" in text or "+0.00 [+0.00, +0.00]" in text  # the exact zero trend, shown
+
+
 @pytest.mark.parametrize("sign", [-1, +1])
 def test_trend_sign(sign):
     rng = np.random.default_rng(4)
