@@ -26,10 +26,8 @@ are checked before training; a mismatch is one line naming the field and the rem
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,6 +40,7 @@ from lskd_core.diffusion import class_stats
 from lskd_core.eta import build_parser as eta_parser
 from lskd_core.eta_sets import Sets, UsageError, resolve_class, select_sets
 from lskd_core.features_io import FeatureFile, FeaturesFileError, load_features
+from lskd_core.jsonio import file_sha256
 from vision_plugin.batching import collate
 from vision_plugin.datasets import build_dataset
 from vision_plugin.export_features import penultimate_batches
@@ -49,7 +48,7 @@ from vision_plugin.models import find_final_linear
 from vision_plugin.train_data import num_workers, subset_seed
 
 __all__ = ["add_eta_arguments", "RunSamples", "reference_mismatch", "eta_set_argv", "choose_sets",
-           "EtaMonitor", "open_eta_monitor", "epoch_eta", "eta_scalars", "file_sha256"]
+           "EtaMonitor", "open_eta_monitor", "epoch_eta", "eta_scalars"]
 
 # Fashion-MNIST's hierarchy has too few classes for the eta CLI's default |S1| = 4, |S2| = 20.
 _FASHION_SIZES = (2, 4)
@@ -75,14 +74,6 @@ def add_eta_arguments(parser: argparse.ArgumentParser) -> None:
                    help="|S1| of hierarchy sets (default 2 for fashion-mnist, else the eta CLI's 4)")
     g.add_argument("--eta-num-dissimilar", default=None, type=int, metavar="N",
                    help="|S2| of hierarchy sets (default 4 for fashion-mnist, else the eta CLI's 20)")
-
-
-def file_sha256(path: "str | Path") -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- checks
