@@ -21,10 +21,11 @@ and :mod:`~lskd_core.study.slurm` for SLURM), :mod:`~lskd_core.study.runner`
 
 from lskd_core.study.cli import main
 from lskd_core.study.config import StudyConfig, available_presets, load_config, read_config_file, read_preset
+from lskd_core.study.dispatch import prepare_for_dispatch
 from lskd_core.study.launcher_slurm import SlurmLauncher, SlurmSettings  # registers the "slurm" launcher
 from lskd_core.study.launchers import LAUNCHERS, Handle, Launcher, LocalLauncher, SubprocessLauncher, make_launcher
 from lskd_core.study.plan import Run, build_plan, export_id, plan_commands, run_command, student_id, teacher_id
-from lskd_core.study.runner import StudyOutcome, prepare_for_dispatch, run_study
+from lskd_core.study.runner import StudyOutcome, run_study
 from lskd_core.study.state import (
                                    EVENT_LOG,
                                    LAUNCH,

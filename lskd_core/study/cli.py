@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lskd_core.study.config import available_presets, check_models, load_config
+from lskd_core.study.dispatch import prepare_for_dispatch
 from lskd_core.study.launchers import LAUNCHERS
-from lskd_core.study.runner import StudyOutcome, prepare_for_dispatch, run_study
+from lskd_core.study.runner import StudyOutcome, run_study
 from lskd_core.study.status import study_status
 from lskd_core.study.tasks import task_names
 

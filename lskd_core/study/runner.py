@@ -55,7 +55,7 @@ from lskd_core.study.state import (
 )
 from lskd_core.study.tasks import get_task
 
-__all__ = ["StudyOutcome", "run_study", "prepare_for_dispatch", "child_env"]
+__all__ = ["StudyOutcome", "run_study", "child_env"]
 
 
 @dataclass
@@ -509,22 +509,3 @@ def _restore_sigterm_handler(prev: Any) -> None:
             signal.signal(signal.SIGTERM, prev)
         except ValueError:
             pass
-
-
-def prepare_for_dispatch(cfg: StudyConfig, study_dir: "os.PathLike[str] | str") -> List[str]:
-    """Write the manifest and each run's run_config.json (so ``--report-only`` can later verify the
-    collected results) and return the commands, in dependency order."""
-    study = Path(study_dir).resolve()
-    plan = build_plan(cfg)
-    study.mkdir(parents=True, exist_ok=True)
-    write_manifest(study, cfg, plan)
-    cmds = []
-    for run in plan:
-        argv = run_command(run, study, cfg)
-        rdir = run_dir(study, run.run_id)
-        state = inspect_run(run, study, dep_fingerprints(run, study), strict=False)
-        if state.status in ("new", "restart") and not (rdir / RUN_CONFIG).exists():
-            rdir.mkdir(parents=True, exist_ok=True)
-            write_run_config(run, study, cfg, argv, None, launched_by="external")
-        cmds.append(shlex.join(argv))
-    return cmds
