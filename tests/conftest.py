@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -265,6 +266,17 @@ def run_main(main, argv: List[str]) -> Tuple[int, str, str]:
         except SystemExit as exc:  # argparse's --help
             code = exc.code if isinstance(exc.code, int) else 1
     return int(code), out.getvalue(), err.getvalue()
+
+
+def wait_for_exit(launcher, handle, timeout: float = 60.0) -> int:
+    """Poll a study launcher until the run of ``handle`` ends; its exit status."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        rc = launcher.poll(handle)
+        if rc is not None:
+            return rc
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not end within {timeout:.0f} s")
 
 
 #: a tiny end-to-end vision study (Fashion-MNIST subset, 2 alphas x 2 T x 1 seed, 1 epoch) that the

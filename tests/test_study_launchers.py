@@ -16,21 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_for_exit
 
 from lskd_core import study as S
 from lskd_core.study.launchers import LOST
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _wait(launcher, handle, timeout=20.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        rc = launcher.poll(handle)
-        if rc is not None:
-            return rc
-        time.sleep(0.05)
-    raise AssertionError("process did not end")
 
 
 def _dummy_run():
@@ -43,7 +34,7 @@ def test_local_launcher_handle_is_json_and_reports_exit_status(tmp_path):
     h = la.start(_dummy_run(), [sys.executable, "-c", "print('hi'); raise SystemExit(3)"], dict(os.environ), log)
     assert json.loads(json.dumps(h)) == h  # what the runner records in launch.json
     assert h["launcher"] == "local" and h["log"] == str(log) and isinstance(h["pid"], int)
-    assert _wait(la, h) == 3
+    assert wait_for_exit(la, h) == 3
     assert "hi" in log.read_text()
     # a handle reloaded by another invocation: the process is gone and its status unknowable
     assert S.LocalLauncher().poll(json.loads(json.dumps(h))) == LOST

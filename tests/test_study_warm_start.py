@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fashion_mnist, subprocess_env, wait_for_exit
 
 from lskd_core import study as S
 from lskd_core.study.launchers import LOST
 from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_module
-from tests.conftest import needs_fashion_mnist, subprocess_env
 from vision_plugin.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,16 +69,6 @@ def _wait_exit(path: Path, timeout: float = 30.0) -> dict:
             return rec
         time.sleep(0.05)
     raise AssertionError(f"no exit record at {path}")
-
-
-def _wait_poll(launcher, handle, timeout: float = 60.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        rc = launcher.poll(handle)
-        if rc is not None:
-            return rc
-        time.sleep(0.05)
-    raise AssertionError("run did not end")
 
 
 def test_warm_module_accepts_only_plain_python_dash_m():
@@ -140,7 +130,7 @@ def test_launcher_falls_back_to_cold_when_python_is_not_python(tmp_path, probe_e
     la = S.LocalLauncher()
     h = la.start(S.Run("r", "export", ("module", "x"), []), [str(fake), "-m", "lskd_probe", "ok"], probe_env,
                  tmp_path / "log.txt")
-    assert _wait_poll(la, h) == 0 and "exit_file" not in h
+    assert wait_for_exit(la, h) == 0 and "exit_file" not in h
     assert la.warm_note  # the runner prints why runs start cold
     assert "fake run -m lskd_probe ok" in (tmp_path / "log.txt").read_text()
     la.close()
@@ -152,7 +142,7 @@ def test_launcher_warm_handles_poll_stop_and_reload(tmp_path, probe_env):
     try:
         h = la.start(run, [sys.executable, "-m", "lskd_probe", "exit", "4"], probe_env, tmp_path / "a.log")
         assert h["exit_file"] and json.loads(json.dumps(h)) == h
-        assert _wait_poll(la, h) == 4
+        assert wait_for_exit(la, h) == 4
         # another invocation reading launch.json gets the recorded status, not LOST
         assert S.LocalLauncher().poll(json.loads(json.dumps(h))) == 4
         # a new attempt at the same log path does not inherit the old record
@@ -162,11 +152,11 @@ def test_launcher_warm_handles_poll_stop_and_reload(tmp_path, probe_env):
         while (tmp_path / "a.log").read_text().count("pgid") < 2 and time.time() - t0 < 20:
             time.sleep(0.05)
         la.stop(h2)
-        assert _wait_poll(la, h2) == -signal.SIGTERM
+        assert wait_for_exit(la, h2) == -signal.SIGTERM
         # stopped right after it was started: the run already leads its own process group
         h3 = la.start(run, [sys.executable, "-m", "lskd_probe", "sleep"], probe_env, tmp_path / "b.log")
         la.stop(h3)
-        assert _wait_poll(la, h3) == -signal.SIGTERM
+        assert wait_for_exit(la, h3) == -signal.SIGTERM
         # without an exit record and no such process: LOST, as for a cold handle
         gone = dict(h2, exit_file=str(tmp_path / "none.json"))
         assert S.LocalLauncher().poll(gone) == LOST
@@ -199,7 +189,7 @@ def test_warm_training_run_is_bit_identical_to_a_cold_one(tmp_path):
         try:
             h = la.start(run, [sys.executable, "-m", "vision_plugin.train", *args, "--output-dir", str(out)], env,
                          out / "stdout.log")
-            assert _wait_poll(la, h, timeout=300) == 0, (out / "stdout.log").read_text()[-2000:]
+            assert wait_for_exit(la, h, timeout=300) == 0, (out / "stdout.log").read_text()[-2000:]
             assert ("exit_file" in h) == (mode == "warm")
         finally:
             la.close()
