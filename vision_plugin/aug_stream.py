@@ -16,7 +16,7 @@ Row of a (epoch, position) = ``epoch * N + position``, with positions in the (su
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -94,9 +94,32 @@ class AugStream(Dataset):
         row = epoch * len(self) + position
         return image, self.targets[position], row, torch.tensor(params, dtype=torch.float32)
 
+    def items(self, epochs: Sequence[int], positions: Sequence[int], recorded: Optional[np.ndarray] = None) -> list:
+        """``item`` for several (epoch, position) pairs at once (``recorded``: one row per pair),
+        with the base dataset's batch operations when it has them; the same items, bit for bit."""
+        base_indices = [int(self.indices[p]) for p in positions]
+        load_batch = getattr(self.base, "load_raw_batch", None)
+        raws = load_batch(base_indices) if load_batch is not None else None
+        if raws is None:
+            return [self.item(e, p, None if recorded is None else recorded[k])
+                    for k, (e, p) in enumerate(zip(epochs, positions))]
+        if recorded is None:
+            params = [self.base.draw_params(raws[k], self.generator(e, b))
+                      for k, (e, b) in enumerate(zip(epochs, base_indices))]
+        else:
+            params = [[float(v) for v in row] for row in recorded]
+        images = self.base.apply_params_batch(raws, params)
+        n = len(self)
+        return [(images[k], self.targets[p], e * n + p, torch.tensor(params[k], dtype=torch.float32))
+                for k, (e, p) in enumerate(zip(epochs, positions))]
+
     def __getitem__(self, position: int):
         recorded = None if self.recorded is None else self.recorded[position]
         return self.item(self.epoch, position, recorded)
+
+    def __getitems__(self, positions: Sequence[int]) -> list:
+        recorded = None if self.recorded is None else self.recorded[np.asarray(positions, dtype=np.int64)]
+        return self.items([self.epoch] * len(positions), positions, recorded)
 
 
 class RowView(Dataset):
@@ -112,6 +135,10 @@ class RowView(Dataset):
     def __getitem__(self, i: int):
         epoch, position = divmod(self.rows[i], len(self.stream))
         return self.stream.item(epoch, position)
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        pairs = [divmod(self.rows[i], len(self.stream)) for i in indices]
+        return self.stream.items([e for e, _ in pairs], [p for _, p in pairs])
 
 
 def indices_sha256(indices: np.ndarray) -> str:

@@ -14,15 +14,12 @@ quick CPU runs. Every dataset returned by ``build_dataset`` exposes ``classes`` 
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lskd_core.fashion_mnist import (  # noqa: F401  (re-exported: the plugin's public names)
@@ -31,152 +28,20 @@ from lskd_core.fashion_mnist import (  # noqa: F401  (re-exported: the plugin's 
     FASHION_MNIST_ENV,
     fashion_mnist_dir,
 )
+from vision_plugin.data_errors import BadSample, DatasetError  # noqa: F401  (re-exported)
+from vision_plugin.fashion_mnist_data import (  # noqa: F401  (re-exported)
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    SPLITS,
+    GrayscaleTensorDataset,
+    load_fashion_mnist,
+    read_idx,
+)
 
 DATASETS = ("imagefolder", "cub", "fashion-mnist")
-SPLITS = ("train", "val")
 
-# Training-set pixel statistics of Fashion-MNIST (0..1 scale).
-FASHION_MNIST_MEAN = 0.2860
-FASHION_MNIST_STD = 0.3530
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_FMNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DatasetError(ValueError):
-    """A dataset is missing or malformed; the message names the path and the fix."""
-
-
-# --------------------------------------------------------------------------- IDX / Fashion-MNIST
-
-
-def read_idx(path: os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array (LeCun's MNIST format)."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise DatasetError(f"cannot read IDX file {path}: {exc}") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path} is not an IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path} is truncated (IDX header)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DatasetError(f"{path} is truncated or corrupt: {len(data) - header} data bytes, expected {expected}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-
-
-def _find_idx(root: Path, stem: str) -> Path:
-    for name in (stem + ".gz", stem):
-        if (root / name).is_file():
-            return root / name
-    raise DatasetError(
-        f"Fashion-MNIST file {root / (stem + '.gz')} not found. Install the offline copy with "
-        f"`apt-get install dataset-fashion-mnist` (files land in {DEFAULT_FASHION_MNIST_DIR}) or point "
-        f"--data-path at a directory holding {stem}.gz"
-    )
-
-
-def load_fashion_mnist(root: os.PathLike, split: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Images ``uint8 [N, 28, 28]`` and labels ``int64 [N]`` of a Fashion-MNIST split."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(
-            f"Fashion-MNIST directory {root} does not exist. Install it with "
-            f"`apt-get install dataset-fashion-mnist` or pass --data-path DIR"
-        )
-    image_stem, label_stem = _FMNIST_FILES[split]
-    images = read_idx(_find_idx(root, image_stem))
-    labels = read_idx(_find_idx(root, label_stem)).astype(np.int64)
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DatasetError(
-            f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
-        raise DatasetError(f"Fashion-MNIST {split} labels in {root} out of range [0, 10)")
-    return images, labels
-
-
-class GrayscaleTensorDataset(Dataset):
-    """In-memory uint8 grayscale images -> normalised float ``[3, S, S]`` (channel replicated).
-
-    Training augmentation: random crop with zero padding (2 px at 28x28) and horizontal flip,
-    drawn from torch's global RNG, which the trainer reseeds each epoch (so resumed runs replay it).
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], train: bool,
-                 crop_size: Optional[int] = None, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD):
-        # Copies: the IDX reader returns read-only views of the decompressed bytes.
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
-        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64, copy=True))
-        self.targets: List[int] = self.labels.tolist()
-        self.classes = list(classes)
-        self.train = bool(train)
-        native = int(self.images.shape[-1])
-        self.size = int(crop_size or native)
-        if self.size < 8:
-            raise ValueError(f"--crop-size must be >= 8, got {self.size}")
-        self.resize = self.size != native
-        self.pad = max(1, round(2 * self.size / 28))
-        self.mean, self.std = float(mean), float(std)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    # Replayable augmentation (vision_plugin.aug_stream): params = (top, left, flip).
-    AUG_PARAMS = 3
-
-    def transform_spec(self) -> dict:
-        return {"kind": "pad_crop_flip", "size": self.size, "pad": self.pad, "resize": self.resize,
-                "mean": self.mean, "std": self.std, "channels": 3}
-
-    def load_raw(self, index: int) -> torch.Tensor:
-        """The un-augmented image ``[1, S, S]`` in [0, 1] (resized to the crop size if needed)."""
-        img = self.images[index].to(torch.float32).div_(255.0).unsqueeze(0)  # [1, H, W]
-        if self.resize:
-            img = F.interpolate(img.unsqueeze(0), size=(self.size, self.size), mode="bilinear",
-                                align_corners=False, antialias=True).squeeze(0)
-        return img
-
-    def draw_params(self, raw: torch.Tensor, generator: Optional[torch.Generator] = None) -> List[float]:
-        """Pad-crop offset and flip, drawn exactly as ``__getitem__`` draws them (same RNG calls)."""
-        top, left = torch.randint(0, 2 * self.pad + 1, (2,), generator=generator).tolist()
-        flip = bool(torch.rand((), generator=generator) < 0.5)
-        return [float(top), float(left), float(flip)]
-
-    def apply_params(self, raw: torch.Tensor, params) -> torch.Tensor:
-        top, left, flip = (int(round(float(v))) for v in params[:3])
-        # Zero padding = background colour of Fashion-MNIST.
-        padded = F.pad(raw, (self.pad, self.pad, self.pad, self.pad))
-        img = padded[:, top:top + self.size, left:left + self.size]
-        if flip:
-            img = img.flip(-1)
-        return self._finish(img)
-
-    def _finish(self, img: torch.Tensor) -> torch.Tensor:
-        img = (img - self.mean) / self.std
-        # Replicate grayscale to 3 channels: any torchvision model (3-channel stem) runs unchanged.
-        return img.expand(3, -1, -1).contiguous()
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        raw = self.load_raw(index)
-        if self.train:  # torch's global RNG, which the trainer reseeds each epoch
-            return self.apply_params(raw, self.draw_params(raw)), int(self.targets[index])
-        return self._finish(raw), int(self.targets[index])
 
 
 # --------------------------------------------------------------------------- CUB-200-2011
@@ -234,13 +99,6 @@ def read_cub_split(data_path: os.PathLike, split: str) -> Tuple[List[Tuple[Path,
     if not samples:
         raise DatasetError(f"CUB-200-2011 {split} split at {root} is empty")
     return samples, class_names
-
-
-class BadSample(NamedTuple):
-    """An image that could not be read or decoded; the trainer stops (naming it) or skips it."""
-
-    path: str
-    reason: str
 
 
 # What PIL raises for missing, truncated or undecodable files (DecompressionBombError is neither).
@@ -424,6 +282,11 @@ class LabelledSubset(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        mapped = [self.indices[i] for i in indices]
+        batched = getattr(self.dataset, "__getitems__", None)
+        return batched(mapped) if batched is not None else [self.dataset[i] for i in mapped]
 
 
 # --------------------------------------------------------------------------- builders
