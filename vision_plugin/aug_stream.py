@@ -104,14 +104,13 @@ class AugStream(Dataset):
             return [self.item(e, p, None if recorded is None else recorded[k])
                     for k, (e, p) in enumerate(zip(epochs, positions))]
         if recorded is None:
-            params = [self.base.draw_params(raws[k], self.generator(e, b))
-                      for k, (e, b) in enumerate(zip(epochs, base_indices))]
+            table = torch.tensor([self.base.draw_params(raws[k], self.generator(e, b))
+                                  for k, (e, b) in enumerate(zip(epochs, base_indices))], dtype=torch.float32)
         else:
-            params = [[float(v) for v in row] for row in recorded]
-        images = self.base.apply_params_batch(raws, params)
+            table = torch.from_numpy(np.array(recorded, dtype=np.float32).reshape(len(positions), -1))
+        images = self.base.apply_params_batch(raws, table.tolist())
         n = len(self)
-        return [(images[k], self.targets[p], e * n + p, torch.tensor(params[k], dtype=torch.float32))
-                for k, (e, p) in enumerate(zip(epochs, positions))]
+        return [(images[k], self.targets[p], e * n + p, table[k]) for k, (e, p) in enumerate(zip(epochs, positions))]
 
     def __getitem__(self, position: int):
         recorded = None if self.recorded is None else self.recorded[position]
