@@ -35,7 +35,8 @@ def test_one_teacher_keeps_the_legacy_ids_and_student_command():
     """teacher_seeds = 1, cache = false: the same ids and the same defining command as before the
     new settings existed (the argv below is written out by hand from the pre-cache planner)."""
     # the pre-cache demo preset's evaluation cap and student flags, pinned here (the preset has changed since)
-    cfg = _cfg(cache=False, seeds=2, temperatures=[1, 4], analysis=False, val_samples=2000,
+    # (and per-epoch evaluation, as students had before --eval-every 0 became the study's default)
+    cfg = _cfg(cache=False, seeds=2, temperatures=[1, 4], analysis=False, val_samples=2000, eval_each_epoch=True,
                student_args=["--lr-scheduler", "cosineannealinglr", "--wd", "5e-4"])
     by = _by_id(cfg)
     assert sorted(r for r in by if r.startswith("teacher")) == ["teacher_a0", "teacher_a0.1"]

@@ -92,6 +92,7 @@ VISION = {
     "feature_sets": ([10.0, 50.0], NONE),
     "projection_per_class": (20, NONE),
     "eta_during_training": (True, {"student_above_tmin"}),  # T > T_min (1 here) students: --eta-reference
+    "eval_each_epoch": (True, STUDENTS),  # students lose --eval-every 0
     "pair": ("de-en", NONE),
     "data_dir": ("/data/bin", NONE),
     "arch": ("transformer_wmt_en_de", NONE),
@@ -148,6 +149,7 @@ TRANSLATION = {
     "generate_args": (["--lenpen", "0.6"], {"gen_t", "gen_s"}),
     "prepare_args": (["--max-pairs", "10"], {"prepare"}),
     "eta_during_training": (True, NONE),  # vision only (refused for translation by load_config)
+    "eval_each_epoch": (True, NONE),  # vision only: fairseq validates on its own schedule
 }
 
 

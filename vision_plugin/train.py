@@ -155,6 +155,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--stop-after-epoch", default=None, type=int, metavar="K",
                         help="train with the schedule of --epochs but stop after K epochs (checkpoint kept, no "
                              "result.json); --resume continues on the same trajectory (lskd advise's rungs)")
+    parser.add_argument("--eval-every", default=1, type=int, metavar="N",
+                        help="evaluate after every N-th epoch and always after the last one (or the "
+                             "--stop-after-epoch stop); 0: only after the last (default 1)")
     parser.add_argument("--aug-seed", default=None, type=int,
                         help="draw each training view from (aug seed, epoch, sample index) only, as a teacher cache "
                              "records them (set from the cache with --teacher-cache; default: global RNG per --seed)")
@@ -193,6 +196,8 @@ def _validate_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1, got {args.threads!r}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers!r}")
+    if getattr(args, "eval_every", 1) < 0:
+        raise ValueError(f"--eval-every must be >= 0 (0: only after the last epoch), got {args.eval_every!r}")
     _finite(args.lr, "--lr")
     _finite(args.momentum, "--momentum")
     _finite(args.weight_decay, "--wd")
@@ -363,6 +368,14 @@ def _end_epoch(args: argparse.Namespace) -> int:
     return args.epochs if stop is None else min(args.epochs, stop)
 
 
+def _evaluates(args: argparse.Namespace, epoch: int) -> bool:
+    """--eval-every: after every N-th epoch, and always after the last epoch of this invocation
+    (the result and a --stop-after-epoch rung need it). Skipping one changes nothing else: every
+    epoch reseeds the RNGs."""
+    every = getattr(args, "eval_every", 1)
+    return epoch + 1 == _end_epoch(args) or (every > 0 and (epoch + 1) % every == 0)
+
+
 def _stopped_early(args: argparse.Namespace, history: List[Dict[str, Any]], info: DistInfo, output_dir: Path) -> bool:
     if not history or history[-1]["epoch"] + 1 >= args.epochs:
         return False
@@ -443,8 +456,8 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                                       autocast, scaler)
         lr_scheduler.step()
         sync_buffers(model_without_ddp, info)
-        val_stats = evaluate(model_without_ddp, val_loader, device, num_classes, info, autocast, fmt,
-                             args.skip_bad_images)
+        val_stats = (evaluate(model_without_ddp, val_loader, device, num_classes, info, autocast, fmt,
+                              args.skip_bad_images) if _evaluates(args, epoch) else {})
         record = {"epoch": epoch, "lr": lr, **train_stats, **val_stats, "seed": args.seed,
                   "time_s": time.perf_counter() - epoch_start}
         record.update(epoch_eta(eta_monitor, model_without_ddp, info.is_main))  # {"eta": ...} or {}
@@ -466,10 +479,11 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             save_checkpoint(state, output_dir, epoch)
             append_jsonl(record, metrics_path)
             log_scalars(writer, record, epoch)
+            val = (f"val acc1 {val_stats['val_acc1']:.2f} acc5 {val_stats['val_acc5']:.2f}" if val_stats
+                   else "(not evaluated: --eval-every)")
             _log(info, f"epoch {epoch}: loss {train_stats['train_loss']:.4f} (ce {train_stats['train_ce_loss']:.4f}, "
-                       f"kd {_fmt(train_stats['train_kd_loss'])}) val acc1 {val_stats['val_acc1']:.2f} "
-                       f"acc5 {val_stats['val_acc5']:.2f} | {_fmt(train_stats['images_per_s'], '.0f')} img/s | "
-                       f"{record['time_s']:.1f} s")
+                       f"kd {_fmt(train_stats['train_kd_loss'])}) {val} | "
+                       f"{_fmt(train_stats['images_per_s'], '.0f')} img/s | {record['time_s']:.1f} s")
 
     _close_writer(writer)
     if _stopped_early(args, history, info, output_dir):

@@ -200,6 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # its students' early eta comes from per-epoch exports (evidence.py); the grid's eta references
         # (eta_during_training) are exports of the grid's students, which the advisor never runs
         cfg.eta_during_training = False
+        cfg.eval_each_epoch = True  # its students' per-epoch validation curves feed the allocation
         teachers = _teacher_specs(ns.teacher)
         check_input(cfg, teachers)
         if ns.min_epochs is not None and ns.min_epochs > cfg.student_epochs:

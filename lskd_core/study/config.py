@@ -86,6 +86,9 @@ class StudyConfig:
     # every T > T_min student logs eta against its (alpha, seed)'s T_min student after each epoch
     # (vision task; the student then waits for that student's val export): "Diffusion during training"
     eta_during_training: bool = False
+    # vision: evaluate students after every epoch (per-epoch val curves in metrics.jsonl); false:
+    # only after their last epoch, which is all the report reads (--eval-every 0)
+    eval_each_epoch: bool = False
     # --- translation task ---
     pair: str = "en-de"
     data_dir: Optional[str] = None  # binarised fairseq data; None: prepared offline by the study
@@ -290,6 +293,7 @@ def _validate_analysis(cfg: StudyConfig) -> None:
             raise ValueError(f"analysis_seed {cfg.analysis_seed} is not one of the seeds {cfg.seed_list}")
     _validate_feature_sets(cfg)
     _validate_eta_during_training(cfg)
+    cfg.eval_each_epoch = _bool(cfg.eval_each_epoch, "eval_each_epoch")
 
 
 def _validate_eta_during_training(cfg: StudyConfig) -> None:

@@ -60,6 +60,10 @@ def _train_common(cfg: "StudyConfig", role: str) -> List[str]:
     bs = cfg.teacher_batch_size if role == "teacher" else cfg.student_batch_size
     lr = cfg.teacher_lr if role == "teacher" else cfg.student_lr
     args += ["--epochs", str(epochs), "--batch-size", str(bs), "--lr", num(lr)]
+    if role != "teacher" and not cfg.eval_each_epoch:
+        # the report reads a student's final accuracy only (teachers keep their curves: there are
+        # few of them, and the advisor reuses them with its own per-epoch students)
+        args += ["--eval-every", "0"]
     return args
 
 
