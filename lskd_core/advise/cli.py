@@ -21,7 +21,14 @@ from lskd_core.advise.runner import (
 )
 from lskd_core.advise.teachers import install_external_teachers
 from lskd_core.jsonio import write_json
-from lskd_core.study.config import StudyConfig, available_presets, check_models, load_config
+from lskd_core.study.config import (
+    StudyConfig,
+    add_set_argument,
+    available_presets,
+    check_models,
+    load_config,
+    parse_set_items,
+)
 from lskd_core.study.lock import StudyLock
 from lskd_core.study.plan import build_plan
 
@@ -60,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--student-epochs", type=int)
     s.add_argument("--train-samples", type=int)
     s.add_argument("--val-samples", type=int)
+    add_set_argument(s)
     return p
 
 
@@ -183,7 +191,9 @@ def _min_epochs(value: str) -> Optional[int]:
 
 
 def _overrides(ns: argparse.Namespace) -> Dict[str, Any]:
-    return {k: getattr(ns, k) for k in _DIRECT if getattr(ns, k, None) is not None}
+    out = {k: getattr(ns, k) for k in _DIRECT if getattr(ns, k, None) is not None}
+    out.update(parse_set_items(ns.set))
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

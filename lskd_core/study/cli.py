@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lskd_core.study.config import available_presets, check_models, load_config
+from lskd_core.study.config import add_set_argument, available_presets, check_models, load_config, parse_set_items
 from lskd_core.study.dispatch import prepare_for_dispatch
 from lskd_core.study.launchers import LAUNCHERS
 from lskd_core.study.runner import StudyOutcome, run_study
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int)
     g.add_argument("--jobs", type=int, help="runs executed at the same time (default 1)")
     g.add_argument("--no-analysis", action="store_true", help="train only; skip feature exports and analyses")
+    add_set_argument(g)
     return p
 
 
@@ -89,6 +90,7 @@ def _overrides(ns: argparse.Namespace) -> dict:
         o.setdefault("student_lr", ns.lr)
     if ns.no_analysis:
         o["analysis"] = False
+    o.update(parse_set_items(ns.set))
     return o
 
 

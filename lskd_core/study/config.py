@@ -452,6 +452,32 @@ def read_preset(name: str) -> dict:
     return data
 
 
+def add_set_argument(group: Any) -> None:
+    """``--set KEY=VALUE`` on a CLI's argument parser (or group): read by :func:`parse_set_items`."""
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any study setting (docs/study.md), VALUE as in a TOML file (e.g. --set cache=false "
+                            "--set matched_temperatures=[1,64]); repeatable; wins over the other flags")
+
+
+def parse_set_items(items: Optional[List[str]]) -> dict:
+    """``--set KEY=VALUE`` items -> settings. VALUE is read as a TOML value (``true``, ``3``,
+    ``[1, 2]``, ``"text"``); anything else is taken as a bare string. ``-`` in KEY reads as ``_``.
+    Keys and values are checked by :func:`load_config` like a config file's."""
+    import tomllib
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (e.g. --set cache=false), got {item!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
 def load_config(preset: Optional[str] = None, config_file: Optional[str] = None,
                 overrides: Optional[Mapping] = None) -> StudyConfig:
     """Preset (default ``demo``, or the file's ``preset`` key) < config file < ``overrides``."""
