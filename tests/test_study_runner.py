@@ -21,6 +21,7 @@ from conftest import TINY_STUDY
 
 from lskd_core import study as S
 from lskd_core.jsonio import num
+from lskd_core.study.launchers import LOST
 from lskd_core.study.tasks.vision import default_fashion_mnist_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,3 +268,21 @@ def test_tiny_study_end_to_end(tiny_study):
     assert set(changed.launched) == new
     assert _launch_count(study) == before + len(new)
     _check_report(study, cfg2)
+
+
+class _LostStatusLauncher(_FakeLauncher):
+    """Runs end with an unknowable status (LOST), as when a warm server dies before recording it."""
+
+    def start(self, run, argv, env, log_path, cwd=None, after=()):
+        handle = super().start(run, argv, env, log_path, cwd, after)
+        return dict(handle, rc=LOST)
+
+
+def test_unknowable_exit_status_lets_the_outputs_decide(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "cache": False})
+    plan = S.build_plan(cfg)
+    la = _LostStatusLauncher(fail={"teacher_a0.1"})  # this one writes no outputs
+    out = S.run_study(cfg, tmp_path, launcher=la, report=False, progress=False, echo=lambda s: None)
+    assert set(out.failed) == {"teacher_a0.1"}  # no result.json: failed, whatever the status
+    done = set(out.launched) - set(out.failed)
+    assert {r.run_id for r in plan if "a0.1" not in r.run_id} <= done  # outputs complete: done

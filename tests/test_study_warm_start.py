@@ -111,6 +111,19 @@ def test_server_runs_modules_like_python_dash_m(tmp_path, probe_env):
     assert np_trace == pytest.approx(torch_trace, rel=1e-9)
 
 
+def test_a_child_that_cannot_start_exits_and_the_server_keeps_serving(tmp_path, probe_env):
+    server = WarmServer(sys.executable, probe_env, preload=())
+    try:
+        # its log cannot be opened (no such directory): the child must exit, never run the server loop
+        bad = server.spawn("lskd_probe", ["ok"], tmp_path / "missing" / "x.log", tmp_path / "bad.exit.json")
+        assert isinstance(bad, int)
+        assert _wait_exit(tmp_path / "bad.exit.json")["returncode"] == 1
+        good = server.spawn("lskd_probe", ["exit", "5"], tmp_path / "g.log", tmp_path / "g.exit.json")
+        assert isinstance(good, int) and _wait_exit(tmp_path / "g.exit.json")["returncode"] == 5
+    finally:
+        server.close()
+
+
 def test_server_refuses_to_fork_once_an_import_started_a_thread(tmp_path, probe_env):
     server = WarmServer(sys.executable, probe_env, preload=())
     try:

@@ -312,8 +312,10 @@ class _Loop:
             progressed = True
             run = self.by_id[run_id]
             record_inputs(run, self.study)
-            if fl.orphan and rc == LOST:
-                rc = 0  # not our child, so its status is unknowable: its outputs decide (result.json / atomic files)
+            if rc == LOST:
+                # not our child (an orphan), or a warm-started run whose server died before recording
+                # its status: the status is unknowable, so its outputs decide (result.json / atomic files)
+                rc = 0
             err = finish_run(run, self.study, self.cfg.task, rc, time.time() - fl.started)
             if self.launcher.detached and fl.handle.get("launcher") == self.launcher.name:
                 # collected: a later invocation does not collect it again

@@ -44,7 +44,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
 
 __all__ = ["DEFAULT_PRELOAD", "WarmServer", "read_exit_file", "warm_module"]
 
@@ -261,7 +261,7 @@ def _run_child(request: Mapping[str, Any], ready_fd: int) -> int:
     return 0
 
 
-def _exit_child(code: int) -> None:
+def _exit_child(code: int) -> NoReturn:
     """End a run as the interpreter would (non-daemon threads joined, atexit handlers, streams
     flushed) but without tearing down every loaded module: that teardown of torch's thousands of
     modules costs ~1 CPU second and does nothing a finished run needs."""
@@ -292,38 +292,42 @@ def _flush_open_files() -> None:
             pass
 
 
-def _handle(request: Mapping[str, Any], children: Dict[int, str], state: Dict[str, Any]) -> Optional[int]:
-    """Fork one run; returns the child's exit code when this process *is* the child."""
+def _handle(request: Mapping[str, Any], children: Dict[int, str], state: Dict[str, Any]) -> None:
+    """Fork one run (the child runs it and exits; only the server returns)."""
     if state.get("unusable"):
         _send({"cold": state["unusable"], "unusable": True})
-        return None
+        return
     module = str(request.get("module"))
     try:
         importlib.import_module(module)
     except BaseException as e:  # the cold start will show the error in the run's own log
         _send({"cold": f"cannot import {module}: {type(e).__name__}"})
-        return None
+        return
     threads = _thread_count()
     if threads is None or threads > state["allowed_threads"]:
         state["unusable"] = (f"the warm server has {threads} threads after importing {module}: "
                              "forking it is not safe" if threads else "threads cannot be counted (no /proc)")
         _send({"cold": state["unusable"], "unusable": True})
-        return None
+        return
     ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        os.close(ready_r)
-        return _run_child(request, ready_w)
+    if pid == 0:  # the child never returns into the server's loop, whatever happens
+        code = 1
+        try:
+            os.close(ready_r)
+            code = _run_child(request, ready_w)
+        except BaseException:
+            traceback.print_exc()
+        _exit_child(code)
     os.close(ready_w)
     os.read(ready_r, 1)  # until the child leads its own session: a stop right after start must reach it
     os.close(ready_r)
     children[pid] = str(request["exit"])
     _send({"pid": pid})
-    return None
 
 
 def serve(preload: Sequence[str]) -> int:
-    """The server's loop; returns in the server at end of input, or in a child with its exit code."""
+    """The server's loop; returns at the end of its input (forked children exit in ``_handle``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle (it stops runs)
     _take_reply_channel()
     allowed = _allowed_threads()
@@ -357,9 +361,7 @@ def serve(preload: Sequence[str]) -> int:
             except ValueError:
                 _send({"cold": "unreadable request"})
                 continue
-            code = _handle(request, children, state)
-            if code is not None:  # this is the child
-                _exit_child(code)
+            _handle(request, children, state)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
