@@ -57,6 +57,8 @@ def probe_env(tmp_path):
     mods.mkdir()
     (mods / "lskd_probe.py").write_text(PROBE)
     (mods / "lskd_threaded.py").write_text(THREADED + "print('threaded ran')\n")
+    # stands in for a module that initialises CUDA at import (this machine may have no GPU)
+    (mods / "lskd_cuda_init.py").write_text("import torch\ntorch.cuda.is_initialized = lambda: True\n")
     env = subprocess_env(PYTHONPATH=os.pathsep.join([str(mods), str(ROOT)]))
     return env
 
@@ -132,6 +134,15 @@ def test_server_refuses_to_fork_once_an_import_started_a_thread(tmp_path, probe_
         assert pid is None and "threads" in (server.failed or "")
         # unusable for good: later requests are refused without asking
         assert server.spawn("lskd_probe", ["ok"], tmp_path / "p.log", tmp_path / "p.exit.json") is None
+    finally:
+        server.close()
+
+
+def test_server_refuses_to_fork_once_cuda_is_initialised(tmp_path, probe_env):
+    server = WarmServer(sys.executable, probe_env, preload=("torch",))
+    try:
+        assert server.spawn("lskd_cuda_init", [], tmp_path / "c.log", tmp_path / "c.exit.json") is None
+        assert "CUDA" in (server.failed or "")
     finally:
         server.close()
 

@@ -160,6 +160,15 @@ def _thread_count() -> Optional[int]:
         return None  # no /proc: the threads cannot be counted, so forking is not known to be safe
 
 
+def _cuda_initialized() -> bool:
+    """CUDA cannot be used in a child forked after the parent initialised it."""
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # a torch without the call: assume the worst
+        return True
+
+
 def _allowed_threads() -> Optional[int]:
     """Threads after ``import numpy`` (OpenBLAS's fork-aware pool): the most the server may have."""
     try:
@@ -307,6 +316,9 @@ def _handle(request: Mapping[str, Any], children: Dict[int, str], state: Dict[st
     if threads is None or threads > state["allowed_threads"]:
         state["unusable"] = (f"the warm server has {threads} threads after importing {module}: "
                              "forking it is not safe" if threads else "threads cannot be counted (no /proc)")
+    elif _cuda_initialized():
+        state["unusable"] = f"importing {module} initialised CUDA in the warm server: a forked child could not use it"
+    if state.get("unusable"):
         _send({"cold": state["unusable"], "unusable": True})
         return
     ready_r, ready_w = os.pipe()
