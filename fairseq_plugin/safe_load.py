@@ -29,6 +29,7 @@ import contextlib
 import os
 import pickle
 import re
+import struct
 import typing
 import zipfile
 from typing import Any, Dict, Iterator, List
@@ -172,7 +173,8 @@ def load_checkpoint_state(path: str, unsafe: bool = False) -> Dict[str, Any]:
             f"teacher checkpoint {path} is not a fairseq checkpoint (fairseq's loader failed on it: "
             f"{type(error).__name__}: {error})"
         ) from error
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
+    except (RuntimeError, EOFError, ValueError, OSError, IndexError, struct.error, OverflowError,
+            MemoryError) as error:  # what unpickling garbage raises (random bytes hit each of these)
         raise CheckpointLoadError(
             f"teacher checkpoint {path} is corrupt or not a torch/fairseq checkpoint "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"

@@ -17,6 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,6 +219,13 @@ def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
     garbage.write_bytes(os.urandom(4096))
     with pytest.raises(CheckpointLoadError, match="corrupt or not a torch/fairseq checkpoint"):
         load_checkpoint_state(str(garbage))
+    # seeded garbage of several sizes: torch's unpickler raises IndexError, struct.error, KeyError, ...
+    # on such bytes; each must become the one-line error, never a traceback
+    rng = np.random.default_rng(0)
+    for size in [1, 2, 3, 8, 64, 4096] * 40:
+        garbage.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        with pytest.raises(CheckpointLoadError):
+            load_checkpoint_state(str(garbage))
     good = tmp_path / "good.pt"
     torch.save({"model": {"w": torch.zeros(1000)}, "cfg": {}}, good)
     truncated = tmp_path / "truncated.pt"
