@@ -395,7 +395,8 @@ def check_fairseq(ctx: Context) -> str:
     run_step(ctx, "fairseq: teacher", [sys.executable, "-m", "fairseq_cli.train", *common,
                                        "--criterion", "label_smoothed_cross_entropy",
                                        "--max-update", s.fs_teacher_updates, "--save-dir", root / "teacher"])
-    student = [*common, "--max-update", s.fs_student_updates, "--no-save"]
+    # --no-save still makes fairseq create its --save-dir (default ./checkpoints): keep it in the work dir
+    student = [*common, "--max-update", s.fs_student_updates, "--no-save", "--save-dir", root / "student"]
     kd_extra = ["--kd-temperature", "-1"] if ctx.inject == "fairseq" else ["--kd-temperature", "2"]
     kd_log = run_step(ctx, "fairseq: ls_kd student",
                       [sys.executable, "-m", "fairseq_cli.train", *student, "--user-dir", REPO / "fairseq_plugin",
