@@ -1,10 +1,12 @@
-"""The study's progress bar (tqdm, or nothing) and its postfix: the runs in flight and their epoch."""
+"""The study's progress (tqdm on a terminal, plain lines in a log, or nothing) and its postfix:
+the runs in flight and their epoch."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from lskd_core.study.plan import Run, run_dir
 
@@ -29,9 +31,35 @@ class _NoBar:
         pass
 
 
+class _LineBar(_NoBar):
+    """Progress for a log file (stderr is not a terminal): a plain line at most every ``interval``
+    seconds and at the end, instead of tqdm's carriage-return redraws, which a log keeps as one
+    ever-growing line."""
+
+    def __init__(self, total: int, interval: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.done, self.interval, self.clock = total, 0, interval, clock
+        self.start = self.last = clock()
+        self.postfix = ""
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.interval or self.done >= self.total:
+            self.last = now
+            running = f"; running: {self.postfix}" if self.postfix and self.done < self.total else ""
+            print(f"[study] {self.done}/{self.total} runs done after {now - self.start:.0f} s{running}",
+                  file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s
+
+
 def make_bar(total: int, enabled: bool) -> Any:
+    """tqdm on a terminal, plain lines every 30 s in a log, nothing when disabled (--no-progress)."""
     if not enabled:
         return _NoBar()
+    if not sys.stderr.isatty():
+        return _LineBar(total)
     from tqdm import tqdm
 
     return tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
