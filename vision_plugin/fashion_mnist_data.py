@@ -52,7 +52,8 @@ def read_idx(path: os.PathLike) -> np.ndarray:
         raise DatasetError(f"cannot read IDX file {path}: {exc}") from exc
     if path.suffix != ".gz":
         return _parse_idx(data, path)
-    dtype, shape = _idx_header(_gunzip_prefix(data, 4 + 4 * 255))
+    header = _idx_header(_gunzip_prefix(data, 4 + 4 * 255))
+    dtype, shape = (header[0], header[1]) if header else (None, None)
     return cached_decode(data, lambda: _parse_idx(_gunzip(data, path), path), dtype=dtype, shape=shape)
 
 
@@ -64,10 +65,16 @@ def _gunzip_prefix(data: bytes, size: int) -> bytes:
         return b""  # _gunzip will report the damage
 
 
-def _idx_header(head: bytes) -> Tuple[Optional[np.dtype], Optional[tuple]]:
-    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or len(head) < 4 + 4 * head[3]:
-        return None, None
-    return np.dtype(_IDX_DTYPES[head[2]]), tuple(struct.unpack(f">{head[3]}I", head[4:4 + 4 * head[3]]))
+def _idx_magic_ok(head: bytes) -> bool:
+    return len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in _IDX_DTYPES
+
+
+def _idx_header(head: bytes) -> Optional[Tuple[np.dtype, tuple, int]]:
+    """(dtype, dims, header length) from an IDX file's first bytes; None when they are not one."""
+    if not _idx_magic_ok(head) or len(head) < 4 + 4 * head[3]:
+        return None
+    end = 4 + 4 * head[3]
+    return np.dtype(_IDX_DTYPES[head[2]]), tuple(struct.unpack(f">{head[3]}I", head[4:end])), end
 
 
 def _gunzip(data: bytes, path: Path) -> bytes:
@@ -78,14 +85,12 @@ def _gunzip(data: bytes, path: Path) -> bytes:
 
 
 def _parse_idx(data: bytes, path: Path) -> np.ndarray:
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path} is not an IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
+    parsed = _idx_header(data)
+    if parsed is None:
+        if not _idx_magic_ok(data):
+            raise DatasetError(f"{path} is not an IDX file (bad magic number)")
         raise DatasetError(f"{path} is truncated (IDX header)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dtype, dims, header = parsed
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
         raise DatasetError(f"{path} is truncated or corrupt: {len(data) - header} data bytes, expected {expected}")
