@@ -196,20 +196,14 @@ def test_every_setting_has_a_declared_effect_on_run_hashes():
         assert not set(table) - _fields(), f"{name} declares fields StudyConfig no longer has"
 
 
-@pytest.mark.parametrize("field", sorted(VISION))
-def test_vision_setting_changes_exactly_the_runs_it_defines(field):
+@pytest.mark.parametrize("task,field", [("vision", f) for f in sorted(VISION)]
+                         + [("translation", f) for f in sorted(TRANSLATION)])
+def test_setting_changes_exactly_the_runs_it_defines(task, field):
     if field not in _fields():
         pytest.skip(f"{field} is no longer a setting")
-    value, direct = VISION[field]
-    _check_field(_vision_base(), field, value, direct)
-
-
-@pytest.mark.parametrize("field", sorted(TRANSLATION))
-def test_translation_setting_changes_exactly_the_runs_it_defines(field):
-    if field not in _fields():
-        pytest.skip(f"{field} is no longer a setting")
-    value, direct = TRANSLATION[field]
-    _check_field(_translation_base(), field, value, direct)
+    table, base = (VISION, _vision_base) if task == "vision" else (TRANSLATION, _translation_base)
+    value, direct = table[field]
+    _check_field(base(), field, value, direct)
 
 
 def test_kd_beta_changes_students_and_their_exports_and_no_teacher():
