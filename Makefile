@@ -5,7 +5,7 @@ STAMP := $(VENV)/.lskd-setup-stamp
 # The GPU check runs on a lent GPU machine's own Python (no venv, no install): see docs/benchmarks.md.
 GPU_PY ?= python3
 
-.PHONY: setup demo lint test test-fast bench gpu-check clean
+.PHONY: setup demo demo-translation lint test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml setup.py constraints.txt scripts/setup.sh
 
 demo: setup
 	$(PY) -m lskd_core.study --preset demo --out runs/demo
+
+# Table 5 on the CPU: En->De on the offline Ding corpus (Debian trans-de-en), fairseq teachers and students.
+demo-translation: setup
+	$(PY) -m lskd_core.study --preset translation-demo --out runs/translation-demo
 
 # ruff (pyflakes, bugbear, import order, complexity) and mypy on lskd_core run before the tests,
 # so CI enforces them.

@@ -1,7 +1,8 @@
 """Benchmark of the fairseq ``ls_kd`` criterion (issue 4): throughput and loss memory.
 
-1. words/s of a student training step with ``ls_kd`` (frozen teacher of the same architecture,
-   the paper's Table 5 setting) against fairseq's ``label_smoothed_cross_entropy`` for the same
+1. words/s of a student training step with ``ls_kd`` (a frozen live teacher; by default the
+   teacher and student architectures of the ``translation-demo`` study preset, on its corpus)
+   against fairseq's ``label_smoothed_cross_entropy`` for the same
    student, same batches, measured in alternating blocks in one run (so machine load drifts hit
    both alike). Prints the ratio ls_kd / LSCE, and the time per update of ``ls_kd`` reading a
    top-K teacher cache (``--teacher-cache``, issue 10; target <= 1.15x LSCE) with the cache's disk
@@ -14,10 +15,11 @@
 
 Usage::
 
-    python bench/bench_fairseq_kd.py [--data DIR/bin] [--steps 40] [--tokens 4096 --vocab 32000]
+    python bench/bench_fairseq_kd.py [--preset translation-demo | --preset ''] [--data DIR/bin]
+        [--steps 40] [--tokens 4096 --vocab 32000]
 
-Without ``--data`` a small offline En->De corpus is prepared into a temporary directory
-(Debian trans-de-en). Absolute numbers depend on the machine; read the ratios.
+Without ``--data`` the preset's offline En->De corpus (``--preset ''``: a 6000-pair one) is prepared
+into a temporary directory (Debian trans-de-en). Absolute numbers depend on the machine; read the ratios.
 """
 
 from __future__ import annotations
@@ -111,10 +113,47 @@ def _prepare_data(workdir: Path) -> Path:
     return workdir / "data" / "bin"
 
 
-def _make_teacher(data: Path, workdir: Path) -> Path:
-    """A teacher checkpoint of the student's architecture (1 update: only its cost matters here)."""
+def _arch_flags(args: list) -> list:
+    """The model-shape flags of a preset's teacher_args / student_args (layers, dims, heads, sharing)."""
+    out, i = [], 0
+    while i < len(args):
+        flag = args[i]
+        if flag in ("--share-all-embeddings", "--share-decoder-input-output-embed"):
+            out.append(flag)
+        elif flag.startswith(("--encoder-", "--decoder-")) and i + 1 < len(args):
+            out += [flag, args[i + 1]]
+            i += 1
+        i += 1
+    return out
+
+
+def preset_shapes(name: str) -> dict:
+    """Teacher and student architectures and the data preparation of a translation study preset."""
+    from lskd_core.study.config import read_preset
+
+    preset = read_preset(name)
+    if preset.get("task") != "translation":
+        raise SystemExit(f"--preset {name}: not a translation preset (task = {preset.get('task')!r})")
+    arch = ["--arch", preset.get("arch", "transformer")]
+    return {"teacher": arch + _arch_flags(preset.get("teacher_args", [])),
+            "student": arch + _arch_flags(preset.get("student_args", [])),
+            "prepare_args": list(preset.get("prepare_args", [])), "max_tokens": int(preset.get("max_tokens", 4096))}
+
+
+def _prepare_preset_data(workdir: Path, prepare_args: list) -> Path:
+    """The corpus exactly as the preset's study prepares it (python -m fairseq_plugin.prepare_offline)."""
+    cmd = [sys.executable, "-m", "fairseq_plugin.prepare_offline", "--pair", "en-de", "--out", str(workdir / "data"),
+           *prepare_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return workdir / "data" / "bin"
+
+
+def _make_teacher(data: Path, workdir: Path, arch: list = ARCH) -> Path:
+    """A teacher checkpoint (1 update: only its cost matters here), by default of the student's architecture."""
     save = workdir / "teacher"
-    cmd = [sys.executable, "-m", "fairseq_cli.train", str(data), *ARCH, "--cpu", "--optimizer", "adam",
+    cmd = [sys.executable, "-m", "fairseq_cli.train", str(data), *arch, "--cpu", "--optimizer", "adam",
            "--lr", "1e-3", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
            "--max-tokens", "2048", "--max-update", "1", "--save-dir", str(save), "--disable-validation",
            "--no-epoch-checkpoints", "--num-workers", "0"]
@@ -136,7 +175,7 @@ def build_cache(data: Path, teacher: Path, out: Path, topk: int, temperature: fl
 
 
 def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_tokens: int, device: str,
-                     cache: Path = None, topk: int = 0) -> dict:
+                     cache: Path = None, topk: int = 0, arch: list = ARCH) -> dict:
     import torch
     from fairseq import options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -145,7 +184,7 @@ def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_toke
 
     def cfg(extra):
         parser = options.get_training_parser()
-        args = options.parse_args_and_arch(parser, [str(data), *ARCH, "--max-tokens", str(max_tokens)] + extra)
+        args = options.parse_args_and_arch(parser, [str(data), *arch, "--max-tokens", str(max_tokens)] + extra)
         return convert_namespace_to_omegaconf(args)
 
     base = cfg(["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"])
@@ -212,6 +251,10 @@ def main(argv=None) -> int:
                         help="CPU threads for torch (default 1: tiny ops on a shared CPU only oversubscribe)")
     parser.add_argument("--cache-topk", type=int, default=64,
                         help="K of the teacher cache benchmarked against LSCE (0 = skip the cache)")
+    parser.add_argument("--preset", default="translation-demo",
+                        help="a translation study preset whose corpus, teacher and student architectures and "
+                             "max_tokens are measured (default: translation-demo, what `make demo-translation` "
+                             "trains); '' for the built-in 2-layer 128-d shape on a 6000-pair corpus")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--quick", action="store_true",
@@ -236,19 +279,28 @@ def main(argv=None) -> int:
                   f"({r['peak_bytes'] / max(naive, 1):.2f} x naive)  {r['seconds']:.2f} s")
         report["memory"] = mem
     if not args.skip_throughput:
+        shapes = preset_shapes(args.preset) if args.preset else None
+        if shapes is not None:
+            args.max_tokens = shapes["max_tokens"]
+            report["preset"] = args.preset
         with tempfile.TemporaryDirectory() as tmp:
-            data = Path(args.data) if args.data else _prepare_data(Path(tmp))
-            teacher = Path(args.teacher) if args.teacher else _make_teacher(data, Path(tmp))
+            if args.data:
+                data = Path(args.data)
+            else:
+                data = _prepare_preset_data(Path(tmp), shapes["prepare_args"]) if shapes else _prepare_data(Path(tmp))
+            teacher = (Path(args.teacher) if args.teacher
+                       else _make_teacher(data, Path(tmp), shapes["teacher"] if shapes else ARCH))
             cache_dir, cache = None, None
             if args.cache_topk > 0:
                 cache_dir = Path(tmp) / "teacher_cache"
                 cache = build_cache(data, teacher, cache_dir, args.cache_topk, 2.0, args.device)
             thr = throughput_bench(data, teacher, args.steps, args.block, args.max_tokens, args.device,
-                                   cache=cache_dir, topk=args.cache_topk)
+                                   cache=cache_dir, topk=args.cache_topk, arch=shapes["student"] if shapes else ARCH)
         words = thr["words_per_s"]
-        print(f"student training step, {thr['steps_each']} steps each, max-tokens {thr['max_tokens']}:")
+        shape = f"preset {args.preset}'s teacher and student" if shapes else "teacher of the student's arch"
+        print(f"student training step ({shape}), {thr['steps_each']} steps each, max-tokens {thr['max_tokens']}:")
         print(f"  label_smoothed_cross_entropy {words['label_smoothed_cross_entropy']:10.0f} words/s")
-        print(f"  ls_kd (teacher same arch)    {words['ls_kd']:10.0f} words/s")
+        print(f"  ls_kd (live teacher)         {words['ls_kd']:10.0f} words/s")
         print(f"  ratio ls_kd / LSCE           {thr['ratio_ls_kd_over_lsce']:10.3f}")
         if cache is not None:
             ratio = thr["time_per_update_over_lsce"]

@@ -15,6 +15,9 @@ gives both from one generation log::
   detokenised references: the ``--ref`` file (sentence i = line i, e.g. ``raw/test.de`` written by
   ``prepare_offline``) or, without it, the detokenised ``T-`` lines. ``--lowercase`` for data that
   were lower-cased before BPE (IWSLT'14 recipe, ``prepare_offline``).
+* ``chrf``: sacreBLEU's chrF (character 6-grams, beta = 2; Popovic 2015) of the same detokenised
+  pair, lower-cased with ``--lowercase``: it still separates systems when short sentences leave few
+  matching 4-grams for BLEU.
 """
 
 from __future__ import annotations
@@ -78,17 +81,21 @@ def score(
     else:
         refs_detok = detokenize(refs_tok, lang)
     hyps_detok = detokenize(hyps_tok, lang)
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU, CHRF
 
     tok_metric = BLEU(tokenize="none", lowercase=lowercase, force=True)
     detok_metric = BLEU(lowercase=lowercase)
     tok = tok_metric.corpus_score(hyps_tok, [refs_tok])
     detok = detok_metric.corpus_score(hyps_detok, [refs_detok])
+    chrf_metric = CHRF(lowercase=lowercase)
+    chrf = chrf_metric.corpus_score(hyps_detok, [refs_detok])
     return {
         "bleu_detok": round(float(detok.score), 3),
         "bleu_tok": round(float(tok.score), 3),
+        "chrf": round(float(chrf.score), 3),
         "sentences": len(ids),
         "sacrebleu_signature": str(detok_metric.get_signature()),
+        "chrf_signature": str(chrf_metric.get_signature()),
     }
 
 
@@ -107,7 +114,7 @@ def read_lines(path: str, what: str) -> List[str]:
 def _main(argv: Optional[Sequence[str]], stdout: TextIO) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fairseq_plugin.bleu",
-        description="Detokenised sacreBLEU and tokenised (IWSLT-style) BLEU of fairseq-generate output.",
+        description="Detokenised sacreBLEU, chrF and tokenised (IWSLT-style) BLEU of fairseq-generate output.",
     )
     parser.add_argument("generate_output", nargs="?", default="-", help="fairseq-generate log ('-' = stdin)")
     parser.add_argument("--lang", required=True, help="target language code for Moses detokenisation (de, ru...)")
@@ -126,7 +133,7 @@ def _main(argv: Optional[Sequence[str]], stdout: TextIO) -> int:
     else:
         print(
             f"BLEU (detokenised sacreBLEU) = {result['bleu_detok']:.2f}   "
-            f"BLEU (tokenised, IWSLT-style) = {result['bleu_tok']:.2f}   "
+            f"BLEU (tokenised, IWSLT-style) = {result['bleu_tok']:.2f}   chrF = {result['chrf']:.2f}   "
             f"sentences = {result['sentences']}   [{result['sacrebleu_signature']}]",
             file=stdout,
         )

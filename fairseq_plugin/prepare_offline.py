@@ -53,8 +53,10 @@ MUELLER_DICT = "/usr/share/dictd/mueller7.dict.dz"
 MUELLER_INDEX = "/usr/share/dictd/mueller7.index"
 # Debian package that provides each source, named in the error when a file is missing.
 SOURCES = {
-    "en-de": {"package": "trans-de-en", "files": [DING_PATH], "env": "LSKD_DING_PATH"},
-    "en-ru": {"package": "mueller7-dict", "files": [MUELLER_DICT, MUELLER_INDEX], "env": "LSKD_MUELLER_DICT"},
+    "en-de": {"package": "trans-de-en", "files": [DING_PATH], "env": "LSKD_DING_PATH",
+              "licence": "GPL-2+ (Ding, Frank Richter, TU Chemnitz)"},
+    "en-ru": {"package": "mueller7-dict", "files": [MUELLER_DICT, MUELLER_INDEX], "env": "LSKD_MUELLER_DICT",
+              "licence": "GPL (Mueller's English-Russian dictionary, 7th ed., as packaged by Debian)"},
 }
 PAIRS = tuple(SOURCES)
 
@@ -259,6 +261,18 @@ def binarize(bpe_dir: Path, bin_dir: Path, src: str, tgt: str, workers: int = 1)
         raise RuntimeError(f"fairseq-preprocess failed ({' '.join(command)}):\n{result.stderr[-4000:]}")
 
 
+def _package_version(package: str) -> Optional[str]:
+    """The installed Debian package's version (recorded so a corpus can be traced), None off Debian."""
+    try:
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True,
+                              check=False, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
 def source_files(pair: str, source_file: Optional[str] = None) -> List[str]:
     """The Debian files to read for ``pair``; a clear error names the package when one is missing."""
     if pair not in SOURCES:
@@ -298,6 +312,8 @@ def prepare(
     seed: int = 1,
     source_file: Optional[str] = None,
     workers: int = 1,
+    min_words: int = 3,
+    max_words: int = 50,
 ) -> Dict:
     """Run the whole pipeline into ``out``; returns (and writes ``out/prepare.json``) the summary.
 
@@ -308,8 +324,10 @@ def prepare(
         raise UsageError(f"max_pairs must be at least 3, got {max_pairs!r}")
     if int(bpe_size) < 1:
         raise UsageError(f"bpe_size must be a positive number of merges, got {bpe_size!r}")
+    if not 1 <= int(min_words) <= int(max_words):
+        raise UsageError(f"need 1 <= min_words <= max_words, got min_words={min_words!r}, max_words={max_words!r}")
     src, tgt = pair.split("-")
-    pairs = clean_pairs(read_pairs(pair, source_file))
+    pairs = clean_pairs(read_pairs(pair, source_file), min_words=int(min_words), max_words=int(max_words))
     total = len(pairs) if max_pairs is None else min(len(pairs), int(max_pairs))
     valid_size = default_eval_size(total) if valid_size is None else int(valid_size)
     test_size = default_eval_size(total) if test_size is None else int(test_size)
@@ -341,7 +359,10 @@ def prepare(
         "pair": pair, "source": src, "target": tgt, "seed": seed, "bpe_merges": int(bpe_size),
         "lowercase": True, "tokenizer": "moses (sacremoses)", "bpe": "subword-nmt, joint, train only",
         "sizes": {split: len(items) for split, items in splits.items()},
+        "words": {"min": int(min_words), "max": int(max_words)},
         "available_pairs": len(pairs), "package": SOURCES[pair]["package"],
+        "package_version": _package_version(SOURCES[pair]["package"]),
+        "licence": SOURCES[pair]["licence"],
         "bin": str(bin_dir),
     }
     atomic_write_json(root / "prepare.json", summary, ensure_ascii=False)
@@ -362,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the deterministic split")
     parser.add_argument("--source-file", default=None,
                         help="dictionary file to read instead of the Debian default location")
+    parser.add_argument("--min-words", type=int, default=3,
+                        help="drop pairs with a side shorter than this many words (default 3)")
+    parser.add_argument("--max-words", type=int, default=50,
+                        help="drop pairs with a side longer than this many words (default 50)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     return parser
 
@@ -372,7 +397,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     summary = prepare(
         args.pair, args.out, max_pairs=args.max_pairs, bpe_size=args.bpe_size,
         valid_size=args.valid_size, test_size=args.test_size, seed=args.seed,
-        source_file=args.source_file, workers=args.workers,
+        source_file=args.source_file, workers=args.workers, min_words=args.min_words, max_words=args.max_words,
     )
     print(json.dumps(summary, ensure_ascii=False))
     return 0

@@ -60,9 +60,16 @@ def fairseq_safe_globals() -> List[Any]:
       ranks as a pickle whose tensors are replaced by these placeholders; the other ranks unpickle
       it with ``torch.load`` too.
 
+    * numpy arrays of numeric/bool/string dtypes (``numpy.ndarray``, ``numpy.dtype``, numpy's
+      array reconstructor and the ``numpy.dtypes`` classes except ``ObjectDType``): fairseq-train
+      with ``--eval-bleu`` keeps the best BLEU's n-gram counts as numpy arrays in the checkpoint.
+      The reconstructor only rebuilds an array from its dtype and raw bytes; object arrays stay
+      refused.
+
     Enums are not needed: fairseq stores its config with ``enum_to_str=True`` (its dynamic
     ``ChoiceEnum`` classes could not even be pickled by reference).
     """
+    import numpy as np
     from fairseq.distributed.utils import _TensorPlaceholder
     from omegaconf import DictConfig, ListConfig
     from omegaconf.base import ContainerMetadata, Metadata
@@ -74,8 +81,29 @@ def fairseq_safe_globals() -> List[Any]:
         AnyNode, StringNode, IntegerNode, FloatNode, BooleanNode,
         _TensorPlaceholder,
         typing.Any, collections.defaultdict,
+        np.ndarray, np.dtype, _numpy_reconstruct(), *_numpy_dtype_classes(),
         builtins.dict, builtins.list, builtins.int, builtins.float, builtins.str, builtins.bool,
     ]
+
+
+def _numpy_reconstruct() -> Any:
+    """numpy's ndarray pickle reconstructor (``numpy._core`` since numpy 2, ``numpy.core`` before)."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return _reconstruct
+
+
+def _numpy_dtype_classes() -> List[Any]:
+    """numpy >= 1.25's per-dtype classes (``numpy.dtypes.Int64DType`` ...), object dtype excluded."""
+    import numpy as np
+
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is None:
+        return []
+    return [getattr(dtypes, name) for name in sorted(dir(dtypes))
+            if name.endswith("DType") and name != "ObjectDType" and isinstance(getattr(dtypes, name), type)]
 
 
 def register_safe_globals() -> None:

@@ -142,6 +142,9 @@ def test_prepare_offline_bad_inputs(tmp_path, capsys):
     assert "mueller7.dict.dz: corrupt compressed dictionary" in line
     assert prepare_offline.main(["--pair", "en-de", "--out", str(tmp_path / "o"), "--max-pairs", "1"]) == 2
     assert "max_pairs must be at least 3" in _one_error_line(capsys, "prepare_offline")
+    assert prepare_offline.main(["--pair", "en-de", "--out", str(tmp_path / "o"), "--min-words", "5",
+                                 "--max-words", "4"]) == 2
+    assert "min_words <= max_words" in _one_error_line(capsys, "prepare_offline")
 
 
 def test_prepare_iwslt_bad_archive(tmp_path, capsys):

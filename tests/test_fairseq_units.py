@@ -12,6 +12,7 @@ import fractions
 import gzip
 import math
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -100,6 +101,19 @@ def test_bleu_matches_hand_computation():
     references = ["Ja, das ist es\n", "Das Haus ist klein.\n"]  # line i = sentence id i
     assert bleu.score(identical, "de", references=references, lowercase=True)["bleu_detok"] == pytest.approx(100.0)
     assert bleu.score(identical, "de", references=references)["bleu_detok"] < 100.0  # case differs
+
+
+def test_chrf_is_sacrebleus_chrf_of_the_detokenised_pair():
+    from sacrebleu.metrics import CHRF
+
+    identical = ["T-1\tdas haus ist klein .", "H-1\t-0.5\tdas haus ist klein ."]
+    assert bleu.score(identical, "de")["chrf"] == pytest.approx(100.0)
+    result = bleu.score(GEN, "de", lowercase=True)
+    hyps = ["ja, das ist es", "das haus ist klein"]  # id order 0, 1, Moses-detokenised by hand
+    refs = ["ja, das ist es", "das haus ist klein."]
+    expected = CHRF(lowercase=True).corpus_score(hyps, [refs]).score
+    assert result["chrf"] == pytest.approx(expected, abs=1e-3) and 0.0 < result["chrf"] < 100.0
+    assert "chrF2" in result["chrf_signature"] or "nc:6" in result["chrf_signature"]
 
 
 def test_bleu_rejects_non_generate_output():
@@ -200,6 +214,20 @@ def test_allow_list_covers_pickled_omegaconf_configs(tmp_path):
     assert unsafe_globals(str(path)) == []
     loaded = torch.load(path, weights_only=True)
     assert loaded["cfg"].task.langs[1] == 2 and loaded["args"].lr == [0.1]
+
+
+def test_allow_list_reads_numpy_arrays_of_eval_bleu_checkpoints(tmp_path):
+    # fairseq-train --eval-bleu stores the best BLEU's n-gram counts as numpy arrays
+    path = tmp_path / "eval_bleu.pt"
+    counts = np.arange(4, dtype=np.int64)
+    torch.save({"model": {}, "cfg": {}, "extra_state": {"counts": counts, "len": np.array(3.5)}}, path)
+    assert unsafe_globals(str(path)) == []  # also registers the allow-list for this process
+    state = torch.load(path, weights_only=True)
+    assert np.array_equal(state["extra_state"]["counts"], counts) and float(state["extra_state"]["len"]) == 3.5
+    objects = tmp_path / "objects.pt"  # an object array could carry anything: still refused
+    torch.save({"model": {}, "cfg": {}, "x": np.array([fractions.Fraction(1, 3)], dtype=object)}, objects)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(objects, weights_only=True)
 
 
 def test_unknown_global_is_refused_with_file_and_global_named(tmp_path):

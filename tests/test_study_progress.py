@@ -31,3 +31,25 @@ def test_make_bar_picks_lines_for_a_log_and_nothing_when_disabled():
     # under pytest stderr is captured, i.e. not a terminal
     assert isinstance(progress.make_bar(3, True), progress._LineBar)
     assert type(progress.make_bar(3, False)) is progress._NoBar
+
+
+def test_line_progress_reports_long_runs_between_finishes(capsys):
+    # a 10-minute teacher: no run finishes, but the runner refreshes what is running
+    clock = Clock()
+    bar = progress._LineBar(total=3, interval=30.0, clock=clock)
+    for _ in range(4):  # refreshes at +20, +40, +60, +80 s
+        clock.t += 20
+        bar.set_postfix_str(f"teacher_a0 ep {int((clock.t - 100) // 20)}/10")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["[study] 0/3 runs done after 40 s; running: teacher_a0 ep 2/10",
+                     "[study] 0/3 runs done after 80 s; running: teacher_a0 ep 4/10"]
+
+
+def test_fairseq_epochs_are_read_from_the_train_log(tmp_path):
+    assert progress.fairseq_epoch_progress(tmp_path) is None
+    (tmp_path / "stdout.log").write_text(
+        "2026-12-06 | INFO | train_inner | epoch 001:     50 / 127 loss=11.7\n"
+        "2026-12-06 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 9.7\n"
+        "2026-12-06 | INFO | train | epoch 001 | loss 10.775 | wps 2958.6\n"
+        "2026-12-06 | INFO | train_inner | epoch 002:     50 / 127 loss=9.1\n")
+    assert progress.fairseq_epoch_progress(tmp_path) == 1

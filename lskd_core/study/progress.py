@@ -43,15 +43,21 @@ class _LineBar(_NoBar):
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        self._maybe_print(force=self.done >= self.total)
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        # the runner refreshes the running runs' epochs while long runs train: a line every
+        # interval then too, not only when a run finishes (a 10-minute teacher left the log silent)
+        self.postfix = s
+        self._maybe_print(force=False)
+
+    def _maybe_print(self, force: bool) -> None:
         now = self.clock()
-        if now - self.last >= self.interval or self.done >= self.total:
+        if now - self.last >= self.interval or force:
             self.last = now
             running = f"; running: {self.postfix}" if self.postfix and self.done < self.total else ""
             print(f"[study] {self.done}/{self.total} runs done after {now - self.start:.0f} s{running}",
                   file=sys.stderr, flush=True)
-
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
-        self.postfix = s
 
 
 def make_bar(total: int, enabled: bool) -> Any:
@@ -74,11 +80,26 @@ def epoch_progress(rdir: Path) -> Optional[int]:
         return None
 
 
+def fairseq_epoch_progress(rdir: Path) -> Optional[int]:
+    """Epochs finished so far by a running ``fairseq-train`` (its end-of-epoch ``| train | epoch N``
+    log lines in stdout.log; fairseq writes no metrics.jsonl)."""
+    try:
+        with open(rdir / "stdout.log", encoding="utf-8", errors="replace") as fh:
+            return sum(1 for line in fh if "| train | epoch " in line)
+    except OSError:
+        return None
+
+
 def running_postfix(running: Mapping[str, Any], study: Path, by_id: Mapping[str, Run], cfg: "StudyConfig") -> str:
     parts = []
     for run_id in running:
         run = by_id[run_id]
-        ep = epoch_progress(run_dir(study, run_id)) if run.self_reporting else None
+        if run.self_reporting:
+            ep = epoch_progress(run_dir(study, run_id))
+        elif tuple(run.program) == ("exe", "fairseq-train"):
+            ep = fairseq_epoch_progress(run_dir(study, run_id))
+        else:
+            ep = None
         total = cfg.teacher_epochs if run.kind == "teacher" else cfg.student_epochs
         parts.append(f"{run_id} ep {ep}/{total}" if ep is not None else run_id)
     return ", ".join(parts)

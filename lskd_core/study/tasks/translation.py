@@ -72,9 +72,11 @@ def score_bleu(generate_output: Path, lang: str, ref: Optional[Path]) -> Tuple[D
         got = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {}, f"BLEU scoring printed no JSON: {proc.stdout[-200:]!r}"
-    return {"bleu": got["bleu_detok"], "bleu_tok": got["bleu_tok"], "bleu_sentences": got["sentences"],
-            "sacrebleu_signature": got["sacrebleu_signature"],
-            "bleu_note": "bleu: detokenised lower-cased sacreBLEU (the grid); bleu_tok: tokenised BLEU4 (IWSLT-style)"}, None
+    return {"bleu": got["bleu_detok"], "bleu_tok": got["bleu_tok"], "chrf": got.get("chrf"),
+            "bleu_sentences": got["sentences"], "sacrebleu_signature": got["sacrebleu_signature"],
+            "chrf_signature": got.get("chrf_signature"),
+            "bleu_note": "bleu: detokenised lower-cased sacreBLEU (the grid); chrf: sacreBLEU chrF of the same "
+                         "text; bleu_tok: tokenised BLEU4 (IWSLT-style)"}, None
 
 
 def fairseq_plugin_dir() -> str:
@@ -150,12 +152,12 @@ class TranslationTask(TaskBackend):
     settings = ("pair", "data_dir", "arch", "teacher_arch", "student_arch", "max_tokens", "beam", "generate_args",
                 "prepare_args")
     score_key = "bleu"
-    second_score_key = None
-    teacher_fields = {"bleu": "bleu"}
+    second_score_key = "chrf"  # the grid shows BLEU / chrF per cell
+    teacher_fields = {"bleu": "bleu", "chrf": "chrf"}
     teacher_main_field = "bleu"
     grid_metric = "bleu"
     grid_title = "## 1. BLEU grid (Table 5)\n"
-    grid_caption = "Test BLEU"
+    grid_caption = "Test BLEU / chrF (detokenised sacreBLEU)"
     axis_label = "test BLEU"
     score_unit = "BLEU"
     analyses = frozenset()
