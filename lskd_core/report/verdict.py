@@ -86,7 +86,8 @@ def verdict(grid: dict, eta: Optional[dict] = None, task: str = "vision") -> dic
     delta = float(grid.get("smallest_effect") or DEFAULT_DELTA)
     e_rows = eta_rows(eta)
     analysis = findings.analyze(rows, e_rows or None, delta=delta)
-    v = findings.verdict(analysis, unit="points")
+    # vision scores are accuracy points; translation's are BLEU points: the sentences name which
+    v = findings.verdict(analysis, unit="BLEU" if backend.score_key == "bleu" else "points")
     cells = [c for c in grid["cells"] if c["top1_mean"] is not None]
     best = max(cells, key=lambda c: c["top1_mean"])
     out: dict = dict(v, analysis=analysis,
