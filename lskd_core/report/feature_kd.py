@@ -71,11 +71,15 @@ def feature_kd_section(view: StudyView, res: Mapping[str, Any]) -> Dict[str, Any
             "eta_status": (res.get("eta") or {}).get("status", "missing")}
 
 
-def _table(sec: Mapping[str, Any], value) -> str:
+def _table(sec: Mapping[str, Any], value, teacher_row: bool = False) -> str:
     cells = sec["cells"]
     alphas = sorted({c["alpha"] for c in cells})
     temps = sorted({c["temperature"] for c in cells})
     rows = []
+    if teacher_row:
+        by_alpha = {t["alpha"]: t for t in sec.get("teachers", [])}
+        rows.append(["teacher"] + [" / ".join(fmt(by_alpha.get(a, {}).get(k)) for k in ("top1", "top5"))
+                                   for a in alphas])
     for t in temps:
         row = [f"T = {num(t)}"]
         for a in alphas:
@@ -115,7 +119,8 @@ def feature_kd_markdown(res: Mapping[str, Any]) -> List[str]:
     if not sec.get("cells"):
         md.append("> Not available: no student finished yet.\n")
         return md
-    md += ["Val top-1 mean [95 % interval over seeds] / top-5 mean:\n", _table(sec, _accuracy) + "\n"]
+    md += ["Val top-1 mean [95 % interval over seeds] / top-5 mean (teachers: top-1 / top-5):\n",
+           _table(sec, _accuracy, teacher_row=True) + "\n"]
     t1 = sec.get("eta_from")
     if any(c["eta_s1"] is not None for c in sec["cells"]):
         md += [f"eta_S1 / eta_S2 (%) from T = {num(t1)} to the row's T, mean [95 % interval over seeds] "
