@@ -35,7 +35,8 @@ from vision_plugin.kd import CachedTeacher, KDCriterion, LiveTeacher
 from vision_plugin.models import SmallConvNet
 
 __all__ = ["FEATURE_KD_METHODS", "add_feature_kd_args", "check_feature_kd_args", "feature_positions",
-           "setup_feature_kd", "FeatureKD", "FeatureTap"]
+           "setup_feature_kd", "with_feature_kd", "feature_kd_state", "feature_kd_epoch_stats", "FeatureKD",
+           "FeatureTap"]
 
 FEATURE_KD_METHODS = ("overhaul",)
 
@@ -259,8 +260,10 @@ def _feature_shapes(net: nn.Module, tap: FeatureTap, crop: int, device: torch.de
 
 
 def _crop(args: argparse.Namespace) -> int:
-    if getattr(args, "crop_size", None):
-        return int(args.crop_size)
+    """The training input size: ours (``--crop-size``) or torchvision reference's (``--train-crop-size``)."""
+    for flag in ("crop_size", "train_crop_size"):
+        if getattr(args, flag, None):
+            return int(getattr(args, flag))
     return 28 if getattr(args, "dataset", None) == "fashion-mnist" else 224
 
 
@@ -305,7 +308,7 @@ def setup_feature_kd(args: argparse.Namespace, student: nn.Module, teacher: Any,
                              f"feature map is {ts[1]}x{ts[2]} but the student's is {ss[1]}x{ss[2]} (at {crop} px); "
                              f"pair models whose stages have the same strides")
     connectors = nn.ModuleList([Connector(s.channels, t.channels) for s, t in zip(s_pos, t_pos)])
-    if args.resume:
+    if resumed:  # our trainer's checkpoint (torchvision's reference resumes the whole wrapper itself)
         state = resumed["feature_kd"].get("connectors")
         try:
             connectors.load_state_dict(state)
@@ -320,3 +323,24 @@ def setup_feature_kd(args: argparse.Namespace, student: nn.Module, teacher: Any,
     module = StudentWithConnectors(student, connectors, s_tap)
     crit = FeatureKDCriterion(criterion, module, t_tap, margins, args.feature_kd_weight)
     return FeatureKD(module, crit, args.feature_kd)
+
+
+def with_feature_kd(args: argparse.Namespace, student: nn.Module, teacher: Any, criterion: KDCriterion,
+                    resumed: Dict[str, Any], device: torch.device,
+                    fmt: torch.memory_format = torch.contiguous_format) -> Tuple[Optional[FeatureKD], nn.Module, Any]:
+    """``(feature KD or None, the module to optimise and DDP-wrap, the criterion)``: with
+    ``--feature-kd`` the student + connectors and the feature-KD criterion, else the inputs as they are."""
+    fkd = setup_feature_kd(args, student, teacher, criterion, resumed, device, fmt)
+    if fkd is None:
+        return None, student, criterion
+    return fkd, fkd.module, fkd.criterion
+
+
+def feature_kd_state(fkd: Optional[FeatureKD]) -> Dict[str, Any]:
+    """The checkpoint entries of feature KD (``{}`` without it)."""
+    return fkd.checkpoint_state() if fkd is not None else {}
+
+
+def feature_kd_epoch_stats(fkd: Optional[FeatureKD], info: DistInfo) -> Dict[str, Any]:
+    """The epoch record's feature-KD entries (``{}`` without it)."""
+    return fkd.epoch_stats(info) if fkd is not None else {}

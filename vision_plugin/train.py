@@ -4,7 +4,9 @@ Runs as ``python vision_plugin/train.py``, ``python -m vision_plugin.train`` or
 ``torchrun --nproc-per-node N vision_plugin/train.py``. Without ``--teacher`` it minimises the
 label-smoothed cross-entropy ``L_LS`` (paper Sec. 2; ``--label-smoothing 0.1`` makes an LS teacher);
 with ``--teacher MODEL --teacher-ckpt PATH`` it minimises
-``L_KD = (1 - beta) H(y, p) + beta T^2 H(p_t(T), p(T))`` with beta = 1 by default (Sec. 2, Sec. 5).
+``L_KD = (1 - beta) H(y, p) + beta T^2 H(p_t(T), p(T))`` with beta = 1 by default (Sec. 2, Sec. 5);
+``--feature-kd overhaul`` adds Heo et al. (2019)'s feature distillation to it (App. B, Table B.5;
+``vision_plugin.feature_kd``).
 
 Outputs in ``--output-dir`` (rank 0): ``checkpoint.pth`` and ``model_{epoch}.pth`` each epoch
 (atomic), ``metrics.jsonl`` (first line ``{"event": "start", "args": ...}``, then one object per
@@ -64,7 +66,13 @@ from vision_plugin.engine import (
     train_step,
 )
 from vision_plugin.eta_monitor import add_eta_arguments, epoch_eta, open_eta_monitor
-from vision_plugin.feature_kd import add_feature_kd_args, check_feature_kd_args, setup_feature_kd
+from vision_plugin.feature_kd import (
+    add_feature_kd_args,
+    check_feature_kd_args,
+    feature_kd_epoch_stats,
+    feature_kd_state,
+    with_feature_kd,
+)
 from vision_plugin.kd import add_kd_args, build_teacher, check_kd_args, kd_criterion_from_args
 from vision_plugin.models import build_model
 from vision_plugin.run_files import (
@@ -434,9 +442,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model
     # --feature-kd: the student + connectors are trained (and DDP-wrapped) together; None without it
-    fkd = setup_feature_kd(args, model, teacher, criterion, resumed, device, fmt)
-    if fkd is not None:
-        model, criterion = fkd.module, fkd.criterion
+    fkd, model, criterion = with_feature_kd(args, model, teacher, criterion, resumed, device, fmt)
     optimizer = build_optimizer(args, model)
     lr_scheduler = build_lr_scheduler(args, optimizer)
     scaler = make_scaler(device, args.amp)
@@ -465,8 +471,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         train_stats = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, info,
                                       autocast, scaler)
         lr_scheduler.step()
-        if fkd is not None:
-            train_stats.update(fkd.epoch_stats(info))
+        train_stats.update(feature_kd_epoch_stats(fkd, info))
         sync_buffers(model_without_ddp, info)
         val_stats = (evaluate(model_without_ddp, val_loader, device, num_classes, info, autocast, fmt,
                               args.skip_bad_images) if _evaluates(args, epoch) else {})
@@ -487,7 +492,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 "history": history,
                 "wall_time_s": prior_wall + (time.perf_counter() - wall_start),
                 **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-                **(fkd.checkpoint_state() if fkd is not None else {}),
+                **feature_kd_state(fkd),
             }
             save_checkpoint(state, output_dir, epoch)
             append_jsonl(record, metrics_path)

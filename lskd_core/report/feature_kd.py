@@ -123,7 +123,7 @@ def feature_kd_markdown(res: Mapping[str, Any]) -> List[str]:
            _table(sec, _accuracy, teacher_row=True) + "\n"]
     t1 = sec.get("eta_from")
     if any(c["eta_s1"] is not None for c in sec["cells"]):
-        md += [f"eta_S1 / eta_S2 (%) from T = {num(t1)} to the row's T, mean [95 % interval over seeds] "
+        md += [f"eta_S1 / eta_S2 (%) from T = {num(float(t1 or 0))} to the row's T, mean [95 % interval over seeds] "
                "(hierarchy sets, train split, Eq. 1); diffusion = eta_S1 < 0 and eta_S2 > 0:\n",
                _table(sec, _eta) + "\n"]
     else:
