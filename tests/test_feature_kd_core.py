@@ -124,6 +124,10 @@ def test_gradients_by_gradcheck_float64():
     names = [n for n, _ in conn.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for _, p in conn.named_parameters())
     assert torch.autograd.gradcheck(loss, (x, *params), eps=1e-6, atol=1e-6)
+    # partial L2 alone, both arguments (its own backward), away from the mask's kinks
+    a_s = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    a_t = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(F.partial_l2, (a_s, a_t), eps=1e-6, atol=1e-6)
     # the teacher side gets no gradient: it is the target
     tt = t.clone().requires_grad_(True)
     F.overhaul_loss([x.sum(1, keepdim=True).expand(2, 4, 3, 3)], [tt], [m]).backward()

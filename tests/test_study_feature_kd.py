@@ -50,6 +50,18 @@ def test_model_families_are_checked_up_front():
     assert feature_kd_model_problem(dataclasses.replace(ok, feature_kd=None, student_model="mobilenet_v2")) is None
 
 
+def test_study_cli_refuses_a_model_without_positions_in_one_line(tmp_path):
+    from lskd_core.study.cli import main
+
+    for extra, needle in ((["--student-model", "mobilenet_v2"], "no known feature positions for student_model"),
+                          (["--set", "feature_kd=fitnets"], "feature_kd must be one of"),
+                          (["--teacher-model", "resnet50"], "different numbers of stages")):
+        argv = ["--out", tmp_path / "s", "--print-commands", "--set", "feature_kd=overhaul", *extra]
+        code, out, err = run_main(main, argv)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
 def test_plan_students_run_their_teacher_live_with_the_feature_kd_flags():
     cfg = _cfg(feature_kd="overhaul", feature_kd_weight=1e-3, matched_temperatures=[1])
     assert cfg.cache  # the preset's cache is on ...
