@@ -91,14 +91,14 @@ class _PartialL2(torch.autograd.Function):
     on the small CNNs' features, bench/bench_feature_kd.py)."""
 
     @staticmethod
-    def forward(ctx, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d = student - target
         d.masked_fill_((d <= 0) & (target <= 0), 0.0)  # d <= 0 is S <= T
         ctx.save_for_backward(d)
         return d.square().sum()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         (d,) = ctx.saved_tensors
         g = d * (2.0 * grad)
         return g, (-g if ctx.needs_input_grad[1] else None)
