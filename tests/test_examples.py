@@ -115,6 +115,20 @@ def test_imagenet_config_plans_the_table2a_grid(tmp_path):
     assert sorted(_flag(a, "--split") for a in cmds["export"]) == ["train"] * 10 + ["val"] * 10
 
 
+def test_imagenet_ofd_config_plans_table_b5_feature_kd_students(tmp_path):
+    cmds = _by_program(_plan("examples/imagenet_ofd.toml", tmp_path))
+    assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["cache"])) == (2, 12, 0)
+    assert {_flag(a, "--model") for a in cmds["teacher"]} == {"resnet50"}
+    cells = set()
+    for argv in cmds["student"]:
+        _check_vision_common(argv, "imagefolder", "data/imagenet")
+        assert (_flag(argv, "--model"), _flag(argv, "--teacher")) == ("resnet18", "resnet50")
+        assert _flag(argv, "--feature-kd") == "overhaul" and float(_flag(argv, "--feature-kd-weight") or 0) == 1e-4
+        assert "--teacher-cache" not in argv  # the live teacher: its feature maps are distilled
+        cells.add((_teacher_alpha(argv, "--teacher-ckpt"), _flag(argv, "--kd-temperature"), _flag(argv, "--seed")))
+    assert cells == {(a, t, s) for a in ALPHAS for t in ("1", "3") for s in ("0", "1", "2")}
+
+
 def test_cub_config_plans_the_table2b_grid(tmp_path):
     cmds = _by_program(_plan("examples/cub.toml", tmp_path))
     assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["export"]), len(cmds["cache"])) == (2, 24, 52, 2)

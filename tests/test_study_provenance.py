@@ -93,6 +93,8 @@ VISION = {
     "projection_per_class": (20, NONE),
     "eta_during_training": (True, {"student_above_tmin"}),  # T > T_min (1 here) students: --eta-reference
     "eval_each_epoch": (True, STUDENTS),  # students lose --eval-every 0
+    "feature_kd": ("overhaul", STUDENTS),  # students gain --feature-kd and run the teacher live (no cache runs)
+    "feature_kd_weight": (1e-3, NONE),  # read only with feature_kd (refused without it by load_config)
     "pair": ("de-en", NONE),
     "data_dir": ("/data/bin", NONE),
     "arch": ("transformer_wmt_en_de", NONE),
@@ -150,6 +152,8 @@ TRANSLATION = {
     "prepare_args": (["--max-pairs", "10"], {"prepare"}),
     "eta_during_training": (True, NONE),  # vision only (refused for translation by load_config)
     "eval_each_epoch": (True, NONE),  # vision only: fairseq validates on its own schedule
+    "feature_kd": ("overhaul", NONE),  # vision only (refused for translation by load_config)
+    "feature_kd_weight": (1e-3, NONE),
 }
 
 

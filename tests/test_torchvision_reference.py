@@ -164,6 +164,25 @@ def test_kd_loss_is_t2_kl(scripts, tmp_path, teacher_ckpt):
     assert len(got["losses"]) == step + 1
 
 
+def test_feature_kd_through_the_patched_script(scripts, tmp_path):
+    """--feature-kd overhaul in the patched script (ResNet-18 -> ResNet-18: feature positions are known
+    for ResNets): lr 0 keeps the student fixed, so each step's loss is the KD run's plus weight x a
+    positive feature loss; the connectors are in the saved model (the wrapper's state)."""
+    plain, patched = scripts
+    before = list(torch.serialization.get_safe_globals())
+    _run(plain, tmp_path / "teacher", "--model", "resnet18", "--seed", "7")
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(before)
+    kd = ["--model", "resnet18", "--teacher", "resnet18", "--teacher-ckpt", str(tmp_path / "teacher" / "checkpoint.pth"),
+          "--kd-temperature", "2", "--seed", "3"]
+    plain_kd = _run(patched, tmp_path / "kd", *kd, "--lr", "0")
+    fkd = _run(patched, tmp_path / "fkd", *kd, "--lr", "0", "--feature-kd", "overhaul", "--feature-kd-weight", "1e-3")
+    assert len(fkd["losses"]) == len(plain_kd["losses"]) > 0
+    assert all(f > k + 1e-6 for f, k in zip(fkd["losses"], plain_kd["losses"]))
+    saved = torch.load(tmp_path / "fkd" / "checkpoint.pth", weights_only=True)["model"]
+    assert "connectors.0.0.weight" in saved and "student.fc.weight" in saved
+
+
 def test_resume_with_teacher(scripts, tmp_path, teacher_ckpt):
     _, patched = scripts
     kd = ["--teacher", MODEL, "--teacher-ckpt", str(teacher_ckpt), "--kd-temperature", "2"]

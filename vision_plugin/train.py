@@ -4,7 +4,9 @@ Runs as ``python vision_plugin/train.py``, ``python -m vision_plugin.train`` or
 ``torchrun --nproc-per-node N vision_plugin/train.py``. Without ``--teacher`` it minimises the
 label-smoothed cross-entropy ``L_LS`` (paper Sec. 2; ``--label-smoothing 0.1`` makes an LS teacher);
 with ``--teacher MODEL --teacher-ckpt PATH`` it minimises
-``L_KD = (1 - beta) H(y, p) + beta T^2 H(p_t(T), p(T))`` with beta = 1 by default (Sec. 2, Sec. 5).
+``L_KD = (1 - beta) H(y, p) + beta T^2 H(p_t(T), p(T))`` with beta = 1 by default (Sec. 2, Sec. 5);
+``--feature-kd overhaul`` adds Heo et al. (2019)'s feature distillation to it (App. B, Table B.5;
+``vision_plugin.feature_kd``).
 
 Outputs in ``--output-dir`` (rank 0): ``checkpoint.pth`` and ``model_{epoch}.pth`` each epoch
 (atomic), ``metrics.jsonl`` (first line ``{"event": "start", "args": ...}``, then one object per
@@ -64,6 +66,13 @@ from vision_plugin.engine import (
     train_step,
 )
 from vision_plugin.eta_monitor import add_eta_arguments, epoch_eta, open_eta_monitor
+from vision_plugin.feature_kd import (
+    add_feature_kd_args,
+    check_feature_kd_args,
+    feature_kd_epoch_stats,
+    feature_kd_state,
+    with_feature_kd,
+)
 from vision_plugin.kd import add_kd_args, build_teacher, check_kd_args, kd_criterion_from_args
 from vision_plugin.models import build_model
 from vision_plugin.run_files import (
@@ -165,6 +174,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--teacher-cache", default=None, metavar="DIR",
                         help="KD from a teacher cache built by `python -m vision_plugin.teacher_cache build` "
                              "instead of --teacher (give --teacher-ckpt too to verify it was built from that file)")
+    add_feature_kd_args(parser)  # --feature-kd overhaul --feature-kd-weight (vision_plugin.feature_kd)
     add_eta_arguments(parser)
     return parser
 
@@ -220,6 +230,7 @@ def validate_args(args: argparse.Namespace) -> None:
     """ValueError naming the flag for every bad argument, before any data or checkpoint is touched."""
     _validate_numbers(args)
     check_kd_args(args)
+    check_feature_kd_args(args)
     if args.test_only and not (args.resume or args.student_init or args.weights):
         raise ValueError("--test-only needs weights: --resume PATH, --student-init PATH or --weights NAME")
     if args.sync_bn and torch.device(args.device).type != "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -354,6 +365,9 @@ def _wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Modu
 
 
 def _describe_kd(args: argparse.Namespace) -> str:
+    if getattr(args, "feature_kd", None):
+        return (f", teacher {args.teacher} T={args.kd_temperature} beta={args.kd_beta} + feature KD "
+                f"{args.feature_kd} (weight {args.feature_kd_weight:g})")
     if args.teacher_cache:
         return f", teacher cache {args.teacher_cache} T={args.kd_temperature} beta={args.kd_beta}"
     if args.teacher:
@@ -427,7 +441,9 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     if args.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model
-    optimizer = build_optimizer(args, model_without_ddp)
+    # --feature-kd: the student + connectors are trained (and DDP-wrapped) together; None without it
+    fkd, model, criterion = with_feature_kd(args, model, teacher, criterion, resumed, device, fmt)
+    optimizer = build_optimizer(args, model)
     lr_scheduler = build_lr_scheduler(args, optimizer)
     scaler = make_scaler(device, args.amp)
     model = _wrap_ddp(model, info, device)
@@ -455,6 +471,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         train_stats = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, args, info,
                                       autocast, scaler)
         lr_scheduler.step()
+        train_stats.update(feature_kd_epoch_stats(fkd, info))
         sync_buffers(model_without_ddp, info)
         val_stats = (evaluate(model_without_ddp, val_loader, device, num_classes, info, autocast, fmt,
                               args.skip_bad_images) if _evaluates(args, epoch) else {})
@@ -475,6 +492,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 "history": history,
                 "wall_time_s": prior_wall + (time.perf_counter() - wall_start),
                 **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+                **feature_kd_state(fkd),
             }
             save_checkpoint(state, output_dir, epoch)
             append_jsonl(record, metrics_path)

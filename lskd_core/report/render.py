@@ -11,6 +11,7 @@ from lskd_core.report.classwise import classwise_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import eta_markdown
 from lskd_core.report.eta_training import eta_training_markdown
+from lskd_core.report.feature_kd import feature_kd_markdown
 from lskd_core.report.markdown import md_table
 from lskd_core.report.matched import matched_markdown
 from lskd_core.report.profile import profile_markdown
@@ -78,6 +79,7 @@ def render(view: StudyView, res: dict) -> str:
     md.append("## Verdict\n")
     md.append(res["verdict"].get("text", "—") + "\n")
     md += grid_markdown(res, view.task)
+    md += feature_kd_markdown(res)  # Table B.5: empty unless the students are feature-KD students
     md += matched_markdown(res, view.task.score_unit)
     md += _analyses(view, res)
     md += cache_savings_markdown(res)

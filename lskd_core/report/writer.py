@@ -24,6 +24,7 @@ from lskd_core.report.classwise import classwise_section
 from lskd_core.report.entropy import entropy_section
 from lskd_core.report.eta import eta_section
 from lskd_core.report.eta_training import eta_training_section
+from lskd_core.report.feature_kd import feature_kd_section, scope_verdict
 from lskd_core.report.figures import plot_accuracy, plot_entropy
 from lskd_core.report.matched import matched_section
 from lskd_core.report.profile import profile_section
@@ -93,6 +94,8 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
     res["eta_training"] = eta_training_section(view, out)  # students' per-epoch eta (eta_during_training)
     res["figures"] = _figures(view, out, res)
     res["verdict"] = verdict(res["accuracy_grid"], res.get("eta"), view.task.name)
+    res["feature_kd"] = feature_kd_section(view, res)  # Table B.5 (feature_kd studies)
+    res["verdict"] = scope_verdict(res["verdict"], view.config)  # says "feature KD + KD" when it is
     not_done = [r for r in view.runs if r not in view.results]
     res["runs"] = {"planned": len(view.runs), "done": len(view.runs) - len(not_done), "not_done": not_done}
     res = jsonable(res)

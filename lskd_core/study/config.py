@@ -89,6 +89,10 @@ class StudyConfig:
     # vision: evaluate students after every epoch (per-epoch val curves in metrics.jsonl); false:
     # only after their last epoch, which is all the report reads (--eval-every 0)
     eval_each_epoch: bool = False
+    # --- feature distillation + KD (vision; the paper's Table B.5): "overhaul" (Heo et al. 2019)
+    # trains every student with that feature loss added to KD; its students run the teacher live ---
+    feature_kd: Optional[str] = None
+    feature_kd_weight: Optional[float] = None  # None: the trainer's default (1e-4, Heo et al.'s ImageNet scale)
     # --- translation task ---
     pair: str = "en-de"
     data_dir: Optional[str] = None  # binarised fairseq data; None: prepared offline by the study
@@ -141,6 +145,7 @@ class StudyConfig:
         backend.validate(self)
         _validate_analysis(self)
         _validate_teachers_and_cache(self)
+        _validate_feature_kd(self)
         _validate_execution(self)
         _validate_against_task(self, backend)
         return self
@@ -334,6 +339,27 @@ def _validate_teachers_and_cache(cfg: StudyConfig) -> None:
         if 0.0 not in cfg.alphas or len(cfg.alphas) < 2:
             raise ValueError(f"matched_temperatures needs alpha 0 (the plain teacher) and at least one LS alpha "
                              f"in alphas, got alphas = {cfg.alphas}; or set matched_temperatures = []")
+
+
+FEATURE_KD_METHODS = ("overhaul",)
+
+
+def _validate_feature_kd(cfg: StudyConfig) -> None:
+    """``feature_kd`` (None, or "none" since TOML has no null) and its weight; vision only."""
+    if cfg.feature_kd in (None, "", "none"):
+        cfg.feature_kd = None
+    elif cfg.feature_kd not in FEATURE_KD_METHODS:
+        raise ValueError(f"feature_kd must be one of {list(FEATURE_KD_METHODS)} or \"none\", got {cfg.feature_kd!r}")
+    elif cfg.task != "vision":
+        raise ValueError(f"feature_kd applies to the vision task only, not {cfg.task!r}; set feature_kd = \"none\"")
+    if cfg.feature_kd_weight is None:
+        return
+    if cfg.feature_kd is None:
+        raise ValueError("feature_kd_weight has no effect without feature_kd = \"overhaul\"; set both or neither")
+    w = cfg.feature_kd_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w > 0):
+        raise ValueError(f"feature_kd_weight must be a finite number > 0, got {w!r}")
+    cfg.feature_kd_weight = float(w)
 
 
 def _validate_against_task(cfg: StudyConfig, backend: "TaskBackend") -> None:

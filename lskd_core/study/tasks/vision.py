@@ -124,12 +124,26 @@ def _kd_source(cfg: "StudyConfig", t_id: str, cached: bool) -> Tuple[List[str], 
     return ["--teacher", cfg.teacher_model, "--teacher-ckpt", f"{{study}}/runs/{t_id}/checkpoint.pth"], t_id
 
 
+def _feature_kd_args(cfg: "StudyConfig") -> List[str]:
+    """``--feature-kd`` flags of a student (Table B.5); such a student runs its teacher live."""
+    if not cfg.feature_kd:
+        return []
+    weight = ["--feature-kd-weight", num(cfg.feature_kd_weight)] if cfg.feature_kd_weight is not None else []
+    return ["--feature-kd", cfg.feature_kd] + weight
+
+
+def _uses_cache(cfg: "StudyConfig") -> bool:
+    """Students read a teacher cache: ``cache`` and no feature KD (the cache stores logits only,
+    feature KD needs the teacher's feature maps of every batch, so its students run the teacher live)."""
+    return bool(cfg.cache) and not cfg.feature_kd
+
+
 def _student_run(cfg: "StudyConfig", run_id: str, t_id: str, seed: int, temperature_args: List[str],
                  cached: bool, info: dict, extra_deps: Sequence[str] = ()) -> Run:
     kd, dep = _kd_source(cfg, t_id, cached)
     args = (["--model", cfg.student_model] + _train_common(cfg, "student")
             + ["--label-smoothing", "0", "--seed", str(seed)] + kd
-            + temperature_args + ["--kd-beta", num(cfg.kd_beta)]
+            + temperature_args + ["--kd-beta", num(cfg.kd_beta)] + _feature_kd_args(cfg)
             + list(cfg.student_args) + _exec_args(cfg) + ["--output-dir", "{run}"])
     return Run(run_id, "student", ("module", "vision_plugin.train"), args, deps=[dep] + list(extra_deps),
                info=dict(info, seed=seed, teacher_run=t_id, cached=cached), outputs=["checkpoint.pth"],
@@ -140,7 +154,7 @@ def _training_runs(cfg: "StudyConfig") -> List[Run]:
     """Teachers (alpha x teacher seed), their caches, then the students (alpha x T x seed); the
     i-th student seed distils from the (i mod teacher_seeds)-th teacher of its alpha."""
     runs = _teacher_runs(cfg)
-    if cfg.cache:
+    if _uses_cache(cfg):
         runs += [_cache_run(cfg, r.run_id, {"alpha": r.info["alpha"], "teacher_seed": r.info["teacher_seed"]})
                  for r in list(runs)]
     for alpha in cfg.alphas:
@@ -148,7 +162,7 @@ def _training_runs(cfg: "StudyConfig") -> List[Run]:
             for seed in cfg.seed_list:
                 tseed = paired_teacher_seed(cfg, seed)
                 runs.append(_student_run(cfg, student_id(alpha, temperature, seed), teacher_run_id(cfg, alpha, tseed),
-                                         seed, ["--kd-temperature", num(temperature)], cfg.cache,
+                                         seed, ["--kd-temperature", num(temperature)], _uses_cache(cfg),
                                          {"alpha": alpha, "temperature": temperature, "teacher_seed": tseed}))
     return runs
 
@@ -215,7 +229,7 @@ def _matched_runs(cfg: "StudyConfig") -> List[Run]:
                         info={"teacher_seed": tseed, "plain_alpha": plain, "ls_alphas": ls_alphas},
                         outputs=["matched.json"], resume_flag=None))
     # a top-K cache serves only the temperatures it was built for; T' is known only at run time
-    cached = cfg.cache and not cfg.cache_topk
+    cached = _uses_cache(cfg) and not cfg.cache_topk
     for a in ls_alphas:
         for t in cfg.matched_temperatures:
             for seed in cfg.seed_list:
@@ -296,7 +310,7 @@ def _with_eta_references(cfg: "StudyConfig", runs: List[Run]) -> List[Run]:
 class VisionTask(TaskBackend):
     name = "vision"
     settings = ("dataset", "data_path", "train_samples", "val_samples", "teacher_model", "student_model",
-                "teacher_batch_size", "student_batch_size", "export_args")
+                "teacher_batch_size", "student_batch_size", "export_args", "feature_kd", "feature_kd_weight")
     score_key = "val_acc1"
     second_score_key = "val_acc5"
     teacher_fields = {"top1": "val_acc1", "top5": "val_acc5"}

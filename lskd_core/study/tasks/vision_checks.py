@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, FrozenSet, Optional
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
 
-__all__ = ["dataset_class_count", "model_name_problem"]
+__all__ = ["dataset_class_count", "model_name_problem", "feature_kd_model_problem"]
 
 _FIXED_CLASS_COUNTS = {"fashion-mnist": 10, "cub": 200}
 
@@ -59,4 +59,31 @@ def model_name_problem(cfg: "StudyConfig") -> Optional[str]:
             lskd = sorted(n for n in known if n.startswith("lskd_"))
             return (f"{setting} {name!r} is neither an lskd model ({', '.join(lskd)}) nor a torchvision "
                     "classification model (e.g. resnet18, resnet50, mobilenet_v2); fix the name")
+    return feature_kd_model_problem(cfg)
+
+
+def _feature_kd_family(name: str) -> Optional[str]:
+    """The model families whose feature positions vision_plugin.feature_kd knows (by name)."""
+    if name.startswith("lskd_cnn_"):
+        return "lskd_cnn"
+    if name.startswith(("resnet", "resnext", "wide_resnet")):
+        return "resnet"
+    return None
+
+
+def feature_kd_model_problem(cfg: "StudyConfig") -> Optional[str]:
+    """With ``feature_kd``: both models must have known feature positions, and the same family
+    (a ResNet has 4 stages, lskd's small CNNs 2). One line, or None."""
+    if not getattr(cfg, "feature_kd", None):
+        return None
+    families = {}
+    for setting in ("teacher_model", "student_model"):
+        name = getattr(cfg, setting)
+        families[setting] = _feature_kd_family(name)
+        if families[setting] is None:
+            return (f"feature_kd = {cfg.feature_kd!r} has no known feature positions for {setting} {name!r}: use "
+                    "torchvision's ResNet family (resnet*, resnext*, wide_resnet*) or lskd_cnn_*, or unset feature_kd")
+    if families["teacher_model"] != families["student_model"]:
+        return (f"feature_kd = {cfg.feature_kd!r} pairs stage by stage: teacher_model {cfg.teacher_model!r} and "
+                f"student_model {cfg.student_model!r} have different numbers of stages; pick two ResNets or two lskd CNNs")
     return None
