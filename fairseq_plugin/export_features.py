@@ -40,7 +40,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+# fairseq at the top: the study's warm server (lskd_core.study.warm_start) pays these imports once
+# for every export it forks (importing them starts no thread)
+from fairseq import tasks, utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from omegaconf import open_dict
+from tqdm import tqdm
+
+from lskd_core.atomic import atomic_write_json
+from lskd_core.features_io import save_features
+
 from .errors import MissingInputError, UsageError, run_cli
+from .safe_load import load_checkpoint_state
+from .teacher import load_teacher_model
+from .teacher_cache import _batches, split_files
 
 __all__ = ["choose_classes", "sentence_subset", "token_entropy", "export", "main"]
 
@@ -82,20 +95,12 @@ def token_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- setup ---
 def _load(data: str, path: str, split: str, unsafe: bool):
     """The task over ``data`` (the checkpoint's task settings), its ``split`` and the model."""
-    from fairseq import tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import open_dict
-
-    from .safe_load import load_checkpoint_state
-    from .teacher import load_teacher_model
-    from .teacher_cache import split_files
-
     if not os.path.isfile(path):
         raise MissingInputError(f"checkpoint not found: {path} (from --path)")
     if not os.path.isdir(data):
         raise MissingInputError(f"data directory {data} not found: pass fairseq-preprocess's --destdir")
     state = load_checkpoint_state(path, unsafe=unsafe)
-    cfg = state.get("cfg")
+    cfg: Any = state.get("cfg")
     if state.get("args") is not None:
         cfg = convert_namespace_to_omegaconf(state["args"])
     task_cfg = cfg.task
@@ -134,20 +139,8 @@ def _forward(model, sample) -> Tuple[torch.Tensor, torch.Tensor]:
     return feats, model.decoder.output_layer(feats)
 
 
-def export(data: str, path: str, out: Optional[str], *, split: str = "test",
-           max_sentences: Optional[int] = 500, subset_seed: int = 0, max_classes: int = 50,
-           min_count: int = 20, entropy_temperatures: Sequence[float] = (), entropy_out: Optional[str] = None,
-           max_tokens: int = 4096, device: Optional[str] = None, unsafe: bool = False,
-           progress: Optional[bool] = None) -> Dict[str, Any]:
-    """Export features (``out``) and/or the entropy sums (``entropy_out``); returns a summary."""
-    from fairseq import utils
-    from tqdm import tqdm
-
-    from lskd_core.atomic import atomic_write_json
-    from lskd_core.features_io import save_features
-
-    from .teacher_cache import _batches
-
+def _check_flags(out: Optional[str], entropy_out: Optional[str], entropy_temperatures: Sequence[float],
+                 max_tokens: int, max_classes: int, min_count: int) -> None:
     if out is None and entropy_out is None:
         raise UsageError("nothing to write: pass --out and/or --entropy-out")
     if int(max_tokens) < 1 or int(max_classes) < 1 or int(min_count) < 1:
@@ -157,58 +150,82 @@ def export(data: str, path: str, out: Optional[str], *, split: str = "test",
     for t in entropy_temperatures:
         if not (math.isfinite(t) and t > 0):
             raise UsageError(f"--entropy-temperatures must be positive, got {t}")
-    started = time.process_time()
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    task, model, cfg = _load(data, path, split, unsafe)
-    model.to(torch_device)
-    dataset = task.dataset(split)
-    tdict = task.target_dictionary
-    pad = tdict.pad()
-    ids = sentence_subset(len(dataset), max_sentences, subset_seed)
-    counts = np.zeros(len(tdict), dtype=np.int64)
-    for i in ids.tolist():
-        counts += np.bincount(dataset.tgt[i].numpy(), minlength=len(tdict))[:len(tdict)]
-    classes = choose_classes(counts, int(max_classes), int(min_count), tdict.nspecial)
-    if out is not None and len(classes) < 3:
-        raise UsageError(f"only {len(classes)} target token(s) occur >= {min_count} times in the {len(ids)} "
-                         f"exported sentences of {split!r}: lower --min-count or raise --max-sentences")
-    lookup = np.full(len(tdict), -1, dtype=np.int64)
-    lookup[classes] = np.arange(len(classes))
-    lookup_t = torch.from_numpy(lookup)
 
+
+def _token_counts(dataset, ids: np.ndarray, vocab: int) -> np.ndarray:
+    counts = np.zeros(vocab, dtype=np.int64)
+    for i in ids.tolist():
+        counts += np.bincount(dataset.tgt[i].numpy(), minlength=vocab)[:vocab]
+    return counts
+
+
+def _one_pass(model, dataset, ids: np.ndarray, lookup: torch.Tensor, pad: int, temperatures: Sequence[float],
+              want_features: bool, max_tokens: int, device: torch.device) -> Dict[str, Any]:
+    """Class rows per sentence id and per-sentence entropy sums (and token counts) per T."""
     rows_of: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}  # sentence id -> its class rows, labels
-    ent_sums = {float(t): np.zeros(len(ids)) for t in entropy_temperatures}
+    ent_sums = {float(t): np.zeros(len(ids)) for t in temperatures}
     ent_tokens = np.zeros(len(ids), dtype=np.int64)
     position = {int(i): k for k, i in enumerate(ids.tolist())}
     sizes = np.maximum(dataset.src_sizes, dataset.tgt_sizes)
     batches = list(_batches(ids, sizes, int(max_tokens)))
-    show = progress if progress is not None else None  # None: tqdm shows a bar on a terminal only
-    for batch_ids in tqdm(batches, desc="export_features", unit="batch", disable=None if show is None else not show):
+    # disable=None: a bar on a terminal only (a study run's log gets none)
+    for batch_ids in tqdm(batches, desc="export_features", unit="batch", disable=None):
         sample = dataset.collater([dataset[i] for i in batch_ids])
-        if torch_device.type == "cuda":
-            sample = utils.move_to_cuda(sample, torch_device)
+        if device.type == "cuda":
+            sample = utils.move_to_cuda(sample, device)
         feats, logits = _forward(model, sample)
         target = sample["target"].cpu()
         mask = target.ne(pad)
         feats, logits = feats.float().cpu(), logits.float().cpu()
-        if out is not None:
-            for b, sample_id in enumerate(sample["id"].tolist()):
-                keep = lookup_t[target[b][mask[b]]]
+        sample_ids = sample["id"].tolist()
+        if want_features:
+            for b, sample_id in enumerate(sample_ids):
+                keep = lookup[target[b][mask[b]]]
                 chosen = keep >= 0
                 rows_of[int(sample_id)] = (feats[b][mask[b]][chosen].numpy(), keep[chosen].numpy())
         if ent_sums:
             rows = logits[mask]
-            # row -> its sentence's position among the exported ids
-            owner = torch.tensor([position[int(s)] for s in sample["id"].tolist()])
+            owner = torch.tensor([position[int(s)] for s in sample_ids])  # row -> its sentence's position
             owner_rows = owner[:, None].expand_as(mask)[mask].numpy()
             ent_tokens += np.bincount(owner_rows, minlength=len(ids))
             for t in ent_sums:
                 ent_sums[t] += np.bincount(owner_rows, weights=token_entropy(rows, t).numpy(), minlength=len(ids))
+    return {"rows_of": rows_of, "ent_sums": ent_sums, "ent_tokens": ent_tokens}
 
+
+def _write_features(out: str, model, ids: np.ndarray, rows_of: Dict[int, Tuple[np.ndarray, np.ndarray]],
+                    classes: List[int], names: List[str], meta: Dict[str, Any]) -> Dict[str, int]:
+    weight, bias = _output_projection(model)
+    # rows in sentence-id order, tokens in sentence order: independent of the batching
+    parts = [rows_of[int(i)] for i in ids.tolist()]
+    features = np.concatenate([f for f, _ in parts]) if parts else np.zeros((0, weight.shape[1]), np.float32)
+    labels = np.concatenate([lab for _, lab in parts]) if parts else np.zeros(0, np.int64)
+    save_features(out, features.astype(np.float32), labels.astype(np.int64), class_names=names,
+                  weight=weight[classes].float().cpu().numpy(),
+                  bias=None if bias is None else bias[classes].float().cpu().numpy(), meta=meta)
+    return {"rows": int(features.shape[0]), "dim": int(features.shape[1])}
+
+
+def _write_entropy(path: str, ent_sums: Dict[float, np.ndarray], ent_tokens: np.ndarray, vocab: int,
+                   meta: Dict[str, Any]) -> None:
+    total = max(1, int(ent_tokens.sum()))
+    atomic_write_json(Path(path), {
+        "temperatures": sorted(ent_sums), "vocab_size": vocab, "max_entropy": math.log(vocab),
+        "sentences": int(len(ent_tokens)), "tokens": int(ent_tokens.sum()),
+        "tokens_per_sentence": ent_tokens.tolist(),
+        "entropy_sum_per_sentence": {repr(t): v.tolist() for t, v in sorted(ent_sums.items())},
+        "mean_entropy": {repr(t): float(v.sum() / total) for t, v in sorted(ent_sums.items())},
+        "scope": "every target token of the exported sentences (EOS included, padding excluded), "
+                 "teacher forcing, softmax(z / T) over the whole vocabulary, float64",
+        "meta": {k: meta[k] for k in ("checkpoint", "data", "split", "sentences", "sentences_in_split",
+                                      "subset_seed", "max_sentences", "arch")}})
+
+
+def _meta(path: str, data: str, split: str, task, cfg, ids: np.ndarray, dataset, counts: np.ndarray,
+          classes: List[int], settings: Dict[str, Any]) -> Dict[str, Any]:
     meta = {"task": "translation", "checkpoint": os.path.abspath(path), "data": os.path.abspath(data),
-            "split": split, "sentences": int(len(ids)), "sentences_in_split": int(len(dataset)),
-            "subset_seed": int(subset_seed), "max_sentences": max_sentences, "max_classes": int(max_classes),
-            "min_count": int(min_count), "token_ids": classes, "token_counts": [int(counts[c]) for c in classes],
+            "split": split, "sentences": int(len(ids)), "sentences_in_split": int(len(dataset)), **settings,
+            "token_ids": classes, "token_counts": [int(counts[c]) for c in classes],
             "target_tokens": int(counts.sum()), "source_lang": task.cfg.source_lang,
             "target_lang": task.cfg.target_lang, "arch": str(getattr(cfg.model, "arch", "?") or "?"),
             "features": "decoder output before the output projection (extract_features), target tokens "
@@ -216,30 +233,40 @@ def export(data: str, path: str, out: Optional[str], *, split: str = "test",
     kd_t = getattr(cfg.criterion, "kd_temperature", None) if cfg.get("criterion") is not None else None
     if kd_t is not None:
         meta["kd_temperature"] = float(kd_t)
+    return meta
+
+
+def export(data: str, path: str, out: Optional[str], *, split: str = "test",
+           max_sentences: Optional[int] = 500, subset_seed: int = 0, max_classes: int = 50,
+           min_count: int = 20, entropy_temperatures: Sequence[float] = (), entropy_out: Optional[str] = None,
+           max_tokens: int = 4096, device: Optional[str] = None, unsafe: bool = False) -> Dict[str, Any]:
+    """Export features (``out``) and/or the entropy sums (``entropy_out``); returns a summary."""
+    _check_flags(out, entropy_out, entropy_temperatures, max_tokens, max_classes, min_count)
+    started = time.process_time()
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    task, model, cfg = _load(data, path, split, unsafe)
+    model.to(torch_device)
+    dataset = task.dataset(split)
+    tdict = task.target_dictionary
+    ids = sentence_subset(len(dataset), max_sentences, subset_seed)
+    counts = _token_counts(dataset, ids, len(tdict))
+    classes = choose_classes(counts, int(max_classes), int(min_count), tdict.nspecial)
+    if out is not None and len(classes) < 3:
+        raise UsageError(f"only {len(classes)} target token(s) occur >= {min_count} times in the {len(ids)} "
+                         f"exported sentences of {split!r}: lower --min-count or raise --max-sentences")
+    lookup = np.full(len(tdict), -1, dtype=np.int64)
+    lookup[classes] = np.arange(len(classes))
+    got = _one_pass(model, dataset, ids, torch.from_numpy(lookup), tdict.pad(),
+                    list(entropy_temperatures) if entropy_out else [], out is not None, max_tokens, torch_device)
+    meta = _meta(path, data, split, task, cfg, ids, dataset, counts, classes,
+                 {"subset_seed": int(subset_seed), "max_sentences": max_sentences,
+                  "max_classes": int(max_classes), "min_count": int(min_count)})
     summary: Dict[str, Any] = {"sentences": int(len(ids)), "classes": len(classes)}
     if out is not None:
-        weight, bias = _output_projection(model)
-        # rows in sentence-id order, tokens in sentence order: independent of the batching
-        parts = [rows_of[int(i)] for i in ids.tolist()]
-        features = np.concatenate([f for f, _ in parts]) if parts else np.zeros((0, weight.shape[1]), np.float32)
-        labels = np.concatenate([lab for _, lab in parts]) if parts else np.zeros(0, np.int64)
-        names = [tdict[c] for c in classes]
-        save_features(out, features.astype(np.float32), labels.astype(np.int64), class_names=names,
-                      weight=weight[classes].float().cpu().numpy(),
-                      bias=None if bias is None else bias[classes].float().cpu().numpy(), meta=meta)
-        summary.update(rows=int(features.shape[0]), dim=int(features.shape[1]))
+        summary.update(_write_features(out, model, ids, got["rows_of"], classes, [tdict[c] for c in classes], meta))
     if entropy_out is not None:
-        atomic_write_json(Path(entropy_out), {
-            "temperatures": sorted(ent_sums), "vocab_size": len(tdict), "max_entropy": math.log(len(tdict)),
-            "sentences": int(len(ids)), "tokens": int(ent_tokens.sum()),
-            "tokens_per_sentence": ent_tokens.tolist(),
-            "entropy_sum_per_sentence": {repr(t): v.tolist() for t, v in sorted(ent_sums.items())},
-            "mean_entropy": {repr(t): float(v.sum() / max(1, ent_tokens.sum())) for t, v in sorted(ent_sums.items())},
-            "scope": "every target token of the exported sentences (EOS included, padding excluded), "
-                     "teacher forcing, softmax(z / T) over the whole vocabulary, float64",
-            "meta": {k: meta[k] for k in ("checkpoint", "data", "split", "sentences", "sentences_in_split",
-                                          "subset_seed", "max_sentences", "arch")}})
-        summary["tokens"] = int(ent_tokens.sum())
+        _write_entropy(entropy_out, got["ent_sums"], got["ent_tokens"], len(tdict), meta)
+        summary["tokens"] = int(got["ent_tokens"].sum())
     summary["cpu_s"] = round(time.process_time() - started, 3)
     return summary
 
