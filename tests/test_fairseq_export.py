@@ -199,3 +199,92 @@ def test_bad_inputs_are_one_line(data, checkpoint, tmp_path, capsys):
     assert "--entropy-temperatures" in err_of(base + ["--path", str(checkpoint), "--entropy-out",
                                                       str(tmp_path / "e.json")])
     assert not (tmp_path / "f.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the study's export runs and the report's token-level sections, on a miniature translation study
+# ------------------------------------------------------------------------------------------------
+def _perturbed(src: Path, dst: Path, seed: int, scale: float) -> None:
+    """A copy of a checkpoint with seeded noise on its weights: models that differ, without training."""
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
+    state["model"] = {k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dst)
+
+
+def _eta_by_hand(before, after, weight: np.ndarray, n_similar: int, n_dissimilar: int) -> List[tuple]:
+    """Eq. 1 (percent) per class, S1/S2 = nearest/farthest classes by the embedding rows."""
+    k = weight.shape[0]
+
+    def centroids(ff):
+        return np.stack([ff.features[ff.labels == c].astype(np.float64).mean(axis=0) for c in range(k)])
+
+    c1, c2 = centroids(before), centroids(after)
+    out = []
+    for t in range(k):
+        others = [c for c in range(k) if c != t]
+        dist = [float(((weight[c] - weight[t]) ** 2).sum()) for c in others]
+        order = [c for _, c in sorted(zip(dist, others))]
+        s1, s2 = sorted(order[:n_similar]), sorted(order[-n_dissimilar:])
+        rel = []
+        for c in (c1, c2):
+            d = np.array([((c[t] - c[j]) ** 2).sum() for j in s1 + s2])
+            rel.append(d / d.sum())
+        change = (rel[1] - rel[0]) / rel[0]
+        out.append((100 * change[:len(s1)].mean(), 100 * change[len(s1):].mean()))
+    return out
+
+
+def test_study_plans_exports_and_the_report_computes_both_token_sections(data, checkpoint, tmp_path):
+    from lskd_core import study as S
+    from lskd_core.report.writer import write_report
+    from lskd_core.study.state import write_manifest
+
+    cfg = S.load_config(preset="translation", overrides={
+        "data_dir": str(data), "alphas": [0, 0.1], "temperatures": [1, 4], "seeds": 2, "cache": False,
+        "entropy_temperatures": [8], "translation_export_sentences": 30, "translation_eta_classes": 6,
+        "translation_eta_min_count": 3, "num_similar": 1, "num_dissimilar": 2, "max_tokens": 200})
+    plan = S.build_plan(cfg)
+    exports = [r for r in plan if r.kind == "export"]
+    models = [r for r in plan if r.kind in ("teacher", "student")]
+    assert sorted(r.run_id for r in exports) == sorted(f"export_{m.run_id}_test" for m in models)
+    assert all(r.deps == [r.info["model_run"]] for r in exports)  # the given data: no prepare run
+    study = tmp_path / "study"
+    study.mkdir()
+    write_manifest(study, cfg, plan)
+    for i, m in enumerate(models):
+        _perturbed(checkpoint, study / "runs" / m.run_id / "checkpoint_best.pt", seed=i, scale=0.05)
+    for r in exports:  # the planned command, run in this process
+        argv = S.run_command(r, study, cfg)
+        assert argv[1:3] == ["-m", "fairseq_plugin.export_features"]
+        assert X.main(argv[3:]) == 0
+    res = json.loads((write_report(study) / "results.json").read_text())
+    report = (study / "report" / "report.md").read_text()
+    assert res["eta"]["status"] == res["entropy"]["status"] == "not-applicable"  # the vision sections
+
+    ent = res["token_entropy"]
+    assert ent["status"] == "ok" and ent["temperatures"] == [1.0, 4.0, 8.0] and ent["sentences"] == 30
+    for tr in ent["teachers"]:
+        raw = json.loads((study / "runs" / f"export_{tr['model_run']}_test" / "entropy.json").read_text())
+        for t in ("1", "4", "8"):
+            row = tr["rows"][t]
+            assert row["mean"] == pytest.approx(sum(raw["entropy_sum_per_sentence"][f"{t}.0"]) / raw["tokens"])
+            assert row["ci"][0] < row["mean"] < row["ci"][1]
+    assert "## 2. Teacher entropy per T" in report and "cluster bootstrap over sentences" in report
+
+    eta = res["token_eta"]
+    assert eta["status"] == "ok" and eta["reference_model"] == "teacher_a0" and len(eta["classes"]) == 6
+    groups = {g["alpha"]: g for o in eta["over_seeds"] if o["variant"] == "eq1" for g in o["groups"]}
+    assert set(groups) == {0.0, 0.1} and all(g["summary"]["runs"] == 2 for g in groups.values())
+    teacher = load_features(study / "runs/export_teacher_a0_test/features.npz")
+    for seed in (0, 1):
+        before = load_features(study / f"runs/export_student_a0.1_T1_s{seed}_test/features.npz")
+        after = load_features(study / f"runs/export_student_a0.1_T4_s{seed}_test/features.npz")
+        want = _eta_by_hand(before, after, teacher.weight.astype(np.float64), 1, 2)
+        tab = next(t for t in eta["seed_tables"] if t["alpha"] == 0.1 and t["seed"] == seed and t["t2"] == 4)
+        got = [(r["eta_s1"], r["eta_s2"]) for r in tab["rows"]]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert "an extension of the paper" in report and "## 3. Diffusion index on decoder states" in report
+    assert (study / "report" / "teacher_token_entropy.png").is_file()
