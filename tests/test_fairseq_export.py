@@ -237,6 +237,7 @@ def _eta_by_hand(before, after, weight: np.ndarray, n_similar: int, n_dissimilar
     return out
 
 
+@pytest.mark.slow  # ~40 s of exports and report on a loaded 2-core machine, after the shared fixtures
 def test_study_plans_exports_and_the_report_computes_both_token_sections(data, checkpoint, tmp_path):
     from lskd_core import study as S
     from lskd_core.report.writer import write_report

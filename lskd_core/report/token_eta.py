@@ -30,8 +30,7 @@ from lskd_core.report.view import StudyView
 
 __all__ = ["token_eta_section", "token_eta_markdown", "embedding_sets"]
 
-DEFINITION = ("an extension of the paper, which measures eta on image classifiers only: features = the "
-              "decoder's penultimate states (input of the output projection) at target tokens, teacher-forced; "
+DEFINITION = ("features = the decoder's penultimate states (input of the output projection) at target tokens, teacher-forced; "
               "classes = the most frequent target tokens; S1/S2 = each token's nearest / farthest classes by the "
               "reference teacher's output embeddings (App. G.2's feature-space rule); Eq. 1 between the lowest-T "
               "and each higher-T student of one alpha and seed")
@@ -142,5 +141,5 @@ def token_eta_markdown(res: dict) -> List[str]:
               str(len(c["s2"]))] for c in shown]
     md.append(f"S1 of the {len(shown)} most frequent token classes (all classes and S2: results.json, "
               "`token_eta.classes`):\n")
-    md.append(md_table(["token", "occurrences", "S1 (nearest output embeddings)", "|S2|"], srows) + "\n")
+    md.append(md_table(["token", "occurrences", "S1 (nearest output embeddings)", "size of S2"], srows) + "\n")
     return md
