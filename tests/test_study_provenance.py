@@ -111,6 +111,10 @@ VISION = {
     "python": (sys.executable, NONE),  # the same interpreter: same framework versions
     "launcher": ("slurm", NONE),
     "provenance": ("version", {"all"}),  # the code digest leaves every hash
+    "translation_export_split": ("valid", NONE),  # translation only
+    "translation_export_sentences": (100, NONE),
+    "translation_eta_classes": (20, NONE),
+    "translation_eta_min_count": (5, NONE),
 }
 
 # Translation base: the translation preset (prepared data, top-K cache at the grid's T).
@@ -123,7 +127,7 @@ TRANSLATION = {
         "cache_aug_seed": 5, "nproc": 2, "data_seed": 3,
     }.items()},
     **{k: VISION[k] for k in ("name", "out", "target_classes", "projection_classes", "profile_class",
-                              "profile_temperatures", "entropy_temperatures", "hierarchy", "num_similar",
+                              "profile_temperatures", "hierarchy", "num_similar",
                               "num_dissimilar", "feature_sets", "projection_per_class", "device", "workers",
                               "jobs", "python", "launcher", "seeds", "provenance")},
     "task": ("vision", {"all"}),
@@ -134,7 +138,13 @@ TRANSLATION = {
     "teacher_args": (["--dropout", "0.3"], {"teacher"}),
     "student_args": (["--dropout", "0.3"], {"student"}),
     "alphas": ([0.0, 0.1, 0.2], NONE),
-    "temperatures": ([1.0, 2.0, 3.0], {"cache"}),  # the top-K cache stores the tail mass at each grid T
+    # the top-K cache stores the tail mass at each grid T; the teachers' exports sum the entropy at each
+    "temperatures": ([1.0, 2.0, 3.0], {"cache", "export_t"}),
+    "entropy_temperatures": ([7.0], {"export_t"}),
+    "translation_export_split": ("valid", EXPORTS),
+    "translation_export_sentences": (100, EXPORTS),
+    "translation_eta_classes": (20, EXPORTS),
+    "translation_eta_min_count": (5, EXPORTS),
     "teacher_seed": (7, {"teacher"}),
     "kd_beta": (0.5, {"student"}),
     "teacher_seeds": (2, {"teacher"}),  # the prepared data stays
@@ -146,7 +156,7 @@ TRANSLATION = {
     "arch": ("transformer_wmt_en_de", {"teacher", "student"}),
     "teacher_arch": ("transformer_wmt_en_de", {"teacher"}),
     "student_arch": ("transformer_wmt_en_de", {"student"}),
-    "max_tokens": (1024, {"teacher", "cache", "student"}),
+    "max_tokens": (1024, {"teacher", "cache", "student"} | EXPORTS),
     "beam": (2, {"gen_t", "gen_s"}),
     "generate_args": (["--lenpen", "0.6"], {"gen_t", "gen_s"}),
     "prepare_args": (["--max-pairs", "10"], {"prepare"}),

@@ -16,6 +16,8 @@ from lskd_core.report.markdown import md_table
 from lskd_core.report.matched import matched_markdown
 from lskd_core.report.profile import profile_markdown
 from lskd_core.report.projection import projection_markdown
+from lskd_core.report.token_entropy import token_entropy_markdown
+from lskd_core.report.token_eta import token_eta_markdown
 from lskd_core.report.view import StudyView
 
 __all__ = ["render"]
@@ -51,6 +53,10 @@ def _analyses(view: StudyView, res: dict) -> List[str]:
         md += profile_markdown(res, names)
     if "classwise" in applies:
         md += classwise_markdown(res, names)
+    if "token_entropy" in applies:
+        md += token_entropy_markdown(res)
+    if "token_eta" in applies:
+        md += token_eta_markdown(res)
     return md
 
 

@@ -30,6 +30,8 @@ from lskd_core.report.matched import matched_section
 from lskd_core.report.profile import profile_section
 from lskd_core.report.projection import projection_section
 from lskd_core.report.render import render
+from lskd_core.report.token_entropy import token_entropy_section
+from lskd_core.report.token_eta import token_eta_section
 from lskd_core.report.verdict import verdict
 from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import ALL_ANALYSES
@@ -51,6 +53,11 @@ def _analyses(view: StudyView, cache: AnalysisCache, out: Path, res: dict) -> No
         res["soft_output"] = profile_section(view, cache, out, res.get("eta", {}).get("sets"))
     if "classwise" in applies:
         res["classwise"] = classwise_section(view, cache)
+    # per target token (sequence tasks): keys of their own, so other tasks' results are unchanged
+    if "token_entropy" in applies:
+        res["token_entropy"] = token_entropy_section(view, cache)
+    if "token_eta" in applies:
+        res["token_eta"] = token_eta_section(view, cache)
     for k in ALL_ANALYSES:
         res.setdefault(k, dict(na))
 
@@ -62,6 +69,11 @@ def _figures(view: StudyView, out: Path, res: dict) -> dict:
             figures["entropy"] = plot_entropy(res["entropy"], out / "teacher_entropy.png")
         except Exception as exc:  # a figure failing must not lose the report
             res["entropy"]["figure_error"] = str(exc)
+    if res.get("token_entropy", {}).get("status") in ("ok", "partial"):
+        try:
+            figures["token_entropy"] = plot_entropy(res["token_entropy"], out / "teacher_token_entropy.png")
+        except Exception as exc:
+            res["token_entropy"]["figure_error"] = str(exc)
     try:
         figures["accuracy"] = plot_accuracy(res["accuracy_grid"], out / "accuracy_vs_T.png", view.task)
     except Exception as exc:

@@ -103,6 +103,11 @@ class StudyConfig:
     beam: int = 5
     generate_args: list = field(default_factory=list)
     prepare_args: list = field(default_factory=list)  # e.g. ["--max-pairs", "20000"]
+    # --- translation analyses (teacher entropy per T, eta on decoder states: an extension; docs/study.md) ---
+    translation_export_split: str = "test"  # the binarised split the exports read
+    translation_export_sentences: Optional[int] = 500  # seeded subset of that many sentences (0 or null: all)
+    translation_eta_classes: int = 50  # eta's classes: the N most frequent target tokens ...
+    translation_eta_min_count: int = 20  # ... that occur at least C times in the exported sentences
     # --- execution (not part of any run's hash, except nproc for training) ---
     device: str = "cpu"
     nproc: int = 1
@@ -297,8 +302,20 @@ def _validate_analysis(cfg: StudyConfig) -> None:
         if cfg.analysis_seed not in cfg.seed_list:
             raise ValueError(f"analysis_seed {cfg.analysis_seed} is not one of the seeds {cfg.seed_list}")
     _validate_feature_sets(cfg)
+    _validate_translation_analyses(cfg)
     _validate_eta_during_training(cfg)
     cfg.eval_each_epoch = _bool(cfg.eval_each_epoch, "eval_each_epoch")
+
+
+def _validate_translation_analyses(cfg: StudyConfig) -> None:
+    """The translation exports' split, sentence cap and eta's token classes."""
+    split = cfg.translation_export_split
+    if not isinstance(split, str) or not split or not split.replace("_", "").isalnum():
+        raise ValueError(f"translation_export_split must be a binarised split name such as \"test\" or "
+                         f"\"valid\", got {split!r}")
+    _caps(cfg, ("translation_export_sentences",))
+    _ints_at_least(cfg, ("translation_eta_min_count",), 1)
+    _ints_at_least(cfg, ("translation_eta_classes",), 3)  # feature-space S1/S2 need >= 2 other classes
 
 
 def _validate_eta_during_training(cfg: StudyConfig) -> None:

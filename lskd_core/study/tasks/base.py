@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # typing only: config imports the task registry
 
 #: Every analysis of the report; a backend lists the ones that apply to its task.
 ALL_ANALYSES: Tuple[str, ...] = ("eta", "entropy", "projection", "soft_output", "classwise")
+#: Token-level analyses of a sequence task (translation): the teachers' per-token entropy per T and
+#: the diffusion index on decoder states (lskd_core.report.token_entropy / token_eta). Not in
+#: ALL_ANALYSES, so a task without them (vision) reports nothing about them.
+TOKEN_ANALYSES: Tuple[str, ...] = ("token_entropy", "token_eta")
 
 
 def cache_result(run_dir: Path) -> Tuple[Dict[str, object], Optional[str]]:
@@ -57,7 +61,7 @@ class TaskBackend(ABC):
     grid_caption: str = ""
     axis_label: str = ""
     score_unit: str = ""
-    #: the analyses of :data:`ALL_ANALYSES` that apply
+    #: the analyses of :data:`ALL_ANALYSES` (and :data:`TOKEN_ANALYSES`) that apply
     analyses: FrozenSet[str] = frozenset()
     #: the verdict may cite the paper's rule of thumb (LS teacher + low T), which the paper
     #: established on image classification

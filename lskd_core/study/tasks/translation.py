@@ -32,7 +32,8 @@ from lskd_core.study.plan import (
     teacher_run_id,
     teacher_seed_list,
 )
-from lskd_core.study.tasks.base import TaskBackend
+from lskd_core.study.tasks.base import TOKEN_ANALYSES, TaskBackend
+from lskd_core.study.tasks.translation_exports import add_export_runs
 
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
@@ -160,7 +161,7 @@ class TranslationTask(TaskBackend):
     grid_caption = "Test BLEU / chrF (detokenised sacreBLEU)"
     axis_label = "test BLEU"
     score_unit = "BLEU"
-    analyses = frozenset()
+    analyses = frozenset(TOKEN_ANALYSES)  # teacher entropy per T and eta on decoder states (report)
     rule_of_thumb = False
     cache_rows_per_epoch = False  # one row per target token, read again every epoch
 
@@ -216,6 +217,7 @@ class TranslationTask(TaskBackend):
                             _generate_args(cfg, data, r.run_id), deps=list(deps_data) + [r.run_id],
                             info=dict(r.info, model_run=r.run_id, role=r.kind, pair=cfg.pair, bleu_ref=ref),
                             outputs=["generate-test.txt"], resume_flag=None))
+        add_export_runs(cfg, runs)  # the report's token-level analyses (translation_exports.py)
         return runs
 
     def placeholders(self, args: List[str]) -> Dict[str, str]:
@@ -238,5 +240,6 @@ class TranslationTask(TaskBackend):
                 f"teacher -> `{cfg.get('student_arch') or cfg.get('arch')}` student")
 
     def not_applicable_note(self) -> str:
-        return ("## 2.-6. Feature analyses\n\nThe diffusion index, entropy, projections, soft outputs and "
-                "class-wise accuracy are computed for the vision task only.\n")
+        return ("## Analyses of the vision task only\n\nProjections (Fig. 1), soft outputs (Fig. 2) and "
+                "class-wise accuracy (App. I) are computed for the vision task only; the teacher entropy and the "
+                "diffusion index are computed per target token (sections below).\n")
