@@ -7,6 +7,7 @@ from typing import List
 from lskd_core.jsonio import num
 from lskd_core.report.accuracy import grid_markdown
 from lskd_core.report.cache_savings import cache_savings_markdown
+from lskd_core.report.calibration import calibration_markdown
 from lskd_core.report.classwise import classwise_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import eta_markdown
@@ -15,6 +16,7 @@ from lskd_core.report.markdown import md_table
 from lskd_core.report.matched import matched_markdown
 from lskd_core.report.profile import profile_markdown
 from lskd_core.report.projection import projection_markdown
+from lskd_core.report.variants import variants_markdown
 from lskd_core.report.view import StudyView
 
 __all__ = ["render"]
@@ -50,6 +52,8 @@ def _analyses(view: StudyView, res: dict) -> List[str]:
         md += profile_markdown(res, names)
     if "classwise" in applies:
         md += classwise_markdown(res, names)
+    if "calibration" in applies:
+        md += calibration_markdown(res)
     return md
 
 
@@ -79,6 +83,7 @@ def render(view: StudyView, res: dict) -> str:
     md.append(res["verdict"].get("text", "—") + "\n")
     md += grid_markdown(res, view.task)
     md += matched_markdown(res, view.task.score_unit)
+    md += variants_markdown(res, view.task.score_unit or "points")
     md += _analyses(view, res)
     md += cache_savings_markdown(res)
     md += _runs(view, res)

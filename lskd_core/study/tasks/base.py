@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # typing only: config imports the task registry
     from lskd_core.study.plan import Run
 
 #: Every analysis of the report; a backend lists the ones that apply to its task.
-ALL_ANALYSES: Tuple[str, ...] = ("eta", "entropy", "projection", "soft_output", "classwise")
+ALL_ANALYSES: Tuple[str, ...] = ("eta", "entropy", "projection", "soft_output", "classwise", "calibration")
 
 
 def cache_result(run_dir: Path) -> Tuple[Dict[str, object], Optional[str]]:
