@@ -51,7 +51,7 @@ def test_calibration_and_variant_sections(tmp_path):
     assert est["estimate"] == pytest.approx(np.mean(per_seed), abs=1e-12) and est["n"] == 2
     assert est["ci"] is not None
     # the verdict's sentence and the figure per teacher alpha
-    assert "Calibration: the students of the alpha = 0.1 teacher" in res["verdict"]["text"]
+    assert "Calibration: the ECE (15 equal-mass bins) of the alpha = 0.1 teacher" in res["verdict"]["text"]
     assert set(cal["png"]) == {"0", "0.1"} and all((rep / p).is_file() for p in cal["png"].values())
     # variant comparison: arm - grid per cell, paired by seed (here a constant shift: no spread)
     var = res["variants"]

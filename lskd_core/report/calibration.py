@@ -167,14 +167,14 @@ def calibration_sentence(sec: Optional[dict]) -> Optional[str]:
     a = num(sec["ls_vs_plain"][0]["alpha_ls"])
     parts = []
     if worse:
-        parts.append(f"higher (worse) at T = {', '.join(worse)}")
+        parts.append(f"higher (worse calibrated) at T = {', '.join(worse)}")
     if better:
-        parts.append(f"lower (better) at T = {', '.join(better)}")
+        parts.append(f"lower (better calibrated) at T = {', '.join(better)}")
     if unclear:
-        parts.append(f"not distinguishable at T = {', '.join(unclear)}")
-    return (f"Calibration: the students of the alpha = {a} teacher have an ECE (15 equal-mass bins) "
-            + "; ".join(parts) + " than those of the alpha = 0 teacher (95 % intervals of the paired difference "
-            "over seeds; \"not distinguishable\" includes single-seed cells).")
+        parts.append(f"not distinguishable from zero at T = {', '.join(unclear)}")
+    return (f"Calibration: the ECE (15 equal-mass bins) of the alpha = {a} teacher's students minus the alpha = 0 "
+            f"teacher's is " + "; ".join(parts) + " (95 % intervals of the paired difference over seeds; a "
+            "single-seed cell has no interval and counts as not distinguishable).")
 
 
 def _fmt_est(est: Optional[dict], metric: str) -> str:
