@@ -160,7 +160,9 @@ def calibration_sentence(sec: Optional[dict]) -> Optional[str]:
     """One sentence: where the LS teacher's students are better or worse calibrated, with 95 % confidence."""
     if not sec or sec.get("status") not in ("ok", "partial") or not sec.get("ls_vs_plain"):
         return None
-    worse, better, unclear = [], [], []
+    worse: List[str] = []
+    better: List[str] = []
+    unclear: List[str] = []
     for row in sec["ls_vs_plain"]:
         ci = row["difference"].get("ci")
         (worse if ci and ci[0] > 0 else better if ci and ci[1] < 0 else unclear).append(num(row["temperature"]))

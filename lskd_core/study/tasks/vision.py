@@ -18,6 +18,7 @@ from lskd_core.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLA
 from lskd_core.jsonio import num
 from lskd_core.study.plan import (
     Run,
+    arm_setting,
     cache_id,
     eta_reference_id,
     export_id,
@@ -26,7 +27,6 @@ from lskd_core.study.plan import (
     matched_key,
     paired_teacher_seed,
     student_id,
-    arm_setting,
     teacher_run_id,
     teacher_seed_list,
     variant_student_id,
