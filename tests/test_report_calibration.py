@@ -73,3 +73,16 @@ def test_report_without_exports_says_calibration_is_missing(tmp_path):
             (d / "result.json").write_text(json.dumps({"status": "failed"}))
     res = json.loads((write_report(tmp_path) / "results.json").read_text())
     assert res["calibration"]["status"] == "missing" and res["variants"]["status"] == "not-applicable"
+
+
+def test_arms_with_fewer_seeds_pair_with_the_same_grid_seeds(tmp_path):
+    accs = {("student", a, t, s): 80.0 + 3 * s for a in (0.0, 0.1) for t in (1.0, 3.0) for s in range(2)}
+    accs.update({("student", a, t, 0, "logit_standardization"): 80.5 for a in (0.0, 0.1) for t in (1.0, 3.0)})
+    synthetic_study(tmp_path, accs, overrides={"variant_arms": ["logit_standardization"], "variant_seeds": 1})
+    res = json.loads((write_report(tmp_path) / "results.json").read_text())
+    assert res["calibration"]["status"] == "ok" and res["variants"]["status"] == "ok"
+    cell = res["variants"]["arms"][0]["cells"][0]
+    # seed 0 only: 80.5 - 80.0 (the grid's seed 1, at 83, is left out of the pairing)
+    assert cell["difference"]["estimate"] == pytest.approx(0.5) and cell["difference"]["n"] == 1
+    arm_cells = [c for c in res["calibration"]["students"] if c["arm"] == "logit_standardization"]
+    assert len(arm_cells) == 4 and all(len(c["runs"]) == 1 for c in arm_cells)

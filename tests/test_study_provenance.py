@@ -80,6 +80,7 @@ VISION = {
     "kd_variant": ("teacher_only_T", STUDENTS),  # every grid and matched student gets --kd-variant
     "logit_standardization": (True, STUDENTS),
     "variant_arms": (["teacher_only_T"], NONE),  # new runs only (the arm's students and their val exports)
+    "variant_seeds": (1, NONE),  # which arm runs exist (none without variant_arms)
     "analysis": (False, NONE),  # exports removed; training untouched
     "analysis_seed": (1, NONE),
     "analysis_train_samples": (3000, EXPORTS),
@@ -124,6 +125,7 @@ TRANSLATION = {
         "cache_aug_seed": 5, "nproc": 2, "data_seed": 3,
         # vision only (load_config refuses them for translation): the translation plan ignores them
         "kd_variant": "teacher_only_T", "logit_standardization": True, "variant_arms": ["teacher_only_T"],
+        "variant_seeds": 1,
     }.items()},
     **{k: VISION[k] for k in ("name", "out", "target_classes", "projection_classes", "profile_class",
                               "profile_temperatures", "entropy_temperatures", "hierarchy", "num_similar",

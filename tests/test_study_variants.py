@@ -39,6 +39,13 @@ def test_arm_students_have_their_own_ids_flags_and_val_exports():
     assert "--kd-variant" not in grid.args and "--logit-standardization" not in grid.args
     assert ttm.deps == grid.deps  # the same teacher (cache)
     assert "export_student_a0.1_T4_s1_ttm_val" in by and "export_student_a0.1_T4_s1_ttm_train" not in by
+    # variant_seeds: the arms train the grid's first N seeds only; the grid's runs keep their hashes
+    few = {r.run_id: r for r in S.build_plan(S.load_config(overrides=dict(TINY, variant_seeds=1)))}
+    assert "student_a0.1_T4_s0_ttm" in few and "student_a0.1_T4_s1_ttm" not in few
+    assert "export_student_a0_T1_s1_lstd_val" not in few
+    assert all(few[k].hash == by[k].hash for k in few)
+    with pytest.raises(ValueError, match="variant_seeds must be between 1 and the number of seeds"):
+        S.load_config(overrides=dict(TINY, variant_seeds=3))
 
 
 @pytest.mark.slow

@@ -94,7 +94,9 @@ def _compute(view: StudyView) -> dict:
                 recs = []
                 for s in view.seeds:
                     rid = arm_student(view, arm, a, t, s)
-                    m = _model_metrics(view, rid) if rid in view.runs else None
+                    if rid not in view.runs:  # an arm trains the grid's first variant_seeds seeds only
+                        continue
+                    m = _model_metrics(view, rid)
                     if m is None:
                         missing.append(export_id(rid, "val"))
                         continue
@@ -138,8 +140,8 @@ def _ls_vs_plain(view: StudyView, students: List[dict]) -> List[dict]:
 def calibration_section(view: StudyView, cache: Any, out_dir: Path) -> dict:
     arms = _arms(view)
     models = [rid for _, rid, _ in _teacher_runs(view)]
-    models += [arm_student(view, arm, a, t, s) for arm in arms for a in view.alphas for t in view.temperatures
-               for s in view.seeds]
+    models += [rid for arm in arms for a in view.alphas for t in view.temperatures for s in view.seeds
+               if (rid := arm_student(view, arm, a, t, s)) in view.runs]
     exports = [export_id(m, "val") for m in models]
     key = {"inputs": view.fingerprint(exports), "n_bins": C.N_BINS, "version": 1}
     res = cache.get("calibration", key, lambda: _compute(view))

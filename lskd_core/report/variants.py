@@ -64,7 +64,9 @@ def _arm_vs_grid(view: StudyView, arm_rows: List[dict], grid_rows: List[dict]) -
     for a in view.alphas:
         for t in view.temperatures:
             mine = [dict(r, alpha=1.0) for r in arm_rows if (r["alpha"], r["temperature"]) == (a, t)]
-            base = [dict(r, alpha=0.0) for r in grid_rows if (r["alpha"], r["temperature"]) == (a, t)]
+            seeds = {r["seed"] for r in mine}  # the arm's seeds (variant_seeds): pair with the same grid seeds
+            base = [dict(r, alpha=0.0) for r in grid_rows
+                    if (r["alpha"], r["temperature"]) == (a, t) and r["seed"] in seeds]
             if not mine or not base:
                 continue
             obs = st.as_observations(mine + base)
@@ -87,7 +89,9 @@ def variants_section(view: StudyView) -> dict:
         out["arms"].append({"arm": arm, "runs": len(rows), "cells": _arm_vs_grid(view, rows, grid_rows),
                             "advice": _advice(view, rows)})
     planned = len(view.alphas) * len(view.temperatures) * len(view.seeds)
-    complete = all(a["runs"] == planned for a in out["arms"]) and len(grid_rows) == planned
+    per_arm = sum(1 for r in view.runs.values() if r["kind"] == "student" and (r.get("info") or {}).get("arm"))
+    per_arm //= len(arms)
+    complete = all(a["runs"] == per_arm for a in out["arms"]) and len(grid_rows) == planned
     out["status"] = "ok" if complete else ("partial" if any(a["runs"] for a in out["arms"]) else "missing")
     if out["status"] == "missing":
         out["reason"] = "no variant-arm student has finished"

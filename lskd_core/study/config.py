@@ -70,6 +70,7 @@ class StudyConfig:
     kd_variant: str = "standard"  # the grid's KD term: "standard" or "teacher_only_T" (TTM, Zheng & Yang 2024)
     logit_standardization: bool = False  # z-score logits before T (Sun et al., CVPR 2024)
     variant_arms: list = field(default_factory=list)  # extra student grids, e.g. ["teacher_only_T"]
+    variant_seeds: Optional[int] = None  # the arms' students use the grid's first N seeds (None: all)
     # --- entropy-matched students (App. H, Tables H.2-H.4) ---
     matched_temperatures: list = field(default_factory=list)  # LS-teacher T whose entropy the plain teacher matches
     # --- analyses ---
@@ -359,6 +360,11 @@ def _validate_kd_variants(cfg: StudyConfig) -> None:
         raise ValueError(f"variant_arms repeats the grid's own variant (kd_variant = {cfg.kd_variant!r}, "
                          f"logit_standardization = {str(cfg.logit_standardization).lower()}); remove it")
     cfg.variant_arms = arms
+    if cfg.variant_seeds is not None:
+        n = _int(cfg.variant_seeds, "variant_seeds")
+        if not 1 <= n <= len(cfg.seed_list):
+            raise ValueError(f"variant_seeds must be between 1 and the number of seeds ({len(cfg.seed_list)}), got {n}")
+        cfg.variant_seeds = n
     if cfg.task != "vision" and (arms or main != ("standard", False)):
         raise ValueError(f"kd_variant, logit_standardization and variant_arms apply to the vision task only, not "
                          f"{cfg.task!r}; leave them at their defaults")

@@ -164,13 +164,19 @@ def _training_runs(cfg: "StudyConfig") -> List[Run]:
     return runs
 
 
+def _arm_seeds(cfg: "StudyConfig") -> List[int]:
+    """The variant arms' student seeds: the grid's first ``variant_seeds`` (all by default), so each
+    arm student pairs with the grid student of the same seed."""
+    return list(cfg.seed_list[:cfg.variant_seeds] if cfg.variant_seeds else cfg.seed_list)
+
+
 def _arm_runs(cfg: "StudyConfig") -> List[Run]:
     """``variant_arms``: per arm, a student per (alpha, T, seed) like the grid's, with the arm's KD variant."""
     runs = []
     for arm in cfg.variant_arms:
         for alpha in cfg.alphas:
             for temperature in cfg.temperatures:
-                for seed in cfg.seed_list:
+                for seed in _arm_seeds(cfg):
                     tseed = paired_teacher_seed(cfg, seed)
                     info = {"alpha": alpha, "temperature": temperature, "teacher_seed": tseed, "arm": arm}
                     runs.append(_student_run(cfg, variant_student_id(alpha, temperature, seed, arm),
@@ -216,7 +222,7 @@ def _export_runs(cfg: "StudyConfig") -> List[Run]:
     arm_models = [(variant_student_id(a, t, s, arm), cfg.student_model,
                    {"role": "student", "alpha": a, "temperature": t, "seed": s, "arm": arm})
                   for arm in cfg.variant_arms for a in cfg.alphas for t in cfg.temperatures
-                  for s in cfg.seed_list] if cfg.analysis else []
+                  for s in _arm_seeds(cfg)] if cfg.analysis else []
     for model_run, model, info in models + arm_models:
         for split in (("val",) if "arm" in info else splits):
             args = _export_args(cfg, model_run, model, split, str(info["role"]))
