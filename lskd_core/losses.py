@@ -7,6 +7,18 @@ The math lives here once; the vision trainer and the fairseq criterion both call
 * ``kd_loss``: ``T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al.; Sec. 2, beta = 1).
 * ``ls_kd_loss``: ``(1 - beta) * H(y_ls, p) + beta * kd_loss`` (Sec. 2's L_KD with LS hard term).
 
+Temperature variants (beyond the paper; :func:`kd_variant_loss`):
+
+* ``teacher_only_kd_loss``: ``KL(softmax(t / T) || softmax(s))``, the student at T = 1 (TTM, Zheng &
+  Yang, ICLR 2024, "Knowledge Distillation Based on Transformed Teacher Matching", Eq. 5/the TTM
+  term; no ``T^2`` factor: the student's logits are not divided by T, so its gradient does not
+  shrink with T).
+* ``standardize_logits``: ``(z - mean(z)) / (std(z) + 1e-7)`` per logit vector (Sun et al., CVPR
+  2024, "Logit Standardization in Knowledge Distillation", Eq. 8's ``Z(z)``; std with Bessel's
+  correction and the 1e-7 as in their code), applied to teacher and student before the temperature.
+  The study's T is their *base temperature* tau (``softmax(Z(z) / tau)``) and the ``T^2`` scaling of
+  the standard KD term is kept, as in their KD code.
+
 All math runs in float32 whatever the input dtype, row chunk by row chunk. An input that fits in
 one chunk (``2^20`` elements on CPU: e.g. the 256 x 1000 ImageNet vision batch) is one fused
 pass whose float32 terms are kept for backward; larger ones keep only the inputs and recompute
@@ -36,6 +48,11 @@ __all__ = [
     "ls_kd_loss_terms",
     "ls_kd_loss",
     "LSKDLossTerms",
+    "KD_VARIANTS",
+    "check_kd_variant",
+    "standardize_logits",
+    "teacher_only_kd_loss",
+    "kd_variant_loss",
     "DEFAULT_CHUNK_ELEMENTS",
     "DEFAULT_CHUNK_ELEMENTS_ACCELERATOR",
 ]
@@ -259,6 +276,80 @@ def kd_loss(
 
 
 # ----------------------------------------------------------------------------------------------
+# temperature variants (TTM; logit standardization)
+# ----------------------------------------------------------------------------------------------
+#: ``standard``: both softmaxes at T (Hinton et al.); ``teacher_only_T``: the student's at T = 1 (TTM).
+KD_VARIANTS = ("standard", "teacher_only_T")
+_STD_EPS = 1e-7  # Sun et al.'s code: (z - mean) / (1e-7 + std)
+
+
+def check_kd_variant(variant: str, name: str = "kd_variant") -> str:
+    if variant not in KD_VARIANTS:
+        raise ValueError(f"{name} must be one of {KD_VARIANTS}, got {variant!r}")
+    return variant
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``Z(z) = (z - mean(z)) / (std(z) + 1e-7)`` over the last dim, in float32 (Sun et al., CVPR 2024,
+    Eq. 8; std with Bessel's correction, ``torch.std``'s default, as in their code). Needs K >= 2."""
+    rows = _check_tensor(logits, "logits")
+    if rows.dim() < 1 or rows.shape[-1] < 2:
+        raise ValueError(f"logit standardization needs at least 2 classes, got shape {tuple(rows.shape)}")
+    x = rows.float()
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True)
+    return (x - mean) / (std + _STD_EPS)
+
+
+def teacher_only_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """TTM's distillation term ``KL(softmax(t/T) || softmax(s))`` (Zheng & Yang, ICLR 2024): only the
+    teacher is tempered (their ``softmax(t)^(1/T)`` renormalised, which is ``softmax(t/T)``); summed
+    over classes, reduced over rows like :func:`kd_loss`; no ``T^2`` factor (their loss has none).
+    Float32; the gradient w.r.t. the student logits is ``(p_s - p_t(T)) / n_rows`` for ``mean``."""
+    temperature = check_temperature(temperature)
+    _check_reduction(reduction)
+    _check_logit_pair(student_logits, teacher_logits)
+    leading = student_logits.shape[:-1]
+    student = _rows(student_logits, "student_logits").float()
+    teacher = _rows(teacher_logits, "teacher_logits").to(student.device).float()
+    keep = _row_mask(mask, leading, student.shape[0], student.device)
+    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    per_row = F.kl_div(F.log_softmax(student, dim=-1), log_pt, reduction="none", log_target=True).sum(-1)
+    if keep is not None:
+        per_row = torch.where(keep, per_row, torch.zeros((), dtype=per_row.dtype, device=per_row.device))
+    return _reduce(per_row, keep, reduction, leading)
+
+
+def kd_variant_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    kd_variant: str = "standard",
+    logit_standardization: bool = False,
+    mask: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """The KD term of one temperature variant: ``standard`` (:func:`kd_loss`, ``T^2 KL`` at T for both)
+    or ``teacher_only_T`` (:func:`teacher_only_kd_loss`, TTM); with ``logit_standardization`` both
+    logit vectors are z-scored first (:func:`standardize_logits`, Sun et al.; T is the base temperature)."""
+    check_kd_variant(kd_variant)
+    if logit_standardization:
+        _check_logit_pair(student_logits, teacher_logits)
+        student_logits = standardize_logits(student_logits)
+        teacher_logits = standardize_logits(teacher_logits.to(student_logits.device))
+    if kd_variant == "teacher_only_T":
+        return teacher_only_kd_loss(student_logits, teacher_logits, temperature, mask=mask, reduction=reduction)
+    return kd_loss(student_logits, teacher_logits, temperature, mask=mask, reduction=reduction, chunk_size=chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------
 # combined loss
 # ----------------------------------------------------------------------------------------------
 class LSKDLossTerms(NamedTuple):
@@ -280,11 +371,14 @@ def ls_kd_loss_terms(
     reduction: str = "mean",
     exclude_true_class: bool = False,
     chunk_size: Optional[int] = None,
+    kd_variant: str = "standard",
+    logit_standardization: bool = False,
 ) -> LSKDLossTerms:
     """``(1 - beta) * CE(ls_targets(target, alpha), p_s) + beta * kd_loss`` and its parts (Sec. 2).
 
     With ``beta == 1`` (the paper's setting) the CE part is computed without gradient, for
     logging only; with ``beta == 0`` the KD part is. ``reduction='none'`` gives per-row values.
+    ``kd_variant`` / ``logit_standardization`` replace the KD term by :func:`kd_variant_loss`'s.
     """
     beta = check_beta(beta)
     _check_reduction(reduction)
@@ -295,8 +389,12 @@ def ls_kd_loss_terms(
             exclude_true_class=exclude_true_class, chunk_size=chunk_size,
         )
     with torch.set_grad_enabled(grad_on and beta > 0.0):
-        kd = kd_loss(student_logits, teacher_logits, temperature, mask=mask, reduction=reduction,
-                     chunk_size=chunk_size)
+        if kd_variant == "standard" and not logit_standardization:
+            kd = kd_loss(student_logits, teacher_logits, temperature, mask=mask, reduction=reduction,
+                         chunk_size=chunk_size)
+        else:
+            kd = kd_variant_loss(student_logits, teacher_logits, temperature, kd_variant, logit_standardization,
+                                 mask=mask, reduction=reduction, chunk_size=chunk_size)
     if beta == 1.0:
         loss = kd
     elif beta == 0.0:

@@ -205,16 +205,17 @@ def tree_hashes(root: Path) -> Dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def synthetic_study(study: Path, accs: dict, shift: float = 0.3):
+def synthetic_study(study: Path, accs: dict, shift: float = 0.3, overrides: Optional[dict] = None):
     """A finished vision study by hand (no training): manifest, run configs, given teacher/student
-    accuracies ``accs[(kind, alpha, T, seed)]`` (70 otherwise) and export features in which the T=3
-    students' class-0 features moved towards class 6 by ``shift``."""
+    accuracies ``accs[(kind, alpha, T, seed)]`` (``(kind, alpha, T, seed, arm)`` for a variant arm's
+    students; 70 otherwise) and export features in which the T=3 students' class-0 features moved
+    towards class 6 by ``shift``. ``overrides``: more config settings (e.g. ``variant_arms``)."""
     from lskd_core import study as S
     from lskd_core.classsets import FASHION_MNIST_CLASSES
     from lskd_core.features_io import save_features
 
     cfg = S.load_config(overrides={"seeds": 2, "temperatures": [1, 3], "target_classes": [0, 5],
-                                   "projection_classes": [0, 6, 7]})
+                                   "projection_classes": [0, 6, 7], **(overrides or {})})
     plan = S.build_plan(cfg)
     S.write_manifest(study, cfg, plan)
     rng = np.random.default_rng(0)
@@ -226,6 +227,7 @@ def synthetic_study(study: Path, accs: dict, shift: float = 0.3):
         S.write_run_config(r, study, cfg, S.run_command(r, study, cfg), {}, "study")
         if r.kind in ("teacher", "student"):
             key = (r.kind, r.info["alpha"], r.info.get("temperature"), r.info["seed"])
+            key += (r.info["arm"],) if r.info.get("arm") else ()
             acc = accs.get(key, 70.0)
             (d / "checkpoint.pth").write_bytes(b"w")
             (d / "result.json").write_text(json.dumps({

@@ -77,6 +77,10 @@ VISION = {
     "cache_topk": (3, {"cache"} | STUDENTS),
     "cache_aug_seed": (5, {"cache"}),
     "matched_temperatures": ([1.0, 2.0], {"match"}),
+    "kd_variant": ("teacher_only_T", STUDENTS),  # every grid and matched student gets --kd-variant
+    "logit_standardization": (True, STUDENTS),
+    "variant_arms": (["teacher_only_T"], NONE),  # new runs only (the arm's students and their val exports)
+    "variant_seeds": (1, NONE),  # which arm runs exist (none without variant_arms)
     "analysis": (False, NONE),  # exports removed; training untouched
     "analysis_seed": (1, NONE),
     "analysis_train_samples": (3000, EXPORTS),
@@ -125,6 +129,9 @@ TRANSLATION = {
         "student_batch_size": 32, "export_args": ["--x"], "analysis": False, "analysis_seed": 1,
         "analysis_train_samples": 3000, "analysis_val_samples": 1500, "matched_temperatures": [1.0, 2.0],
         "cache_aug_seed": 5, "nproc": 2, "data_seed": 3,
+        # vision only (load_config refuses them for translation): the translation plan ignores them
+        "kd_variant": "teacher_only_T", "logit_standardization": True, "variant_arms": ["teacher_only_T"],
+        "variant_seeds": 1,
     }.items()},
     **{k: VISION[k] for k in ("name", "out", "target_classes", "projection_classes", "profile_class",
                               "profile_temperatures", "hierarchy", "num_similar",

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
-from lskd_core.losses import LSKDLossTerms, ls_cross_entropy, ls_kd_loss_terms
+from lskd_core.losses import KD_VARIANTS, LSKDLossTerms, check_kd_variant, ls_cross_entropy, ls_kd_loss_terms
 from vision_plugin.checkpoint import CheckpointError, load_model_weights
 from vision_plugin.models import build_model, build_pretrained, find_final_linear
 
@@ -98,6 +98,12 @@ def add_kd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="KD temperature T > 0 (default 1: the paper's rule of thumb for LS teachers)")
     group.add_argument("--kd-beta", default=1.0, type=float, metavar="B",
                        help="weight of the KD term in [0, 1]; 1 - B weighs the (LS) cross-entropy (default 1)")
+    group.add_argument("--kd-variant", default="standard", choices=KD_VARIANTS,
+                       help="standard: teacher and student softmax at T (Hinton et al.); teacher_only_T: the "
+                            "student's at T = 1, no T^2 factor (TTM, Zheng & Yang, ICLR 2024)")
+    group.add_argument("--logit-standardization", action="store_true",
+                       help="z-score each teacher and student logit vector before the temperature; T is then "
+                            "the base temperature (Sun et al., CVPR 2024)")
     group.add_argument("--kd-temperature-file", default=None, metavar="PATH",
                        help="read T from this JSON file at start-up instead of --kd-temperature: the value "
                             "temperatures[KEY] (e.g. an lskd study's match run's matched.json, App. H)")
@@ -142,6 +148,7 @@ def check_kd_args(args: argparse.Namespace) -> None:
     check_kd_temperature(args.kd_temperature)
     check_beta(args.kd_beta, name="--kd-beta")
     check_alpha(getattr(args, "label_smoothing", 0.0), name="--label-smoothing")
+    check_kd_variant(getattr(args, "kd_variant", "standard"), name="--kd-variant")
     cache = getattr(args, "teacher_cache", None)
     if cache and (args.teacher or args.teacher_weights):
         raise ValueError("give either --teacher-cache DIR or --teacher MODEL, not both "
@@ -233,11 +240,17 @@ class KDCriterion:
     """
 
     def __init__(self, teacher: Optional[Teacher] = None, temperature: float = 1.0, beta: float = 1.0,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, kd_variant: str = "standard", logit_standardization: bool = False):
         self.teacher = teacher
         self.temperature = check_kd_temperature(temperature)
         self.beta = check_beta(beta, name="--kd-beta")
         self.label_smoothing = check_alpha(label_smoothing, name="--label-smoothing")
+        self.kd_variant = check_kd_variant(kd_variant, name="--kd-variant")
+        self.logit_standardization = bool(logit_standardization)
+        if self.logit_standardization and isinstance(teacher, CachedTeacher) and _is_topk(teacher.cache):
+            # a top-K cache serves p_t(T) exactly, not the logits: their z-score is not recoverable
+            raise ValueError("--logit-standardization needs the teacher's full logits; this --teacher-cache is "
+                             "top-K: build a full cache (no --topk) or run the teacher live")
 
     def _teacher_logits(self, images: Optional[torch.Tensor], rows: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if self.teacher is None:
@@ -266,12 +279,21 @@ class KDCriterion:
                 f"teacher and student must have the same class count"
             )
         return ls_kd_loss_terms(logits, teacher_logits, target, self.temperature, beta=self.beta,
-                                label_smoothing=self.label_smoothing)
+                                label_smoothing=self.label_smoothing, kd_variant=self.kd_variant,
+                                logit_standardization=self.logit_standardization)
 
     def __call__(self, output, target: torch.Tensor, images: Optional[torch.Tensor] = None,
                  rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.terms(output, target, images, rows).loss
 
 
+def _is_topk(cache) -> bool:
+    header = getattr(cache, "header", None)
+    kind = header.get("kind") if isinstance(header, dict) else getattr(cache, "kind", None)
+    return kind == "topk" or bool(getattr(cache, "topk", None))
+
+
 def kd_criterion_from_args(args: argparse.Namespace, teacher: Optional[Teacher]) -> KDCriterion:
-    return KDCriterion(teacher, args.kd_temperature, args.kd_beta, getattr(args, "label_smoothing", 0.0))
+    return KDCriterion(teacher, args.kd_temperature, args.kd_beta, getattr(args, "label_smoothing", 0.0),
+                       kd_variant=getattr(args, "kd_variant", "standard"),
+                       logit_standardization=bool(getattr(args, "logit_standardization", False)))

@@ -7,6 +7,7 @@ from typing import List
 from lskd_core.jsonio import num
 from lskd_core.report.accuracy import grid_markdown
 from lskd_core.report.cache_savings import cache_savings_markdown
+from lskd_core.report.calibration import calibration_markdown
 from lskd_core.report.classwise import classwise_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import eta_markdown
@@ -18,6 +19,7 @@ from lskd_core.report.profile import profile_markdown
 from lskd_core.report.projection import projection_markdown
 from lskd_core.report.token_entropy import token_entropy_markdown
 from lskd_core.report.token_eta import token_eta_markdown
+from lskd_core.report.variants import variants_markdown
 from lskd_core.report.view import StudyView
 
 __all__ = ["render"]
@@ -57,6 +59,8 @@ def _analyses(view: StudyView, res: dict) -> List[str]:
         md += token_entropy_markdown(res)
     if "token_eta" in applies:
         md += token_eta_markdown(res)
+    if "calibration" in applies:
+        md += calibration_markdown(res)
     return md
 
 
@@ -87,6 +91,7 @@ def render(view: StudyView, res: dict) -> str:
     md += grid_markdown(res, view.task)
     md += feature_kd_markdown(res)  # Table B.5: empty unless the students are feature-KD students
     md += matched_markdown(res, view.task.score_unit)
+    md += variants_markdown(res, view.task.score_unit or "points")
     md += _analyses(view, res)
     md += cache_savings_markdown(res)
     md += _runs(view, res)

@@ -20,6 +20,7 @@ from lskd_core.jsonio import jsonable
 from lskd_core.report.accuracy import accuracy_grid
 from lskd_core.report.cache import AnalysisCache
 from lskd_core.report.cache_savings import cache_savings_section
+from lskd_core.report.calibration import calibration_section, calibration_sentence
 from lskd_core.report.classwise import classwise_section
 from lskd_core.report.entropy import entropy_section
 from lskd_core.report.eta import eta_section
@@ -32,6 +33,7 @@ from lskd_core.report.projection import projection_section
 from lskd_core.report.render import render
 from lskd_core.report.token_entropy import token_entropy_section
 from lskd_core.report.token_eta import token_eta_section
+from lskd_core.report.variants import variants_section
 from lskd_core.report.verdict import verdict
 from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import ALL_ANALYSES
@@ -58,6 +60,8 @@ def _analyses(view: StudyView, cache: AnalysisCache, out: Path, res: dict) -> No
         res["token_entropy"] = token_entropy_section(view, cache)
     if "token_eta" in applies:
         res["token_eta"] = token_eta_section(view, cache)
+    if "calibration" in applies:
+        res["calibration"] = calibration_section(view, cache, out)
     for k in ALL_ANALYSES:
         res.setdefault(k, dict(na))
 
@@ -78,7 +82,7 @@ def _figures(view: StudyView, out: Path, res: dict) -> dict:
         figures["accuracy"] = plot_accuracy(res["accuracy_grid"], out / "accuracy_vs_T.png", view.task)
     except Exception as exc:
         res["accuracy_grid"]["figure_error"] = str(exc)
-    for k in ("projection", "soft_output", "eta_training"):
+    for k in ("projection", "soft_output", "eta_training", "calibration"):
         if res.get(k, {}).get("png"):
             figures[k] = res[k]["png"]
     return {k: v for k, v in figures.items() if v}
@@ -105,9 +109,14 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
     _analyses(view, cache, out, res)
     res["eta_training"] = eta_training_section(view, out)  # students' per-epoch eta (eta_during_training)
     res["figures"] = _figures(view, out, res)
+    res["variants"] = variants_section(view)  # variant arms vs the grid (empty without variant_arms)
     res["verdict"] = verdict(res["accuracy_grid"], res.get("eta"), view.task.name)
     res["feature_kd"] = feature_kd_section(view, res)  # Table B.5 (feature_kd studies)
     res["verdict"] = scope_verdict(res["verdict"], view.config)  # says "feature KD + KD" when it is
+    sentence = calibration_sentence(res.get("calibration"))
+    if sentence:
+        res["verdict"]["calibration"] = sentence
+        res["verdict"]["text"] = (res["verdict"].get("text") or "").rstrip() + "\n\n" + sentence
     not_done = [r for r in view.runs if r not in view.results]
     res["runs"] = {"planned": len(view.runs), "done": len(view.runs) - len(not_done), "not_done": not_done}
     res = jsonable(res)

@@ -24,7 +24,16 @@ from lskd_core.study.config import StudyConfig, available_presets, load_config, 
 from lskd_core.study.dispatch import prepare_for_dispatch
 from lskd_core.study.launcher_slurm import SlurmLauncher, SlurmSettings  # registers the "slurm" launcher
 from lskd_core.study.launchers import LAUNCHERS, Handle, Launcher, LocalLauncher, SubprocessLauncher, make_launcher
-from lskd_core.study.plan import Run, build_plan, export_id, plan_commands, run_command, student_id, teacher_id
+from lskd_core.study.plan import (
+    Run,
+    build_plan,
+    export_id,
+    plan_commands,
+    run_command,
+    student_id,
+    teacher_id,
+    variant_student_id,
+)
 from lskd_core.study.runner import StudyOutcome, run_study
 from lskd_core.study.state import (
                                    EVENT_LOG,
@@ -43,7 +52,7 @@ from lskd_core.study.tasks import TaskBackend, get_task
 
 __all__ = [
     "StudyConfig", "load_config", "read_config_file", "read_preset", "available_presets",
-    "Run", "build_plan", "run_command", "plan_commands", "teacher_id", "student_id", "export_id",
+    "Run", "build_plan", "run_command", "plan_commands", "teacher_id", "student_id", "variant_student_id", "export_id",
     "RunState", "inspect_run", "fingerprint", "write_run_config", "write_manifest",
     "RUN_CONFIG", "RESULT", "LAUNCH", "LAUNCH_LOG", "EVENT_LOG", "MANIFEST",
     "Launcher", "LocalLauncher", "SubprocessLauncher", "Handle", "LAUNCHERS", "make_launcher",

@@ -66,6 +66,11 @@ class StudyConfig:
     cache_dtype: str = "float32"  # stored logit dtype: float32 (exact), bfloat16 or float16
     cache_topk: Optional[int] = None  # None or 0: all logits; K: top-K + exact tail mass at the grid's T
     cache_aug_seed: int = 0  # the recorded augmentation stream, shared by every student seed
+    # --- temperature variants (vision; docs/study.md "Temperature variants") ---
+    kd_variant: str = "standard"  # the grid's KD term: "standard" or "teacher_only_T" (TTM, Zheng & Yang 2024)
+    logit_standardization: bool = False  # z-score logits before T (Sun et al., CVPR 2024)
+    variant_arms: list = field(default_factory=list)  # extra student grids, e.g. ["teacher_only_T"]
+    variant_seeds: Optional[int] = None  # the arms' students use the grid's first N seeds (None: all)
     # --- entropy-matched students (App. H, Tables H.2-H.4) ---
     matched_temperatures: list = field(default_factory=list)  # LS-teacher T whose entropy the plain teacher matches
     # --- analyses ---
@@ -151,6 +156,7 @@ class StudyConfig:
         _validate_analysis(self)
         _validate_teachers_and_cache(self)
         _validate_feature_kd(self)
+        _validate_kd_variants(self)
         _validate_execution(self)
         _validate_against_task(self, backend)
         return self
@@ -377,6 +383,36 @@ def _validate_feature_kd(cfg: StudyConfig) -> None:
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w > 0):
         raise ValueError(f"feature_kd_weight must be a finite number > 0, got {w!r}")
     cfg.feature_kd_weight = float(w)
+def _validate_kd_variants(cfg: StudyConfig) -> None:
+    """The grid's KD variant and the extra variant arms (vision only; logit standardization needs full logits)."""
+    from lskd_core.losses import check_kd_variant
+    from lskd_core.study.plan import VARIANT_ARMS, arm_setting
+
+    cfg.kd_variant = check_kd_variant(cfg.kd_variant, "kd_variant")
+    cfg.logit_standardization = _bool(cfg.logit_standardization, "logit_standardization")
+    arms = [str(a) for a in _as_list(cfg.variant_arms, "variant_arms")]
+    for a in arms:
+        if a not in VARIANT_ARMS:
+            raise ValueError(f"variant_arms entries must be among {list(VARIANT_ARMS)}, got {a!r}")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"variant_arms has duplicates: {arms}")
+    main = (cfg.kd_variant, cfg.logit_standardization)
+    if any(arm_setting(a) == main for a in arms):
+        raise ValueError(f"variant_arms repeats the grid's own variant (kd_variant = {cfg.kd_variant!r}, "
+                         f"logit_standardization = {str(cfg.logit_standardization).lower()}); remove it")
+    cfg.variant_arms = arms
+    if cfg.variant_seeds is not None:
+        n = _int(cfg.variant_seeds, "variant_seeds")
+        if not 1 <= n <= len(cfg.seed_list):
+            raise ValueError(f"variant_seeds must be between 1 and the number of seeds ({len(cfg.seed_list)}), got {n}")
+        cfg.variant_seeds = n
+    if cfg.task != "vision" and (arms or main != ("standard", False)):
+        raise ValueError(f"kd_variant, logit_standardization and variant_arms apply to the vision task only, not "
+                         f"{cfg.task!r}; leave them at their defaults")
+    wants_std = cfg.logit_standardization or any(arm_setting(a)[1] for a in arms)
+    if wants_std and cfg.cache and cfg.cache_topk:
+        raise ValueError("logit standardization needs the teacher's full logits, but cache_topk is set: set "
+                         "cache_topk = 0 (full cache) or cache = false")
 
 
 def _validate_against_task(cfg: StudyConfig, backend: "TaskBackend") -> None:

@@ -20,7 +20,7 @@ from lskd_core.jsonio import num, sha256_json
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
 
-__all__ = ["Run", "teacher_id", "student_id", "export_id", "eta_reference_id", "cache_id", "match_id", "matched_id", "matched_key",
+__all__ = ["Run", "teacher_id", "student_id", "variant_student_id", "VARIANT_ARMS", "arm_setting", "export_id", "eta_reference_id", "cache_id", "match_id", "matched_id", "matched_key",
            "teacher_seed_list", "paired_teacher_seed", "teacher_run_id", "run_dir", "build_plan", "run_command",
            "plan_commands", "plugin_root", "STUDY_TOKEN", "num"]
 
@@ -48,6 +48,27 @@ def teacher_id(alpha: float, teacher_seed: Optional[int] = None) -> str:
 
 def student_id(alpha: float, temperature: float, seed: int) -> str:
     return f"student_a{num(alpha)}_T{num(temperature)}_s{seed}"
+
+
+#: The variant arms a study can add beside its grid: name -> (kd_variant, logit_standardization, id tag).
+#: teacher_only_T: TTM (Zheng & Yang, ICLR 2024); logit_standardization: Sun et al. (CVPR 2024).
+VARIANT_ARMS: Dict[str, Tuple[str, bool, str]] = {
+    "standard": ("standard", False, "std"),
+    "teacher_only_T": ("teacher_only_T", False, "ttm"),
+    "logit_standardization": ("standard", True, "lstd"),
+    "teacher_only_T+logit_standardization": ("teacher_only_T", True, "ttm_lstd"),
+}
+
+
+def arm_setting(arm: str) -> Tuple[str, bool]:
+    """``(kd_variant, logit_standardization)`` of a variant arm's students."""
+    variant, standardize, _ = VARIANT_ARMS[arm]
+    return variant, standardize
+
+
+def variant_student_id(alpha: float, temperature: float, seed: int, arm: str) -> str:
+    """A student of variant arm ``arm``: the grid's id with the arm's tag (``student_a0.1_T2_s0_ttm``)."""
+    return f"{student_id(alpha, temperature, seed)}_{VARIANT_ARMS[arm][2]}"
 
 
 def export_id(model_run_id: str, split: str) -> str:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # typing only: config imports the task registry
     from lskd_core.study.plan import Run
 
 #: Every analysis of the report; a backend lists the ones that apply to its task.
-ALL_ANALYSES: Tuple[str, ...] = ("eta", "entropy", "projection", "soft_output", "classwise")
+ALL_ANALYSES: Tuple[str, ...] = ("eta", "entropy", "projection", "soft_output", "classwise", "calibration")
 #: Token-level analyses of a sequence task (translation): the teachers' per-token entropy per T and
 #: the diffusion index on decoder states (lskd_core.report.token_entropy / token_eta). Not in
 #: ALL_ANALYSES, so a task without them (vision) reports nothing about them.

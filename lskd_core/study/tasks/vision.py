@@ -18,6 +18,7 @@ from lskd_core.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLA
 from lskd_core.jsonio import num
 from lskd_core.study.plan import (
     Run,
+    arm_setting,
     cache_id,
     eta_reference_id,
     export_id,
@@ -28,6 +29,7 @@ from lskd_core.study.plan import (
     student_id,
     teacher_run_id,
     teacher_seed_list,
+    variant_student_id,
 )
 from lskd_core.study.tasks.base import ALL_ANALYSES, TaskBackend
 
@@ -138,12 +140,21 @@ def _uses_cache(cfg: "StudyConfig") -> bool:
     return bool(cfg.cache) and not cfg.feature_kd
 
 
+def _variant_flags(kd_variant: str, standardize: bool) -> List[str]:
+    """Trainer flags of a temperature variant; none for the standard one (its runs keep their hashes)."""
+    return ((["--kd-variant", kd_variant] if kd_variant != "standard" else [])
+            + (["--logit-standardization"] if standardize else []))
+
+
 def _student_run(cfg: "StudyConfig", run_id: str, t_id: str, seed: int, temperature_args: List[str],
-                 cached: bool, info: dict, extra_deps: Sequence[str] = ()) -> Run:
+                 cached: bool, info: dict, extra_deps: Sequence[str] = (),
+                 variant: Optional[Tuple[str, bool]] = None) -> Run:
     kd, dep = _kd_source(cfg, t_id, cached)
+    kd_variant, standardize = variant if variant is not None else (cfg.kd_variant, cfg.logit_standardization)
     args = (["--model", cfg.student_model] + _train_common(cfg, "student")
             + ["--label-smoothing", "0", "--seed", str(seed)] + kd
             + temperature_args + ["--kd-beta", num(cfg.kd_beta)] + _feature_kd_args(cfg)
+            + _variant_flags(kd_variant, standardize)
             + list(cfg.student_args) + _exec_args(cfg) + ["--output-dir", "{run}"])
     return Run(run_id, "student", ("module", "vision_plugin.train"), args, deps=[dep] + list(extra_deps),
                info=dict(info, seed=seed, teacher_run=t_id, cached=cached), outputs=["checkpoint.pth"],
@@ -164,6 +175,29 @@ def _training_runs(cfg: "StudyConfig") -> List[Run]:
                 runs.append(_student_run(cfg, student_id(alpha, temperature, seed), teacher_run_id(cfg, alpha, tseed),
                                          seed, ["--kd-temperature", num(temperature)], _uses_cache(cfg),
                                          {"alpha": alpha, "temperature": temperature, "teacher_seed": tseed}))
+    runs += _arm_runs(cfg)
+    return runs
+
+
+def _arm_seeds(cfg: "StudyConfig") -> List[int]:
+    """The variant arms' student seeds: the grid's first ``variant_seeds`` (all by default), so each
+    arm student pairs with the grid student of the same seed."""
+    return list(cfg.seed_list[:cfg.variant_seeds] if cfg.variant_seeds else cfg.seed_list)
+
+
+def _arm_runs(cfg: "StudyConfig") -> List[Run]:
+    """``variant_arms``: per arm, a student per (alpha, T, seed) like the grid's, with the arm's KD variant."""
+    runs = []
+    for arm in cfg.variant_arms:
+        for alpha in cfg.alphas:
+            for temperature in cfg.temperatures:
+                for seed in _arm_seeds(cfg):
+                    tseed = paired_teacher_seed(cfg, seed)
+                    info = {"alpha": alpha, "temperature": temperature, "teacher_seed": tseed, "arm": arm}
+                    runs.append(_student_run(cfg, variant_student_id(alpha, temperature, seed, arm),
+                                             teacher_run_id(cfg, alpha, tseed), seed,
+                                             ["--kd-temperature", num(temperature)], cfg.cache, info,
+                                             variant=arm_setting(arm)))
     return runs
 
 
@@ -199,8 +233,13 @@ def _export_runs(cfg: "StudyConfig") -> List[Run]:
                    for a in cfg.alphas for t in cfg.temperatures for s in cfg.seed_list]
     splits = ("train", "val") if cfg.analysis else ("train",)
     runs = []
-    for model_run, model, info in models:
-        for split in splits:
+    # the variant arms' students: val only (calibration and logit scale; eta is the grid's analysis)
+    arm_models = [(variant_student_id(a, t, s, arm), cfg.student_model,
+                   {"role": "student", "alpha": a, "temperature": t, "seed": s, "arm": arm})
+                  for arm in cfg.variant_arms for a in cfg.alphas for t in cfg.temperatures
+                  for s in _arm_seeds(cfg)] if cfg.analysis else []
+    for model_run, model, info in models + arm_models:
+        for split in (("val",) if "arm" in info else splits):
             args = _export_args(cfg, model_run, model, split, str(info["role"]))
             runs.append(Run(export_id(model_run, split), "export", exporter, args, deps=[model_run],
                             info=dict(info, model_run=model_run, split=split), outputs=["features.npz"],
