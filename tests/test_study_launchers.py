@@ -191,7 +191,7 @@ def test_task_registry():
     v, t = S.get_task("vision"), S.get_task("translation")
     assert v.metric_run("student_a0_T1_s0") == "student_a0_T1_s0"
     assert t.metric_run("student_a0_T1_s0") == "bleu_student_a0_T1_s0"
-    assert v.analyses == {"eta", "entropy", "projection", "soft_output", "classwise"}
+    assert v.analyses == {"eta", "entropy", "projection", "soft_output", "classwise", "calibration"}
     assert t.analyses == {"token_entropy", "token_eta"}  # per target token (issue 18)
 
 
