@@ -59,7 +59,7 @@ def _flag(argv: List[str], name: str) -> Optional[str]:
 def _by_program(cmds: List[List[str]]) -> Dict[str, List[List[str]]]:
     out: Dict[str, List[List[str]]] = {"teacher": [], "student": [], "export": [], "generate": [], "cache": []}
     for argv in cmds:
-        if "vision_plugin.export_features" in argv:
+        if "vision_plugin.export_features" in argv or "fairseq_plugin.export_features" in argv:
             out["export"].append(argv)
         elif "vision_plugin.teacher_cache" in argv or "fairseq_plugin.teacher_cache" in argv:
             out["cache"].append(argv)
@@ -164,7 +164,9 @@ def test_iwslt14_config_plans_the_table5_grid(tmp_path):
     assert (len(cmds["teacher"]), len(cmds["student"]), len(cmds["generate"]), len(cmds["cache"])) == (2, 8, 10, 2)
     for argv in cmds["cache"]:  # top-64 teacher outputs + exact tail mass at the grid's T
         assert Path(_flag(argv, "--teacher-path") or "").name == "checkpoint_best.pt" and _flag(argv, "--topk") == "64"
-    assert not cmds["export"]
+    # the report's per-token analyses: one export per model, teachers with the entropy sums
+    assert len(cmds["export"]) == 10 and all(_flag(a, "--split") == "test" for a in cmds["export"])
+    assert sum("--entropy-out" in a for a in cmds["export"]) == 2
     for argv in cmds["teacher"] + cmds["student"]:
         assert argv[1] == "runs/data/iwslt14.en-de/bin"
         assert _flag(argv, "--arch") == "transformer_iwslt_de_en"
