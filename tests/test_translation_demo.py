@@ -49,6 +49,7 @@ def test_small_translation_demo_end_to_end(tmp_path):
                          "--valid-size", "40", "--test-size", "40"],
         "teacher_epochs": 1, "student_epochs": 1, "temperatures": [1, 64], "seeds": 2,
         "teacher_args": TINY, "student_args": TINY, "max_tokens": 2048, "beam": 2, "cache_topk": 8,
+        "analysis": False,  # token exports need more sentences than 40 (tests/test_fairseq_export.py covers them)
         "jobs": 2})
     outcome = S.run_study(cfg, tmp_path, progress=False, echo=lambda s: None)
     assert outcome.ok, (outcome.failed, outcome.blocked)
