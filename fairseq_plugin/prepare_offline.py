@@ -180,25 +180,34 @@ def _pair_rank(pair: Pair, seed: int) -> str:
 
 
 def split_pairs(
-    pairs: Sequence[Pair], valid_size: int, test_size: int, seed: int = 1, max_pairs: Optional[int] = None
+    pairs: Sequence[Pair],
+    valid_size: int,
+    test_size: int,
+    seed: int = 1,
+    max_pairs: Optional[int] = None,
+    eval_min_words: int = 1,
 ) -> Dict[str, List[Pair]]:
     """Deterministic split: pairs ordered by a seeded hash, then test, valid, train in that order.
 
     The order depends only on the pairs' text and the seed (not on file order or Python's hash
-    randomisation), so the same package version always gives the same corpus.
+    randomisation), so the same package version always gives the same corpus. Test and valid are
+    drawn only from pairs whose both sides have at least ``eval_min_words`` words (shorter pairs,
+    e.g. single dictionary words, may still train the model); ``max_pairs`` caps the total.
     """
     ordered = sorted(pairs, key=lambda pair: _pair_rank(pair, seed))
     if max_pairs is not None:
         ordered = ordered[:max_pairs]
-    if valid_size + test_size >= len(ordered):
+    eligible = [pair for pair in ordered if min(len(pair[0].split()), len(pair[1].split())) >= eval_min_words]
+    if valid_size + test_size >= len(eligible):
         raise UsageError(
             f"valid_size + test_size ({valid_size} + {test_size}) must leave training pairs out of "
-            f"{len(ordered)} pairs"
+            f"{len(eligible)} pairs"
         )
+    held_out = set(eligible[:test_size + valid_size])
     return {
-        "test": ordered[:test_size],
-        "valid": ordered[test_size:test_size + valid_size],
-        "train": ordered[test_size + valid_size:],
+        "test": eligible[:test_size],
+        "valid": eligible[test_size:test_size + valid_size],
+        "train": [pair for pair in ordered if pair not in held_out],
     }
 
 
@@ -314,6 +323,7 @@ def prepare(
     workers: int = 1,
     min_words: int = 3,
     max_words: int = 50,
+    train_min_words: Optional[int] = None,
 ) -> Dict:
     """Run the whole pipeline into ``out``; returns (and writes ``out/prepare.json``) the summary.
 
@@ -326,12 +336,16 @@ def prepare(
         raise UsageError(f"bpe_size must be a positive number of merges, got {bpe_size!r}")
     if not 1 <= int(min_words) <= int(max_words):
         raise UsageError(f"need 1 <= min_words <= max_words, got min_words={min_words!r}, max_words={max_words!r}")
+    train_min = int(min_words) if train_min_words is None else int(train_min_words)
+    if not 1 <= train_min <= int(min_words):
+        raise UsageError(f"need 1 <= train_min_words <= min_words, got train_min_words={train_min_words!r}, "
+                         f"min_words={min_words!r}")
     src, tgt = pair.split("-")
-    pairs = clean_pairs(read_pairs(pair, source_file), min_words=int(min_words), max_words=int(max_words))
+    pairs = clean_pairs(read_pairs(pair, source_file), min_words=train_min, max_words=int(max_words))
     total = len(pairs) if max_pairs is None else min(len(pairs), int(max_pairs))
     valid_size = default_eval_size(total) if valid_size is None else int(valid_size)
     test_size = default_eval_size(total) if test_size is None else int(test_size)
-    splits = split_pairs(pairs, valid_size, test_size, seed=seed, max_pairs=max_pairs)
+    splits = split_pairs(pairs, valid_size, test_size, seed=seed, max_pairs=max_pairs, eval_min_words=int(min_words))
 
     root = Path(out)
     dirs = {name: root / name for name in ("raw", "tok", "bpe")}
@@ -359,7 +373,7 @@ def prepare(
         "pair": pair, "source": src, "target": tgt, "seed": seed, "bpe_merges": int(bpe_size),
         "lowercase": True, "tokenizer": "moses (sacremoses)", "bpe": "subword-nmt, joint, train only",
         "sizes": {split: len(items) for split, items in splits.items()},
-        "words": {"min": int(min_words), "max": int(max_words)},
+        "words": {"min": int(min_words), "max": int(max_words), "train_min": train_min},
         "available_pairs": len(pairs), "package": SOURCES[pair]["package"],
         "package_version": _package_version(SOURCES[pair]["package"]),
         "licence": SOURCES[pair]["licence"],
@@ -387,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop pairs with a side shorter than this many words (default 3)")
     parser.add_argument("--max-words", type=int, default=50,
                         help="drop pairs with a side longer than this many words (default 50)")
+    parser.add_argument("--train-min-words", type=int, default=None,
+                        help="training pairs may be this short (e.g. 1: single dictionary words teach the "
+                             "lexicon); valid/test keep --min-words (default: --min-words)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
     return parser
 
@@ -398,6 +415,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         args.pair, args.out, max_pairs=args.max_pairs, bpe_size=args.bpe_size,
         valid_size=args.valid_size, test_size=args.test_size, seed=args.seed,
         source_file=args.source_file, workers=args.workers, min_words=args.min_words, max_words=args.max_words,
+        train_min_words=args.train_min_words,
     )
     print(json.dumps(summary, ensure_ascii=False))
     return 0

@@ -145,6 +145,9 @@ def test_prepare_offline_bad_inputs(tmp_path, capsys):
     assert prepare_offline.main(["--pair", "en-de", "--out", str(tmp_path / "o"), "--min-words", "5",
                                  "--max-words", "4"]) == 2
     assert "min_words <= max_words" in _one_error_line(capsys, "prepare_offline")
+    assert prepare_offline.main(["--pair", "en-de", "--out", str(tmp_path / "o"), "--min-words", "3",
+                                 "--train-min-words", "4"]) == 2
+    assert "train_min_words <= min_words" in _one_error_line(capsys, "prepare_offline")
 
 
 def test_prepare_iwslt_bad_archive(tmp_path, capsys):

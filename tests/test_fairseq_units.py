@@ -192,6 +192,22 @@ def test_clean_and_split_are_deterministic_without_source_overlap():
         prepare_offline.split_pairs(cleaned, 100, 100)
 
 
+def test_short_pairs_train_but_never_reach_valid_or_test():
+    long_pairs = [(f"source sentence number {i}", f"zielsatz nummer {i} hier") for i in range(100)]
+    short_pairs = [(f"word{i}", f"wort{i}") for i in range(100)]
+    cleaned = prepare_offline.clean_pairs(long_pairs + short_pairs, min_words=1)
+    assert len(cleaned) == 200
+    split = prepare_offline.split_pairs(cleaned, 10, 20, seed=1, eval_min_words=3)
+    assert [len(split[k]) for k in ("train", "valid", "test")] == [170, 10, 20]
+    for name in ("valid", "test"):
+        assert all(len(src.split()) >= 3 and len(tgt.split()) >= 3 for src, tgt in split[name])
+    assert set(short_pairs) <= set(split["train"])  # every short pair trains; none is lost
+    held_out = set(split["valid"]) | set(split["test"])
+    assert not held_out & set(split["train"])
+    with pytest.raises(ValueError, match="out of 100 pairs"):  # only the long pairs are eligible
+        prepare_offline.split_pairs(cleaned, 50, 50, eval_min_words=3)
+
+
 def test_missing_debian_file_names_the_package(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install trans-de-en"):
         prepare_offline.source_files("en-de", str(tmp_path / "nope"))
