@@ -14,7 +14,9 @@ without the KD term)::
     fairseq-train DATA/bin --criterion ls_kd --teacher-cache CACHE --kd-temperature 2 [--kd-topk 64]
 
 Storage: :mod:`lskd_core.teacher_cache` (memory-mapped shards, raw logits or top-K raw logits with
-the tail log-sum-exp per served T, so that ``p_t(T)`` equals what ``--kd-topk K`` computes live).
+the tail log-sum-exp per served T, so that ``p_t(T)`` equals what ``--kd-topk K`` computes live; or,
+with ``--sample K``, K tokens drawn from ``p_t(T)`` per token and served T with their ``log p_t(T)``,
+for ``--kd-topk K --kd-topk-mode sample``: sampled-K KD, :mod:`lskd_core.sampled_kd`).
 One row per target token (EOS included), rows of sample ``i`` at
 ``row_offsets[i] : row_offsets[i + 1]``; ``row_offsets.npy`` sits beside the shards, its sha256 in
 the fingerprint. A student asking for ``--kd-topk K`` needs a top-K cache with that K (a full cache
@@ -44,6 +46,7 @@ import torch
 
 from lskd_core import __version__ as LSKD_VERSION
 from lskd_core.atomic import atomic_write_json
+from lskd_core.sampled_kd import KDSamples
 from lskd_core.teacher_cache import CacheMismatch, CacheWriter, TeacherCache, file_sha256
 
 from .errors import MissingInputError, UsageError, run_cli
@@ -103,8 +106,9 @@ def _offsets_sha256(offsets: np.ndarray) -> str:
 
 
 def expected_fingerprint(task, split: str, teacher_sha256: Optional[str], topk: Optional[int],
-                         offsets: np.ndarray) -> Dict[str, Any]:
-    """What a cache for ``task``'s ``split`` must have been built with (see the module docstring)."""
+                         offsets: np.ndarray, sample_seed: Optional[int] = None) -> Dict[str, Any]:
+    """What a cache for ``task``'s ``split`` must have been built with (see the module docstring);
+    a sampled cache (``sample_seed`` given) also records the mode and the seed of its draws."""
     data = _single_data_dir(task.cfg.data)
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
     dicts = {}
@@ -113,7 +117,7 @@ def expected_fingerprint(task, split: str, teacher_sha256: Optional[str], topk: 
         if not path.is_file():
             raise MissingInputError(f"{path} not found: the data directory lacks its dictionary")
         dicts[side] = file_sha256(path)
-    return {
+    fingerprint = {
         "teacher_sha256": teacher_sha256,
         "src_dict_sha256": dicts["src"],
         "tgt_dict_sha256": dicts["tgt"],
@@ -126,6 +130,9 @@ def expected_fingerprint(task, split: str, teacher_sha256: Optional[str], topk: 
         "row_layout": ROW_LAYOUT,
         "lskd_version": LSKD_VERSION,
     }
+    if sample_seed is not None:
+        fingerprint.update(topk_mode="sample", sample_seed=int(sample_seed))
+    return fingerprint
 
 
 def _dataset_offsets(task, split: str) -> np.ndarray:
@@ -144,6 +151,17 @@ class TranslationTeacherCache:
     def logits_for_sample(self, sample: Dict[str, Any], temperature: float, device) -> torch.Tensor:
         """Float32 logits [B, L, V] for ``sample``, softmax(z / T) = p_t(T) (padding positions hold
         the sample's first row; the loss masks them)."""
+        rows, shape = self._rows_for_sample(sample)
+        return self.cache.teacher_logits_at(rows, temperature).view(*shape, -1).to(device)
+
+    def samples_for_sample(self, sample: Dict[str, Any], temperature: float, device) -> KDSamples:
+        """A sampled cache's draws for ``sample``: ids, log p_t(T) and weights, each [B, L, K]."""
+        rows, shape = self._rows_for_sample(sample)
+        drawn = self.cache.sampled_at(rows, temperature)
+        return KDSamples(*(part.view(*shape, -1).to(device) for part in drawn))
+
+    def _rows_for_sample(self, sample: Dict[str, Any]):
+        """Cache row ids [B * L] of the batch's target positions, and (B, L)."""
         target = sample["target"]
         mask = target.ne(self.pad).cpu()
         ids = sample["id"].cpu().numpy().astype(np.int64)
@@ -168,8 +186,7 @@ class TranslationTeacherCache:
         else:  # left-padded: the tokens sit at the end of each row
             shift = positions[None, :] - (target.shape[1] - lengths)[:, None]
             rows = np.where(shift >= 0, starts[:, None] + shift, starts[:, None])
-        z = self.cache.teacher_logits_at(rows.reshape(-1), temperature)
-        return z.view(target.shape[0], target.shape[1], -1).to(device)
+        return rows.reshape(-1), (target.shape[0], target.shape[1])
 
 
 def _header_fingerprint(root: str) -> Dict[str, Any]:
@@ -203,7 +220,7 @@ def check_served_temperature(root: str, temperature: float) -> None:
     except (OSError, ValueError):
         return
     served = header.get("temperatures") if isinstance(header, dict) else None
-    if header.get("kind") != "topk" or not isinstance(served, list):
+    if header.get("kind") not in ("topk", "sampled") or not isinstance(served, list):
         return
     if not any(math.isclose(float(t), temperature, rel_tol=1e-12, abs_tol=0.0) for t in served):
         raise CacheMismatch(f"top-K teacher cache {root} serves temperatures = {served} but T = {temperature:g} "
@@ -212,11 +229,12 @@ def check_served_temperature(root: str, temperature: float) -> None:
 
 
 def open_for_task(root: str, task, teacher_path: Optional[str], topk: int, temperature: float,
-                  split: str = "train") -> TranslationTeacherCache:
+                  split: str = "train", mode: str = "top") -> TranslationTeacherCache:
     """Open ``root`` for a student on ``task``; refuses a cache built for anything else.
 
     Without ``teacher_path`` the cache's teacher is trusted (the cache is the teacher); with it,
-    the checkpoint's sha256 must match the one the cache was built from.
+    the checkpoint's sha256 must match the one the cache was built from. ``mode="sample"`` asks
+    for a sampled cache of ``topk`` draws per token (any seed: the cache's own is used).
     """
     if not os.path.isdir(root):
         raise MissingInputError(f"teacher cache {root} not found (from --teacher-cache); build it with "
@@ -228,9 +246,15 @@ def open_for_task(root: str, task, teacher_path: Optional[str], topk: int, tempe
         teacher_sha = file_sha256(teacher_path)
     else:
         teacher_sha = _header_fingerprint(root).get("teacher_sha256")
-    expected = expected_fingerprint(task, split, teacher_sha, topk, offsets)
+    seed = None
+    if mode == "sample":
+        recorded = _header_fingerprint(root).get("sample_seed")
+        seed = int(recorded) if isinstance(recorded, int) else 0
+    expected = expected_fingerprint(task, split, teacher_sha, topk, offsets, sample_seed=seed)
+    kind = ("--sample %d --cache-temperatures T..." % topk if mode == "sample"
+            else "--topk %d --cache-temperatures T..." % topk if topk else "--full")
     hint = (f"rebuild it: python -m fairseq_plugin.teacher_cache build {task.cfg.data} --teacher-path "
-            f"CKPT --out {root} ({'--topk %d --cache-temperatures T...' % topk if topk else '--full'})")
+            f"CKPT --out {root} ({kind})")
     cache = TeacherCache.open(root, expected, temperatures=(temperature,), min_rows=int(offsets[-1]),
                               rebuild_hint=hint)
     vocab = len(task.target_dictionary)
@@ -313,9 +337,13 @@ def _teacher_rows(model, dataset, ids: np.ndarray, pad: int, max_tokens: int, de
 def build(data: str, teacher_path: str, out: str, *, topk: Optional[int] = None,
           temperatures: Sequence[float] = (), dtype: str = "float32", split: str = "train",
           max_tokens: int = 4096, rows_per_shard: Optional[int] = None, device: Optional[str] = None,
-          unsafe: bool = False) -> Dict[str, Any]:
+          unsafe: bool = False, sample: Optional[int] = None, sample_seed: int = 0) -> Dict[str, Any]:
     """Build (or resume) the cache of ``teacher_path`` over ``data``'s ``split``; returns its
-    :func:`lskd_core.teacher_cache.describe` plus samples/tokens."""
+    :func:`lskd_core.teacher_cache.describe` plus samples/tokens. ``topk``: the K largest logits;
+    ``sample``: K tokens drawn from p_t(T) per token and T (sampled-K KD), seeded by ``sample_seed``;
+    neither: all logits."""
+    if topk and sample:
+        raise UsageError("--topk and --sample are two kinds of cache: choose one")
     if ":" in teacher_path:
         raise UsageError("a teacher cache stores one teacher's raw logits; an ensemble's average "
                          "probabilities depend on T: cache each teacher separately or train live")
@@ -334,11 +362,14 @@ def build(data: str, teacher_path: str, out: str, *, topk: Optional[int] = None,
     vocab = len(task.target_dictionary)
     if topk is not None and int(topk) >= vocab:
         raise UsageError(f"--topk {topk} is not below the vocabulary size {vocab}: use --full")
-    fingerprint = expected_fingerprint(task, split, file_sha256(teacher_path), topk, offsets)
+    k = int(topk or sample or 0) or None
+    seed = int(sample_seed) if sample else None
+    fingerprint = expected_fingerprint(task, split, file_sha256(teacher_path), k, offsets, sample_seed=seed)
     per_shard = int(rows_per_shard or max(1, _SHARD_BYTES // (4 * vocab)))
+    kind = "sampled" if sample else "topk" if topk else "full"
     writer = CacheWriter(out, num_classes=vocab, num_rows=int(offsets[-1]), rows_per_shard=per_shard,
-                         kind="topk" if topk else "full", dtype=dtype, topk=int(topk) if topk else None,
-                         temperatures=tuple(temperatures) if topk else (), fingerprint=fingerprint)
+                         kind=kind, dtype=dtype, topk=k, temperatures=tuple(temperatures) if k else (),
+                         fingerprint=fingerprint, sample_seed=seed)
     offsets_path = Path(out) / OFFSETS_FILE
     if not offsets_path.is_file():
         tmp = offsets_path.with_name(OFFSETS_FILE + ".tmp.npy")
@@ -374,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     kind = b.add_mutually_exclusive_group(required=True)
     kind.add_argument("--topk", type=int, help="store the K largest logits per token (+ tail mass per T)")
     kind.add_argument("--full", action="store_true", help="store all V logits per token (small vocabularies)")
+    kind.add_argument("--sample", type=int, metavar="K",
+                      help="store K tokens drawn from the teacher at each served T per token (sampled-K KD, "
+                           "unbiased for full KD; students use --kd-topk K --kd-topk-mode sample)")
+    b.add_argument("--sample-seed", type=int, default=0, help="seed of the --sample draws (in the fingerprint)")
     b.add_argument("--cache-temperatures", type=float, nargs="+", default=[],
                    help="temperatures a top-K cache serves (its tail mass is exact at these)")
     b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -389,17 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     _main.out = args.out  # type: ignore[attr-defined]
-    if args.topk is not None and args.topk < 1:
-        raise UsageError(f"--topk must be >= 1, got {args.topk}")
+    for flag, value in (("--topk", args.topk), ("--sample", args.sample)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.topk and not args.cache_temperatures:
         raise UsageError("--topk needs --cache-temperatures T [T ...]: the tail mass is stored per T")
+    if args.sample and not args.cache_temperatures:
+        raise UsageError("--sample needs --cache-temperatures T [T ...]: tokens are drawn from the teacher at each T")
+    if args.sample_seed < 0:
+        raise UsageError(f"--sample-seed must be >= 0, got {args.sample_seed}")
     if args.full and args.cache_temperatures:
         raise UsageError("--cache-temperatures applies to --topk caches (a full cache serves every T)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = build(args.data, args.teacher_path, args.out, topk=args.topk,
                     temperatures=args.cache_temperatures, dtype=args.dtype, split=args.split,
                     max_tokens=args.max_tokens, rows_per_shard=args.rows_per_shard, device=args.device,
-                    unsafe=args.teacher_unsafe_load)
+                    unsafe=args.teacher_unsafe_load, sample=args.sample, sample_seed=args.sample_seed)
     print(json.dumps(summary))
     return 0
 

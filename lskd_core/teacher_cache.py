@@ -10,6 +10,10 @@ Layout of a cache directory ``DIR``::
         indices.npy      top-K: [rows, K] their class ids (int16 when C allows, else int32)
         tail_lse.npy     top-K: [rows, len(temperatures)] float32 log-sum-exp of the *other*
                          logits divided by T, one column per served temperature
+        indices.npy      sampled: [rows, len(temperatures), K] K token ids drawn from p_t(T) per
+                         row and served T (with replacement; lskd_core.sampled_kd), seeded by the
+                         header's ``sample_seed`` and the shard's first row
+        logp.npy         sampled: [rows, len(temperatures), K] float32 log p_t(T) of each drawn id
         aux.npy          [rows, P] float32 replay parameters (e.g. crop boxes) when P > 0
         shard.json       row range, size and sha256 of every file: the completion marker
 
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 
 from lskd_core.checks import check_temperature
+from lskd_core.sampled_kd import KDSamples
 from lskd_core.teacher_cache_format import (
     DTYPES,
     FORMAT,
@@ -272,10 +277,25 @@ class TeacherCache:
         dtype = str(self.header["dtype"])
         if self.kind == "full":
             return _from_storage(self._gather(rows, "logits"), dtype)
+        if self.kind == "sampled":
+            raise CacheMismatch(f"teacher cache {self.root} holds sampled tokens, not logits: read it with "
+                                f"sampled_at (ls_kd --kd-topk-mode sample), or build a top-K or full cache")
         values = _from_storage(self._gather(rows, "values"), dtype)
         indices = torch.from_numpy(self._gather(rows, "indices").astype(np.int64))
         tail = torch.from_numpy(np.ascontiguousarray(self._gather(rows, "tail_lse")[:, column]))
         return _topk_dense(values, indices, tail, self.num_classes, temperature)
+
+
+    def sampled_at(self, rows: Rows, temperature: float) -> KDSamples:
+        """Sampled cache: the K tokens drawn for each row at T, their ``log p_T`` and importance
+        weights (all 1: drawn from the target itself), for :func:`lskd_core.sampled_kd.sampled_kd_loss`."""
+        if self.kind != "sampled":
+            raise CacheMismatch(f"teacher cache {self.root} is a {self.kind} cache, not a sampled one; "
+                                f"{_rebuild_hint(self.root, self._hint)} with sampling (or ask for its own kind)")
+        column = self._temperature_column(check_temperature(temperature))
+        ids = torch.from_numpy(np.ascontiguousarray(self._gather(rows, "indices")[:, column]).astype(np.int64))
+        logp = torch.from_numpy(np.ascontiguousarray(self._gather(rows, "logp")[:, column]))
+        return KDSamples(ids, logp, torch.ones_like(logp))
 
 
 def _row_ids(rows: Rows, num_rows: int) -> np.ndarray:

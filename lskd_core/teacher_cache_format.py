@@ -21,7 +21,7 @@ from lskd_core.jsonio import file_sha256
 
 FORMAT = "lskd-teacher-cache"
 VERSION = 1
-KINDS = ("full", "topk")
+KINDS = ("full", "topk", "sampled")  # sampled: K tokens drawn per row and T (lskd_core.sampled_kd)
 DTYPES = ("float32", "bfloat16", "float16")
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -89,6 +89,7 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
 def _make_header(
     *, kind: str, dtype: str, topk: Optional[int], num_classes: int, temperatures: Iterable[float],
     num_rows: int, rows_per_shard: int, aux_dim: int, fingerprint: Dict[str, Any],
+    sample_seed: Optional[int] = None,
 ) -> Dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -107,9 +108,14 @@ def _make_header(
             raise ValueError(f"topk must be at most num_classes={num_classes}, got {topk}")
         if not temps:
             raise ValueError("a top-K cache needs the temperatures it will serve (e.g. temperatures=(1, 4))")
+    if kind == "sampled":
+        if isinstance(sample_seed, bool) or not isinstance(sample_seed, int) or sample_seed < 0:
+            raise ValueError(f"a sampled cache needs a non-negative integer sample_seed, got {sample_seed!r}")
+    elif sample_seed is not None:
+        raise ValueError("sample_seed only applies to kind='sampled' caches")
     if not isinstance(fingerprint, dict):
         raise ValueError(f"fingerprint must be a dict (see make_fingerprint), got {type(fingerprint).__name__}")
-    return {
+    header = {
         "format": FORMAT,
         "version": VERSION,
         "kind": kind,
@@ -123,6 +129,9 @@ def _make_header(
         "fingerprint": make_fingerprint(**fingerprint),
         "lskd_version": LSKD_VERSION,
     }
+    if kind == "sampled":  # only there, so that full and top-K headers are unchanged
+        header["sample_seed"] = int(sample_seed)  # type: ignore[arg-type]
+    return header
 
 
 def _rebuild_hint(root: Path, hint: Optional[str]) -> str:
@@ -176,6 +185,10 @@ def _expected_arrays(header: Dict[str, Any], rows: int) -> Dict[str, Tuple[np.dt
     out: Dict[str, Tuple[np.dtype, Tuple[int, ...]]] = {}
     if header["kind"] == "full":
         out["logits.npy"] = (stored, (rows, int(header["num_classes"])))
+    elif header["kind"] == "sampled":
+        shape = (rows, len(header["temperatures"]), int(header["topk"]))
+        out["indices.npy"] = (_index_dtype(int(header["num_classes"])), shape)
+        out["logp.npy"] = (np.dtype(np.float32), shape)
     else:
         k = int(header["topk"])
         out["values.npy"] = (stored, (rows, k))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lskd_core.atomic import atomic_write_json
+from lskd_core.sampled_kd import draw_kd_samples
 from lskd_core.teacher_cache_format import (
     _HEADER,
     _OLD_MARK,
@@ -69,6 +70,22 @@ def _topk_arrays(x: torch.Tensor, k: int, temperatures: Sequence[float]) -> Tupl
     return torch.cat(values), torch.cat(indices), torch.cat(tails).numpy()
 
 
+def _sampled_arrays(x: torch.Tensor, k: int, temperatures: Sequence[float], seed: int, first_row: int
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """(ids [n, len(T), K], log p_T of each id [n, len(T), K] float32): K draws per row from the
+    teacher at each served T (lskd_core.sampled_kd, proposal = target). The generator is seeded by
+    (seed, first row of the shard, T's column), so the draws depend on the header alone, not on
+    which process writes the shard or in which order."""
+    ids, logps = [], []
+    for column, temperature in enumerate(temperatures):
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed((int(seed) * 1_000_003 + int(first_row)) * 1_009 + column)
+        drawn = draw_kd_samples(x, float(temperature), k, generator=generator)
+        ids.append(drawn.ids.cpu().numpy())
+        logps.append(drawn.teacher_logp.cpu().numpy())
+    return np.stack(ids, axis=1), np.stack(logps, axis=1).astype(np.float32)
+
+
 def _save_npy(path: Path, array: np.ndarray) -> Dict[str, Any]:
     with open(path, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
@@ -98,11 +115,13 @@ class CacheWriter:
         temperatures: Iterable[float] = (),
         aux_dim: int = 0,
         fingerprint: Dict[str, Any],
+        sample_seed: Optional[int] = None,
     ) -> None:
         self.root = Path(root)
         self.header = _make_header(
             kind=kind, dtype=dtype, topk=topk, num_classes=num_classes, temperatures=temperatures,
             num_rows=num_rows, rows_per_shard=rows_per_shard, aux_dim=aux_dim, fingerprint=fingerprint,
+            sample_seed=sample_seed,
         )
         header_path = self.root / _HEADER
         if header_path.exists():
@@ -135,8 +154,8 @@ class CacheWriter:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_shards:
             raise ValueError(f"shard index must be in [0, {self.num_shards}), got {index!r}")
 
-    def _arrays(self, logits: torch.Tensor, aux: Optional[Union[torch.Tensor, np.ndarray]], rows: int
-                ) -> Dict[str, np.ndarray]:
+    def _arrays(self, logits: torch.Tensor, aux: Optional[Union[torch.Tensor, np.ndarray]], rows: int,
+                first_row: int = 0) -> Dict[str, np.ndarray]:
         header = self.header
         c = int(header["num_classes"])
         if tuple(logits.shape) != (rows, c):
@@ -146,6 +165,11 @@ class CacheWriter:
         arrays: Dict[str, np.ndarray] = {}
         if header["kind"] == "full":
             arrays["logits.npy"] = _to_storage(logits.cpu(), header["dtype"])
+        elif header["kind"] == "sampled":
+            ids, logp = _sampled_arrays(logits, int(header["topk"]), header["temperatures"],
+                                        int(header["sample_seed"]), first_row)
+            arrays["indices.npy"] = ids.astype(_index_dtype(c))
+            arrays["logp.npy"] = logp
         else:
             values, indices, tail = _topk_arrays(logits, int(header["topk"]), header["temperatures"])
             arrays["values.npy"] = _to_storage(values, header["dtype"])
@@ -174,8 +198,8 @@ class CacheWriter:
         """
         self._check_index(index)
         rows = self.shard_rows(index)
-        arrays = self._arrays(_as_float_tensor(logits, "logits", keep_cuda=self.header["kind"] == "topk"),
-                              aux, len(rows))
+        arrays = self._arrays(_as_float_tensor(logits, "logits", keep_cuda=self.header["kind"] != "full"),
+                              aux, len(rows), rows.start)
         name = _shard_name(index)
         tmp = self.root / f".{name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()

@@ -325,3 +325,75 @@ def test_interrupted_build_resumes_to_identical_shards(data, teacher, full_cache
     assert digests(copy) == digests(full_cache)
     with pytest.raises(CacheMismatch, match="rows_per_shard"):  # other settings: not resumed over
         teacher_cache.build(str(data), str(teacher), str(copy), device="cpu", rows_per_shard=64)
+
+
+# ------------------------------------------------------------------ sampled-K KD (issue 21 item 3) ---
+@pytest.fixture(scope="module")
+def sampled_cache(data, teacher, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sampled") / "cache"
+    summary = teacher_cache.build(str(data), str(teacher), str(out), sample=6, temperatures=(1.0, 2.0),
+                                  sample_seed=4, device="cpu", rows_per_shard=128)
+    assert summary["kind"] == "sampled" and summary["shards"] > 1
+    return out
+
+
+def _live_teacher_logits(teacher, setup, batch):
+    clear_teacher_cache()
+    live = _criterion(setup, ["--teacher-path", str(teacher)])
+    return live.teacher_kd_logits(setup["model"], batch)
+
+
+def test_sampled_cache_holds_draws_from_the_teacher_at_each_temperature(setup, teacher, sampled_cache, data,
+                                                                        tmp_path):
+    reader = teacher_cache.open_for_task(str(sampled_cache), setup["task"], None, topk=6, temperature=2.0,
+                                         mode="sample")
+    batch = setup["batches"][0]
+    mask = batch["target"].ne(setup["task"].target_dictionary.pad())
+    z = _live_teacher_logits(teacher, setup, batch)
+    for temperature in (1.0, 2.0):
+        drawn = reader.samples_for_sample(batch, temperature, torch.device("cpu"))
+        assert drawn.ids.shape == batch["target"].shape + (6,)
+        expected = torch.log_softmax(z.double() / temperature, dim=-1).gather(-1, drawn.ids)
+        assert torch.allclose(drawn.teacher_logp.double()[mask], expected[mask], atol=1e-5)
+        assert bool((drawn.weights == 1).all())
+    # the draws are a function of the seed: the same seed rebuilds byte-identical shards, another differs
+    again = tmp_path / "again"
+    teacher_cache.build(str(data), str(teacher), str(again), sample=6, temperatures=(1.0, 2.0), sample_seed=4,
+                        device="cpu", rows_per_shard=128)
+    for name in ("indices.npy", "logp.npy"):
+        assert (again / "shard-00001" / name).read_bytes() == (sampled_cache / "shard-00001" / name).read_bytes()
+    with pytest.raises(CacheMismatch, match="sample_seed"):  # resuming with another seed is refused
+        teacher_cache.build(str(data), str(teacher), str(again), sample=6, temperatures=(1.0, 2.0),
+                            sample_seed=5, device="cpu", rows_per_shard=128)
+
+
+def test_sampled_student_is_unbiased_for_full_kd_and_validates_with_it(setup, teacher, sampled_cache):
+    batch = setup["batches"][0]
+    args = ["--kd-temperature", "2", "--teacher-path", str(teacher)]
+    full = float(_losses(_criterion(setup, args), setup)[0])
+    sampled = _criterion(setup, args + ["--kd-topk", "6", "--kd-topk-mode", "sample"])
+    with torch.no_grad():
+        draws = torch.tensor([float(sampled(setup["model"], batch)[0]) for _ in range(300)], dtype=torch.float64)
+    se = float(draws.std() / draws.numel() ** 0.5)
+    assert abs(float(draws.mean()) - full) < 4 * se, (float(draws.mean()), full, se)
+    assert float(draws.std()) > 0  # fresh draws every step
+    sampled.eval()  # validation: the exact full-vocabulary KD the estimator estimates
+    with torch.no_grad():
+        assert float(sampled(setup["model"], batch)[0]) == pytest.approx(full, rel=1e-6)
+    cached = _criterion(setup, ["--kd-temperature", "2", "--kd-topk", "6", "--kd-topk-mode", "sample",
+                                "--teacher-cache", str(sampled_cache)])
+    first, second = _losses(cached, setup)[0], _losses(cached, setup)[0]
+    assert torch.isfinite(first) and float(first) == float(second)  # cached draws are fixed
+
+
+def test_sampled_and_topk_caches_are_not_interchangeable(setup, teacher, sampled_cache, topk_cache):
+    with pytest.raises(CacheMismatch, match="topk_mode|sample_seed"):
+        _losses(_criterion(setup, ["--kd-temperature", "2", "--kd-topk", "6", "--teacher-cache",
+                                   str(sampled_cache)]), setup)
+    with pytest.raises(CacheMismatch, match="topk_mode|sample_seed"):
+        _losses(_criterion(setup, ["--kd-temperature", "2", "--kd-topk", "5", "--kd-topk-mode", "sample",
+                                   "--teacher-cache", str(topk_cache)]), setup)
+    from fairseq_plugin.errors import CriterionConfigError
+
+    with pytest.raises(CriterionConfigError, match="needs --kd-topk K > 0"):
+        _criterion(setup, ["--kd-topk-mode", "sample", "--teacher-path", str(teacher)])

@@ -29,6 +29,13 @@ Where the teacher's logits come from (``get_teacher_logits``):
   the KD term is skipped and logged once; ``loss`` is then the label-smoothed CE term while
   ``nll_loss``/``ppl`` are unchanged. A training step without its teacher is an error.
 
+Sampled-K KD (``--kd-topk K --kd-topk-mode sample``; Anshumann et al., ACL 2025): instead of the
+top-K target (biased: the tail is spread uniformly), each training step uses K tokens drawn from the
+teacher at T (live, with a generator seeded by ``--seed``; or fixed draws from a ``build --sample K``
+cache), ``T^2 * mean_k (log p_t(x_k) - log softmax(s/T)(x_k))``, whose expectation and gradient are
+those of full-vocabulary KD (:mod:`lskd_core.sampled_kd`). Validation uses the exact full KD. The
+live generator restarts with the process (a resumed run draws a new stream).
+
 Table 5 / Table B.2 of the paper are the grid alpha (teacher's ``--label-smoothing`` when it was
 trained with ``label_smoothed_cross_entropy``) x T (``--kd-temperature`` here) in {1, 2, 3, 64}.
 
@@ -49,12 +56,13 @@ import torch
 import torch.nn.functional as F
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
 from lskd_core.losses import kd_loss, ls_cross_entropy, ls_kd_loss_terms
+from lskd_core.sampled_kd import KDSamples, draw_kd_samples, sampled_kd_loss
 
 from ..errors import CriterionConfigError, TeacherNotFoundError
 from ..teacher import TeacherEnsemble, get_teacher, split_teacher_paths
@@ -101,6 +109,15 @@ class LsKdConfig(FairseqDataclass):
             "spread the remaining mass uniformly over the other V-K tokens (K >= V equals full)"
         },
     )
+    kd_topk_mode: ChoiceEnum(["top", "sample"]) = field(  # type: ignore[valid-type]
+        default="top",
+        metadata={
+            "help": "with --kd-topk K: 'top' keeps the teacher's K most probable tokens (biased against "
+            "full KD); 'sample' draws K tokens from the teacher at T each step (or reads a --sample "
+            "cache) with importance weights, an unbiased estimate of full-vocabulary KD (Anshumann et "
+            "al., ACL 2025). Validation always uses full KD in 'sample' mode"
+        },
+    )
     kd_chunk_rows: int = field(
         default=0,
         metadata={"help": "rows per chunk of the float32 KD computation (0 = automatic, ~4M elements)"},
@@ -115,6 +132,7 @@ class LsKdConfig(FairseqDataclass):
     report_accuracy: bool = field(default=False, metadata={"help": "report accuracy metric"})
     ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
     sentence_avg: bool = II("optimization.sentence_avg")
+    seed: int = II("common.seed")
 
 
 LskdCriterionConfig = LsKdConfig  # the name before fairseq's naming convention was adopted
@@ -179,6 +197,8 @@ class LskdCriterion(FairseqCriterion):
         report_accuracy: bool = False,
         ignore_prefix_size: int = 0,
         teacher_cache: str = "",
+        kd_topk_mode: str = "top",
+        seed: int = 1,
     ):
         super().__init__(task)
         self.sentence_avg = sentence_avg
@@ -191,6 +211,14 @@ class LskdCriterion(FairseqCriterion):
             if int(value) < 0:
                 raise CriterionConfigError(f"{name} must be >= 0 ({meaning}), got {value!r}")
         self.topk = int(kd_topk)
+        self.topk_mode = str(kd_topk_mode)
+        if self.topk_mode not in ("top", "sample"):
+            raise CriterionConfigError(f"kd_topk_mode must be 'top' or 'sample', got {kd_topk_mode!r}")
+        if self.topk_mode == "sample" and self.topk == 0:
+            raise CriterionConfigError("--kd-topk-mode sample needs --kd-topk K > 0 (the tokens drawn per target "
+                                       "position); --kd-topk 0 is full KD, which needs no sampling")
+        self._seed = int(seed)
+        self._generator: Optional[torch.Generator] = None  # sample mode, live teacher: made on first use
         self.chunk_rows = int(kd_chunk_rows) or None
         self.ignore_prefix_size = int(ignore_prefix_size)
         self.report_accuracy = report_accuracy
@@ -231,9 +259,32 @@ class LskdCriterion(FairseqCriterion):
         ensemble = get_teacher(self.teacher_paths, self.task, unsafe=self.unsafe_load)
         return ensemble.to(param.device, param.dtype)
 
+    def _live_topk(self) -> int:
+        """K of the live teacher's dense target: sample mode validates with full KD (its expectation)."""
+        return 0 if self.topk_mode == "sample" else self.topk
+
     def teacher_kd_logits(self, model, sample) -> torch.Tensor:
         """The live teacher's logits z with softmax(z / T) = KD target, [B, L, V] (unstripped)."""
-        return self.teacher(model).kd_logits(sample["net_input"], self.kd_temperature, self.topk)
+        return self.teacher(model).kd_logits(sample["net_input"], self.kd_temperature, self._live_topk())
+
+    def get_teacher_samples(self, model, sample) -> KDSamples:
+        """Sample mode, training step: K tokens per target position drawn from the teacher at T (from
+        a ``--sample`` cache, or from the live teacher with a generator seeded by ``--seed``), prefix
+        stripped. Override to draw from elsewhere."""
+        param = next(model.parameters())
+        if self.cache_dir:
+            drawn = self.teacher_cache().samples_for_sample(sample, self.kd_temperature, param.device)
+        else:
+            if self.missing_teachers:
+                raise TeacherNotFoundError(
+                    f"teacher checkpoint not found: {self.missing_teachers[0]} (from --teacher-path); "
+                    f"restore it, pass the right path, or train from --teacher-cache DIR")
+            if self._generator is None or self._generator.device != param.device:
+                self._generator = torch.Generator(device=param.device)
+                self._generator.manual_seed(self._seed * 7919 + 17)  # not the student's own stream
+            z = self.teacher(model).kd_logits(sample["net_input"], self.kd_temperature, 0)
+            drawn = draw_kd_samples(z, self.kd_temperature, self.topk, generator=self._generator)
+        return KDSamples(*(self._strip_prefix(part) for part in drawn))
 
     def teacher_cache(self):
         """The opened, fingerprint-checked teacher-output cache (``--teacher-cache``)."""
@@ -242,7 +293,7 @@ class LskdCriterion(FairseqCriterion):
 
             teacher = self.teacher_paths[0] if self.teacher_paths else None
             self._cache = open_for_task(self.cache_dir, self.task, teacher_path=teacher,
-                                        topk=self.topk, temperature=self.kd_temperature)
+                                        topk=self.topk, temperature=self.kd_temperature, mode=self.topk_mode)
         return self._cache
 
     def _skip_kd(self, reason: str) -> None:
@@ -283,7 +334,7 @@ class LskdCriterion(FairseqCriterion):
             ensemble = get_teacher((self._eval_teacher,), self.task, unsafe=self.unsafe_load)
             param = next(model.parameters())
             logits = ensemble.to(param.device, param.dtype).kd_logits(
-                sample["net_input"], self.kd_temperature, self.topk)
+                sample["net_input"], self.kd_temperature, self._live_topk())
             return self._strip_prefix(logits)
         return self._strip_prefix(self.teacher_kd_logits(model, sample))
 
@@ -308,6 +359,8 @@ class LskdCriterion(FairseqCriterion):
             raise CriterionConfigError("the ls_kd criterion supports reduce=True only")
         logits, target = self.get_logits_and_target(model, net_output, sample)
         mask = target.ne(self.padding_idx)
+        if self.topk_mode == "sample" and self.training and self.beta > 0:
+            return self.compute_sampled_loss(model, sample, logits, target, mask)
         teacher_logits = self.get_teacher_logits(model, sample)
         kd_value: Optional[torch.Tensor] = None
         if teacher_logits is not None and self.beta == 1.0:
@@ -330,6 +383,18 @@ class LskdCriterion(FairseqCriterion):
             )
             ce_value = loss.detach()
         return loss, LossParts(masked_nll_sum(logits, target, mask), ce_value, kd_value)
+
+    def compute_sampled_loss(self, model, sample, logits: torch.Tensor, target: torch.Tensor,
+                             mask: torch.Tensor) -> Tuple[torch.Tensor, LossParts]:
+        """Sample mode: ``(1 - beta) * LS-CE + beta * sampled-K KD`` (lskd_core.sampled_kd), summed."""
+        kd_value = sampled_kd_loss(logits, self.get_teacher_samples(model, sample), self.kd_temperature,
+                                   mask=mask, reduction="sum")
+        ce_value, nll = logged_ce_and_nll(logits, target, mask, self.eps)
+        loss = kd_value
+        if self.beta < 1.0:
+            ce = ls_cross_entropy(logits, target, self.eps, mask=mask, reduction="sum", exclude_true_class=True)
+            loss = (1.0 - self.beta) * ce + self.beta * kd_value
+        return loss, LossParts(nll, ce_value, kd_value.detach())
 
     @torch.no_grad()
     def compute_accuracy(self, model, net_output, sample) -> Tuple[torch.Tensor, torch.Tensor]:
