@@ -6,7 +6,9 @@
    student, same batches, measured in alternating blocks in one run (so machine load drifts hit
    both alike). Prints the ratio ls_kd / LSCE, and the time per update of ``ls_kd`` reading a
    top-K teacher cache (``--teacher-cache``, issue 10; target <= 1.15x LSCE) with the cache's disk
-   bytes per target token.
+   bytes per target token; the same from a sampled-K cache (``build --sample K``, ``--kd-topk-mode
+   sample``), and each sparse target's bias against full-vocabulary KD on one batch (top-K: the
+   loss itself; sampled-K: the mean of 100 draws with its standard error).
 2. peak memory of the KD loss + backward at a 32k vocabulary: ``lskd_core.losses.kd_loss``
    (row-chunked, float32 per chunk) and the whole ``ls_kd`` criterion math, against the naive
    ``F.kl_div(log_softmax(s/T), log_softmax(t/T))`` path. On CUDA this reads
@@ -163,19 +165,37 @@ def _make_teacher(data: Path, workdir: Path, arch: list = ARCH) -> Path:
     return save / "checkpoint_last.pt"
 
 
-def build_cache(data: Path, teacher: Path, out: Path, topk: int, temperature: float, device: str) -> dict:
-    """A top-K teacher cache over the training set (issue 10): its build time and size."""
+def build_cache(data: Path, teacher: Path, out: Path, topk: int, temperature: float, device: str,
+                sample: bool = False) -> dict:
+    """A top-K (or, with ``sample``, a sampled-K) teacher cache over the training set: build time and size."""
     from fairseq_plugin.teacher_cache import build
 
     start = time.perf_counter()
-    summary = build(str(data), str(teacher), str(out), topk=topk, temperatures=(temperature,),
-                    device="cuda" if device.startswith("cuda") else "cpu")
+    kind = {"sample": topk} if sample else {"topk": topk}
+    summary = build(str(data), str(teacher), str(out), temperatures=(temperature,),
+                    device="cuda" if device.startswith("cuda") else "cpu", **kind)
     summary["build_seconds"] = time.perf_counter() - start
     return summary
 
 
+def bias_bench(criteria: dict, model, sample, draws: int = 100) -> dict:
+    """KD loss of one batch (student in eval mode): full vocabulary, top-K, and the mean [± standard
+    error] of ``draws`` sampled-K estimates (Anshumann et al.): the top-K bias against the sampled one."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        full = float(criteria["ls_kd_full"](model, sample)[0])
+        top = float(criteria["ls_kd_topk_live"](model, sample)[0])
+        sampled = torch.tensor([float(criteria["ls_kd_sampled_live"](model, sample)[0]) for _ in range(draws)],
+                               dtype=torch.float64)
+    se = float(sampled.std() / draws ** 0.5)
+    return {"full": full, "topk": top, "topk_bias": top - full, "sampled_mean": float(sampled.mean()),
+            "sampled_bias": float(sampled.mean()) - full, "sampled_se": se, "draws": draws}
+
+
 def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_tokens: int, device: str,
-                     cache: Path = None, topk: int = 0, arch: list = ARCH) -> dict:
+                     cache: Path = None, topk: int = 0, arch: list = ARCH, sampled_cache: Path = None) -> dict:
     import torch
     from fairseq import options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -201,6 +221,10 @@ def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_toke
         criteria["ls_kd_topk_cache"] = task.build_criterion(cfg([
             "--criterion", "ls_kd", "--teacher-cache", str(cache), "--kd-topk", str(topk),
             "--kd-temperature", "2", "--label-smoothing", "0.1"]).criterion)
+    if sampled_cache is not None:
+        criteria["ls_kd_sampled_cache"] = task.build_criterion(cfg([
+            "--criterion", "ls_kd", "--teacher-cache", str(sampled_cache), "--kd-topk", str(topk),
+            "--kd-topk-mode", "sample", "--kd-temperature", "2", "--label-smoothing", "0.1"]).criterion)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     itr = task.get_batch_iterator(task.dataset("train"), max_tokens=max_tokens, seed=1).next_epoch_itr(shuffle=True)
     batches = [utils.move_to_cuda(b) if device.startswith("cuda") else b for b, _ in zip(itr, range(block))]
@@ -232,8 +256,17 @@ def throughput_bench(data: Path, teacher: Path, steps: int, block: int, max_toke
     lsce = words["label_smoothed_cross_entropy"]
     # time per update relative to LSCE (same batches): the inverse of the words/s ratio
     time_ratio = {name: lsce / w for name, w in words.items()}
-    return {"words_per_s": words, "ratio_ls_kd_over_lsce": words["ls_kd"] / lsce,
-            "time_per_update_over_lsce": time_ratio, "steps_each": done, "max_tokens": max_tokens}
+    result = {"words_per_s": words, "ratio_ls_kd_over_lsce": words["ls_kd"] / lsce,
+              "time_per_update_over_lsce": time_ratio, "steps_each": done, "max_tokens": max_tokens}
+    if topk > 0:  # bias of each sparse target against full KD on one batch, beta = 1
+        live = ["--criterion", "ls_kd", "--teacher-path", str(teacher), "--kd-temperature", "2"]
+        kinds = {"ls_kd_full": [], "ls_kd_topk_live": ["--kd-topk", str(topk)],
+                 "ls_kd_sampled_live": ["--kd-topk", str(topk), "--kd-topk-mode", "sample"]}
+        judges = {name: task.build_criterion(cfg(live + extra).criterion) for name, extra in kinds.items()}
+        for criterion in judges.values():
+            criterion.train()  # sample mode draws in training steps only
+        result["bias"] = bias_bench(judges, model, batches[0])
+    return result
 
 
 def main(argv=None) -> int:
@@ -290,12 +323,15 @@ def main(argv=None) -> int:
                 data = _prepare_preset_data(Path(tmp), shapes["prepare_args"]) if shapes else _prepare_data(Path(tmp))
             teacher = (Path(args.teacher) if args.teacher
                        else _make_teacher(data, Path(tmp), shapes["teacher"] if shapes else ARCH))
-            cache_dir, cache = None, None
+            cache_dir, cache, sampled_dir, sampled = None, None, None, None
             if args.cache_topk > 0:
                 cache_dir = Path(tmp) / "teacher_cache"
                 cache = build_cache(data, teacher, cache_dir, args.cache_topk, 2.0, args.device)
+                sampled_dir = Path(tmp) / "sampled_cache"
+                sampled = build_cache(data, teacher, sampled_dir, args.cache_topk, 2.0, args.device, sample=True)
             thr = throughput_bench(data, teacher, args.steps, args.block, args.max_tokens, args.device,
-                                   cache=cache_dir, topk=args.cache_topk, arch=shapes["student"] if shapes else ARCH)
+                                   cache=cache_dir, topk=args.cache_topk, arch=shapes["student"] if shapes else ARCH,
+                                   sampled_cache=sampled_dir)
         words = thr["words_per_s"]
         shape = f"preset {args.preset}'s teacher and student" if shapes else "teacher of the student's arch"
         print(f"student training step ({shape}), {thr['steps_each']} steps each, max-tokens {thr['max_tokens']}:")
@@ -311,6 +347,15 @@ def main(argv=None) -> int:
                   f"{cache['bytes_per_token']:.1f} bytes/token ({cache['dtype']}, K = {cache['topk']}, "
                   f"vocabulary {cache['num_classes']}), built in {cache['build_seconds']:.1f} s")
             thr["cache"] = cache
+            k = args.cache_topk
+            print(f"  ls_kd from a sampled-{k} cache {words['ls_kd_sampled_cache']:9.0f} words/s "
+                  f"({ratio['ls_kd_sampled_cache']:.3f}x LSCE; {sampled['bytes_per_token']:.1f} bytes/token, "
+                  f"built in {sampled['build_seconds']:.1f} s)")
+            bias = thr["bias"]
+            print(f"  KD loss of one batch at T = 2 (sum over tokens): full {bias['full']:.2f}; top-{k} "
+                  f"{bias['topk']:.2f} (bias {bias['topk_bias']:+.2f}); sampled-{k} mean of {bias['draws']} draws "
+                  f"{bias['sampled_mean']:.2f} (bias {bias['sampled_bias']:+.2f} ± {bias['sampled_se']:.2f} s.e.)")
+            thr["sampled_cache"] = sampled
         report["throughput"] = thr
     print(json.dumps(report))
     return 0

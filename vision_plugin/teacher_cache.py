@@ -153,7 +153,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-temperatures", type=float, nargs="+", default=[],
                        help="temperatures a top-K cache serves")
     build.add_argument("--rows-per-shard", type=int, default=8192, help="rows per shard file set")
+    _accept_carried_trainer_flags(build, trainer_parser(add_help=False))
     return parser
+
+
+_CARRIED = "carried__"  # dest prefix of trainer flags the builder accepts but does not use
+
+
+def _accept_carried_trainer_flags(build: argparse.ArgumentParser, trainer: argparse.ArgumentParser) -> None:
+    """Every other trainer flag (``--val-samples``, ``--lr``, ...) is accepted, so that a trainer
+    command line can be copied here; ``main`` names the ones given as ignored in one line."""
+    for action in trainer._actions:
+        if action.dest in _SHARED_FLAGS or action.dest == "help" or not action.option_strings:
+            continue
+        if any(flag in build._option_string_actions for flag in action.option_strings):
+            continue  # the builder's own flag of that name (e.g. --epochs, --seed) wins
+        action.dest, action.default, action.required = _CARRIED + action.dest, argparse.SUPPRESS, False
+        action.help = argparse.SUPPRESS
+        build._add_action(action)
+
+
+def ignored_trainer_flags(args: argparse.Namespace) -> List[str]:
+    """The carried-over trainer flags given on the command line (as ``--flag-name``)."""
+    return sorted("--" + key[len(_CARRIED):].replace("_", "-") for key in vars(args) if key.startswith(_CARRIED))
 
 
 def _build_args_check(args: argparse.Namespace) -> None:
@@ -226,7 +248,20 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     from vision_plugin.cli_errors import run_cli
 
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    carried_aug_seed = getattr(args, _CARRIED + "aug_seed", None)
+    if carried_aug_seed is not None and carried_aug_seed != args.seed:
+        parser.error(f"--aug-seed {carried_aug_seed} differs from --seed {args.seed}: the cache's --seed is the "
+                     f"students' --aug-seed; give one value")
+    for dest in ("amp", "skip_bad_images"):
+        if getattr(args, _CARRIED + dest, False):
+            parser.error(f"--{dest.replace('_', '-')} is not supported by the cache builder (the cached views and "
+                         f"logits would differ from the students'); drop it here")
+    ignored = [flag for flag in ignored_trainer_flags(args) if flag != "--aug-seed"]
+    if ignored:
+        print(f"note: {', '.join(ignored)}: trainer flag(s) that do not change the teacher's cached outputs; "
+              f"ignored", file=sys.stderr)
 
     def body() -> None:
         summary = build(args)

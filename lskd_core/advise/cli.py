@@ -21,13 +21,11 @@ from lskd_core.advise.runner import (
 )
 from lskd_core.advise.teachers import install_external_teachers
 from lskd_core.jsonio import write_json
+from lskd_core.study.cli_flags import add_progress_flag, add_settings, add_source_flags, settings_overrides
 from lskd_core.study.config import (
     StudyConfig,
-    add_set_argument,
-    available_presets,
     check_models,
     load_config,
-    parse_set_items,
 )
 from lskd_core.study.lock import StudyLock
 from lskd_core.study.plan import build_plan
@@ -43,9 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Recommend (alpha, T) at a fraction of the full grid's cost: successive halving over the "
                     "grid's cells (Optuna), fed by the teacher cache, with a confidence from the finalists' seeds. "
                     "Settings as for the study: preset < --config file < flags. Writes <study>/advise/.")
-    p.add_argument("--preset", help=f"base settings (default demo); one of: {', '.join(available_presets())}")
-    p.add_argument("--config", help="study config file (.json or .toml)")
-    p.add_argument("--out", help="study directory (default runs/<preset>); its teachers and caches are reused")
+    add_source_flags(p)
+    add_progress_flag(p)  # the advisor draws no bar; accepted so that a study command line carries over
     p.add_argument("--teacher", action="append", default=[], metavar="ALPHA=CKPT",
                    help="use this trained teacher checkpoint for ALPHA instead of training one (repeat per alpha)")
     g = p.add_argument_group("allocation")
@@ -57,22 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         "screening every cell that long would exceed the budget (docs/advise.md)")
     g.add_argument("--order-seed", type=int, default=0, help="seed of the order in which cells arrive at a rung")
     g.add_argument("--no-signals", action="store_true", help="no feature exports: no eta, no teacher entropy")
-    s = p.add_argument_group("settings (override the preset and the config file)")
-    for flag in ("--dataset", "--data-path", "--teacher-model", "--student-model", "--device"):
-        s.add_argument(flag)
-    s.add_argument("--alphas", type=float, nargs="+")
-    s.add_argument("--temperatures", type=float, nargs="+")
-    s.add_argument("--seeds", type=int, help="number of student seeds (0..n-1): the most a finalist gets")
-    s.add_argument("--teacher-epochs", type=int)
-    s.add_argument("--student-epochs", type=int)
-    s.add_argument("--train-samples", type=int)
-    s.add_argument("--val-samples", type=int)
-    add_set_argument(s)
+    add_settings(p)
     return p
-
-
-_DIRECT = ("dataset", "data_path", "teacher_model", "student_model", "device", "alphas", "temperatures", "seeds",
-           "teacher_epochs", "student_epochs", "train_samples", "val_samples", "out")
 
 
 def _teacher_specs(specs: Sequence[str]) -> Dict[float, str]:
@@ -190,12 +173,6 @@ def _min_epochs(value: str) -> Optional[int]:
     return n
 
 
-def _overrides(ns: argparse.Namespace) -> Dict[str, Any]:
-    out = {k: getattr(ns, k) for k in _DIRECT if getattr(ns, k, None) is not None}
-    out.update(parse_set_items(ns.set))
-    return out
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Bad input (a setting, a teacher, nothing to choose) -> one ``error:`` line, exit 2."""
     ns = _parser().parse_args(argv)
@@ -206,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ns.min_epochs = _min_epochs(ns.min_epochs)
         if ns.reduction_factor < 2:
             raise ValueError(f"--reduction-factor must be >= 2, got {ns.reduction_factor}")
-        cfg = load_config(ns.preset, ns.config, _overrides(ns))
+        cfg = load_config(ns.preset, ns.config, settings_overrides(ns))
         # its students' early eta comes from per-epoch exports (evidence.py); the grid's eta references
         # (eta_during_training) are exports of the grid's students, which the advisor never runs
         cfg.eta_during_training = False

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lskd_core.study.config import add_set_argument, available_presets, check_models, load_config, parse_set_items
+from lskd_core.study.cli_flags import add_progress_flag, add_settings, add_source_flags, settings_overrides
+from lskd_core.study.config import check_models, load_config
 from lskd_core.study.dispatch import prepare_for_dispatch
 from lskd_core.study.launchers import LAUNCHERS
 from lskd_core.study.runner import StudyOutcome, run_study
 from lskd_core.study.status import study_status
-from lskd_core.study.tasks import task_names
 
 __all__ = ["main"]
 
@@ -25,15 +25,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the label-smoothing x KD-temperature study (teachers per alpha, students per "
                     "alpha x T x seed, analyses) and write a report. Settings: preset < --config file < flags.",
         epilog=EXIT_STATUS_HELP)
-    p.add_argument("--preset", help=f"base settings (default demo); one of: {', '.join(available_presets())}")
-    p.add_argument("--config", help="study config file (.json or .toml) with StudyConfig settings")
-    p.add_argument("--out", help="study directory (default runs/<preset>)")
+    add_source_flags(p)
     p.add_argument("--print-commands", action="store_true",
                    help="print every run's command (one per line, dependency order) and exit; also writes "
                         "each run dir's run_config.json so --report-only can verify the collected results")
     p.add_argument("--report-only", action="store_true",
                    help="launch nothing: write the report from the run dirs that are finished")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.add_argument("--launcher", choices=sorted(LAUNCHERS),
                    help="how runs are started (default: the config's launcher, else local); 'slurm' submits "
                         "each run as a batch job with its dependencies (settings: the config's [launcher] table)")
@@ -42,56 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true",
                    help="with a detached launcher (slurm): exit once every run is submitted; run the same "
                         "command again to collect the results and write the report")
-    g = p.add_argument_group("settings (override the preset and the config file)")
-    g.add_argument("--task", choices=task_names())
-    for flag in ("--dataset", "--data-path", "--teacher-model", "--student-model"):
-        g.add_argument(flag)
-    g.add_argument("--alphas", type=float, nargs="+")
-    g.add_argument("--temperatures", type=float, nargs="+")
-    g.add_argument("--seeds", type=int, help="number of student seeds (0..n-1)")
-    g.add_argument("--teacher-seed", type=int)
-    g.add_argument("--epochs", type=int, help="teacher and student epochs")
-    g.add_argument("--teacher-epochs", type=int)
-    g.add_argument("--student-epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="teacher and student batch size")
-    g.add_argument("--lr", type=float, help="teacher and student learning rate")
-    g.add_argument("--teacher-lr", type=float)
-    g.add_argument("--student-lr", type=float)
-    g.add_argument("--train-samples", type=int)
-    g.add_argument("--val-samples", type=int)
-    g.add_argument("--target-classes", type=int, nargs="+")
-    g.add_argument("--projection-classes", type=int, nargs=3)
-    g.add_argument("--kd-beta", type=float)
-    g.add_argument("--device")
-    g.add_argument("--nproc", type=int, help="processes per run (torch.distributed.run when > 1)")
-    g.add_argument("--workers", type=int)
-    g.add_argument("--jobs", type=int, help="runs executed at the same time (default 1)")
-    g.add_argument("--no-analysis", action="store_true", help="train only; skip feature exports and analyses")
-    add_set_argument(g)
+    add_settings(p)
     return p
-
-
-_DIRECT = ("task", "dataset", "data_path", "teacher_model", "student_model", "alphas", "temperatures", "seeds",
-           "teacher_seed", "teacher_epochs", "student_epochs", "teacher_lr", "student_lr", "train_samples",
-           "val_samples", "target_classes", "projection_classes", "kd_beta", "device", "nproc", "workers",
-           "jobs", "out", "launcher")
-
-
-def _overrides(ns: argparse.Namespace) -> dict:
-    """Flags -> StudyConfig fields (values are validated once, by StudyConfig.validate)."""
-    o = {k: getattr(ns, k) for k in _DIRECT if getattr(ns, k, None) is not None}
-    if ns.epochs is not None:
-        o.setdefault("teacher_epochs", ns.epochs)
-        o.setdefault("student_epochs", ns.epochs)
-    if ns.batch_size is not None:
-        o["teacher_batch_size"] = o["student_batch_size"] = ns.batch_size
-    if ns.lr is not None:
-        o.setdefault("teacher_lr", ns.lr)
-        o.setdefault("student_lr", ns.lr)
-    if ns.no_analysis:
-        o["analysis"] = False
-    o.update(parse_set_items(ns.set))
-    return o
 
 
 def _print_commands(lines: Sequence[str]) -> int:
@@ -139,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ns = _parser().parse_args(argv)
     study_dir: Optional[Path] = None
     try:
-        cfg = load_config(ns.preset, ns.config, _overrides(ns))
+        cfg = load_config(ns.preset, ns.config, settings_overrides(ns))
         study_dir = Path(cfg.out or os.path.join("runs", cfg.name))
         if ns.status:
             print("\n".join(study_status(cfg, study_dir)))
