@@ -77,3 +77,19 @@ def test_small_translation_demo_end_to_end(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## 1. BLEU grid (Table 5)" in report and "95 % interval" in report
     assert (tmp_path / "report" / "accuracy_vs_T.png").is_file()
+
+
+def test_sampled_mode_plans_sampled_caches_and_students():
+    cfg = S.load_config("translation-demo", overrides={"cache_topk_mode": "sample"})
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    cache = plan["cache_teacher_a0.1"] if "cache_teacher_a0.1" in plan else next(
+        r for r in plan.values() if r.kind == "cache")
+    assert "--sample" in cache.args and "--topk" not in cache.args
+    student = plan["student_a0.1_T64_s0"]
+    assert student.args[student.args.index("--kd-topk-mode") + 1] == "sample"
+    top = {r.run_id: r for r in S.build_plan(S.load_config("translation-demo"))}
+    assert top["student_a0.1_T64_s0"].hash != student.hash  # the mode is part of the run's identity
+    with pytest.raises(ValueError, match="cache_topk_mode"):
+        S.load_config("translation-demo", overrides={"cache_topk_mode": "random"})
+    with pytest.raises(ValueError, match="set cache_topk = K"):
+        S.load_config("translation-demo", overrides={"cache_topk_mode": "sample", "cache_topk": 0})

@@ -65,6 +65,7 @@ class StudyConfig:
     cache: bool = True  # False: every student runs its teacher live
     cache_dtype: str = "float32"  # stored logit dtype: float32 (exact), bfloat16 or float16
     cache_topk: Optional[int] = None  # None or 0: all logits; K: top-K + exact tail mass at the grid's T
+    cache_topk_mode: str = "top"  # translation: "sample" = K tokens drawn per token (Anshumann et al., ACL 2025)
     cache_aug_seed: int = 0  # the recorded augmentation stream, shared by every student seed
     # --- temperature variants (vision; docs/study.md "Temperature variants") ---
     kd_variant: str = "standard"  # the grid's KD term: "standard" or "teacher_only_T" (TTM, Zheng & Yang 2024)
@@ -354,6 +355,11 @@ def _validate_teachers_and_cache(cfg: StudyConfig) -> None:
     if cfg.cache_dtype not in _CACHE_DTYPES:
         raise ValueError(f"cache_dtype must be one of {list(_CACHE_DTYPES)}, got {cfg.cache_dtype!r}")
     _caps(cfg, ("cache_topk",))
+    if cfg.cache_topk_mode not in ("top", "sample"):
+        raise ValueError(f"cache_topk_mode must be 'top' or 'sample', got {cfg.cache_topk_mode!r}")
+    if cfg.cache_topk_mode == "sample" and not cfg.cache_topk:
+        raise ValueError("cache_topk_mode = 'sample' draws cache_topk tokens per target token: set cache_topk = K "
+                         "(e.g. 64)")
     cfg.matched_temperatures = _temperature_list(cfg.matched_temperatures, "matched_temperatures")
     if len(set(cfg.matched_temperatures)) != len(cfg.matched_temperatures):
         raise ValueError(f"matched_temperatures has duplicates: {cfg.matched_temperatures}")

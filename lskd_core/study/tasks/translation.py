@@ -115,7 +115,8 @@ def _teacher_args(cfg: "StudyConfig", data: str, alpha: float, teacher_seed: int
 
 def _cache_args(cfg: "StudyConfig", data: str, t_id: str) -> List[str]:
     """The teacher's outputs on every target token of the training set (eval mode: no epochs)."""
-    kind = (["--topk", str(cfg.cache_topk), "--cache-temperatures"] + [num(t) for t in cfg.temperatures]
+    flag = "--sample" if cfg.cache_topk_mode == "sample" else "--topk"
+    kind = ([flag, str(cfg.cache_topk), "--cache-temperatures"] + [num(t) for t in cfg.temperatures]
             if cfg.cache_topk else ["--full"])
     return ["build", data, "--teacher-path", f"{{study}}/runs/{t_id}/checkpoint_best.pt"] + kind + [
         "--dtype", cfg.cache_dtype, "--max-tokens", str(cfg.max_tokens),
@@ -123,10 +124,12 @@ def _cache_args(cfg: "StudyConfig", data: str, t_id: str) -> List[str]:
 
 
 def _kd_source(cfg: "StudyConfig", t_id: str) -> List[str]:
-    """The student's teacher: its cache (with --kd-topk K for a top-K cache) or the live checkpoint."""
+    """The student's teacher: its cache (with --kd-topk K for a top-K cache, and --kd-topk-mode sample
+    for a sampled one) or the live checkpoint (drawing K tokens each step in sample mode)."""
+    sample = ["--kd-topk", str(cfg.cache_topk), "--kd-topk-mode", "sample"] if cfg.cache_topk_mode == "sample" else []
     if not cfg.cache:
-        return ["--teacher-path", f"{{study}}/runs/{t_id}/checkpoint_best.pt"]
-    topk = ["--kd-topk", str(cfg.cache_topk)] if cfg.cache_topk else []
+        return ["--teacher-path", f"{{study}}/runs/{t_id}/checkpoint_best.pt"] + sample
+    topk = sample or (["--kd-topk", str(cfg.cache_topk)] if cfg.cache_topk else [])
     return ["--teacher-cache", f"{{study}}/runs/{cache_id(t_id)}/cache"] + topk
 
 

@@ -367,6 +367,9 @@ class VisionTask(TaskBackend):
             raise ValueError(f"dataset must be fashion-mnist, imagefolder or cub, got {cfg.dataset!r}")
         if cfg.dataset != "fashion-mnist" and not cfg.data_path:
             raise ValueError(f"data_path is required for dataset {cfg.dataset!r}")
+        if cfg.cache_topk_mode != "top":
+            raise ValueError("cache_topk_mode = 'sample' (sampled-K KD) is for translation vocabularies; a vision "
+                             "study uses full or top-K caches: set cache_topk_mode = 'top'")
 
     def num_classes(self, cfg: "StudyConfig") -> Optional[int]:
         from lskd_core.study.tasks.vision_checks import dataset_class_count
