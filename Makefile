@@ -5,7 +5,7 @@ STAMP := $(VENV)/.lskd-setup-stamp
 # The GPU check runs on a lent GPU machine's own Python (no venv, no install): see docs/benchmarks.md.
 GPU_PY ?= python3
 
-.PHONY: setup demo demo-translation lint test test-fast bench gpu-check clean
+.PHONY: setup demo demo-translation lint test test-fast bench mutants gpu-check clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/run_all.py --quick
+
+# Mutation testing of the verdict code (cosmic-ray; not in CI, about 40 min on 2 cores; docs/testing.md).
+mutants: setup
+	$(VENV)/bin/pip install -q -e ".[mutation]"
+	$(PY) scripts/mutants.py --jobs 2
 
 # No `setup` dependency: the GPU machine gets the working tree only (scripts/gpu_check.py --help).
 gpu-check:

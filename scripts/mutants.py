@@ -1,0 +1,178 @@
+"""Mutation testing of the code that makes the verdict (``make mutants``; docs/testing.md).
+
+Runs one cosmic-ray session per ``mutation/*.toml`` (each names its modules and the fast tests that
+cover them), each in a private copy of the repository: cosmic-ray edits the module in place for every
+mutant, so parallel sessions must not share a tree, and a killed run must not leave a mutant in
+yours. Then writes ``<out>/summary.md`` and ``<out>/summary.json``: per module the killed, surviving
+and incompetent mutants, the score over the non-equivalent ones, and every survivor's diff.
+Mutants listed in ``mutation/equivalent.json`` (module, operator, line, with a reason) are reported
+as equivalent and left out of the score.
+
+    python scripts/mutants.py [--jobs 2] [--out runs/mutants] [--resume] [mutation/findings.toml ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+_COPY = ("lskd_core", "vision_plugin", "fairseq_plugin", "tests", "pyproject.toml", "setup.py")
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def _copy_tree(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in _COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+
+
+def _env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def start_session(config: Path, out: Path, resume: bool) -> subprocess.Popen:
+    name = config.stem
+    tree, session = out / name / "tree", out / name / "session.sqlite"
+    if not (resume and session.exists()):
+        _copy_tree(tree)
+        shutil.copy2(config, tree / "cosmic-ray.toml")
+        session.unlink(missing_ok=True)
+        for cmd in ([_tool("cosmic-ray"), "init", "cosmic-ray.toml", str(session)],
+                    [_tool("cr-filter-operators"), str(session), "cosmic-ray.toml"]):
+            subprocess.run(cmd, cwd=tree, env=_env(), check=True, capture_output=True)
+    log = open(out / name / "exec.log", "a", encoding="utf-8")
+    return subprocess.Popen([_tool("cosmic-ray"), "exec", "cosmic-ray.toml", str(session)], cwd=tree, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _equivalent(path: Path) -> List[dict]:
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _is_equivalent(row: dict, equivalent: Sequence[dict]) -> str:
+    for e in equivalent:
+        if (e["module"], e["operator"], int(e["line"])) == (row["module"], row["operator"], row["line"]):
+            return str(e["reason"])
+    return ""
+
+
+def session_results(session: Path) -> List[dict]:
+    """One record per mutant: module, operator, line, outcome (killed/survived/incompetent/skipped/pending), diff."""
+    con = sqlite3.connect(str(session))
+    rows = con.execute(
+        "SELECT m.module_path, m.operator_name, m.start_pos_row, w.worker_outcome, w.test_outcome, w.diff "
+        "FROM mutation_specs m LEFT JOIN work_results w ON m.job_id = w.job_id").fetchall()
+    con.close()
+    out = []
+    for module, operator, line, worker, test, diff in rows:
+        if worker is None:
+            outcome = "pending"
+        elif worker == "skipped":
+            outcome = "skipped"
+        elif worker == "normal":
+            outcome = {"killed": "killed", "survived": "survived"}.get(test, "incompetent")
+        elif worker in ("timeout", "abnormal"):
+            outcome = "killed"  # the tests did not pass on the mutant (hung or crashed)
+        else:
+            outcome = "incompetent"  # the mutant could not be applied or imported
+        out.append({"module": module, "operator": operator, "line": int(line), "outcome": outcome,
+                    "diff": diff or ""})
+    return out
+
+
+def summarize(out: Path, configs: Sequence[Path], equivalent: Sequence[dict], wall_s: float) -> dict:
+    modules: Dict[str, Dict[str, int]] = {}
+    survivors: List[dict] = []
+    for config in configs:
+        session = out / config.stem / "session.sqlite"
+        if not session.exists():
+            continue
+        for row in session_results(session):
+            reason = _is_equivalent(row, equivalent) if row["outcome"] == "survived" else ""
+            kind = "equivalent" if reason else row["outcome"]
+            counts = modules.setdefault(row["module"], {})
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "survived":
+                survivors.append(row)
+    for counts in modules.values():
+        decided = counts.get("killed", 0) + counts.get("survived", 0)
+        counts["score_percent"] = round(100.0 * counts.get("killed", 0) / decided, 1) if decided else None
+    summary = {"modules": modules, "survivors": survivors, "wall_s": round(wall_s, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    lines = ["# Mutation testing (cosmic-ray)", "",
+             "| module | killed | survived | equivalent | incompetent | skipped (filtered) | pending | score |",
+             "|---|---|---|---|---|---|---|---|"]
+    for module, c in sorted(modules.items()):
+        score = "n/a" if c["score_percent"] is None else f"{c['score_percent']} %"
+        lines.append(f"| {module} | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | "
+                     f"{c.get('incompetent', 0)} | {c.get('skipped', 0)} | {c.get('pending', 0)} | {score} |")
+    lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} min.", "", "## Survivors", ""]
+    for row in survivors:
+        lines += [f"### {row['module']}:{row['line']} {row['operator']}", "", "```diff", row["diff"].strip(), "```", ""]
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return summary
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="*", help="cosmic-ray configs (default: mutation/*.toml)")
+    parser.add_argument("--jobs", type=int, default=2, help="sessions run at the same time (default 2)")
+    parser.add_argument("--out", default="runs/mutants", help="sessions, logs and summary (default runs/mutants)")
+    parser.add_argument("--resume", action="store_true", help="continue existing sessions (their pending mutants)")
+    parser.add_argument("--summary-only", action="store_true", help="write the summary of existing sessions")
+    args = parser.parse_args(list(argv) or None)
+    configs = [Path(c).resolve() for c in args.configs] or sorted((REPO / "mutation").glob("*.toml"))
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        print(f"error: no such cosmic-ray config: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if shutil.which(_tool("cosmic-ray")) is None and not Path(_tool("cosmic-ray")).exists():
+        print("error: cosmic-ray is not installed: pip install 'lskd[mutation]' (or make mutants)", file=sys.stderr)
+        return 2
+    out = (REPO / args.out) if not Path(args.out).is_absolute() else Path(args.out)
+    start = time.time()
+    if not args.summary_only:
+        pending = list(configs)
+        running: List[subprocess.Popen] = []
+        while pending or running:
+            while pending and len(running) < max(1, args.jobs):
+                config = pending.pop(0)
+                (out / config.stem).mkdir(parents=True, exist_ok=True)
+                running.append(start_session(config, out, args.resume))
+                print(f"[mutants] {config.stem}: started (log {out / config.stem / 'exec.log'})", flush=True)
+            time.sleep(2)
+            running = [p for p in running if p.poll() is None]
+    summary = summarize(out, configs, _equivalent(REPO / "mutation" / "equivalent.json"), time.time() - start)
+    for module, c in sorted(summary["modules"].items()):
+        print(f"[mutants] {module}: {c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "
+              f"{c.get('equivalent', 0)} equivalent, score {c['score_percent']} %")
+    print(f"[mutants] summary: {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

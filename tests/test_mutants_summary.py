@@ -1,0 +1,62 @@
+"""scripts/mutants.py's summary (make mutants): outcomes read from a cosmic-ray session database, the score
+over killed + survived only, equivalent mutants reported but not scored, survivors listed with their diffs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("mutants_script", REPO / "scripts" / "mutants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _session(path: Path, rows) -> None:
+    con = sqlite3.connect(str(path))
+    con.execute("CREATE TABLE mutation_specs (module_path VARCHAR, operator_name VARCHAR, operator_args JSON, "
+                "occurrence INTEGER, start_pos_row INTEGER, start_pos_col INTEGER, end_pos_row INTEGER, "
+                "end_pos_col INTEGER, definition_name VARCHAR, job_id VARCHAR NOT NULL PRIMARY KEY)")
+    con.execute("CREATE TABLE work_results (worker_outcome VARCHAR(9), output TEXT, test_outcome VARCHAR(11), "
+                "diff TEXT, job_id VARCHAR NOT NULL PRIMARY KEY)")
+    for i, (line, operator, worker, test) in enumerate(rows):
+        con.execute("INSERT INTO mutation_specs VALUES (?, ?, '{}', 0, ?, 0, ?, 1, 'f', ?)",
+                    ("lskd_core/findings.py", operator, line, line, f"j{i}"))
+        if worker is not None:
+            con.execute("INSERT INTO work_results VALUES (?, '', ?, ?, ?)", (worker, test, f"-a\n+b{i}", f"j{i}"))
+    con.commit()
+    con.close()
+
+
+def test_summary_counts_scores_and_lists_survivors(tmp_path):
+    mutants = _load()
+    (tmp_path / "findings").mkdir()
+    _session(tmp_path / "findings" / "session.sqlite", [
+        (10, "core/NumberReplacer", "normal", "killed"), (11, "core/AddNot", "normal", "killed"),
+        (12, "core/AddNot", "timeout", None), (13, "core/ReplaceTrueWithFalse", "normal", "survived"),
+        (14, "core/NumberReplacer", "normal", "survived"), (15, "core/AddNot", "skipped", None),
+        (16, "core/AddNot", "exception", None), (17, "core/AddNot", None, None)])
+    equivalent = [{"module": "lskd_core/findings.py", "operator": "core/NumberReplacer", "line": 14,
+                   "reason": "a rounding constant that only changes printed digits"}]
+    summary = mutants.summarize(tmp_path, [Path("findings.toml")], equivalent, wall_s=60.0)
+    counts = summary["modules"]["lskd_core/findings.py"]
+    assert (counts["killed"], counts["survived"], counts["equivalent"]) == (3, 1, 1)
+    assert (counts["skipped"], counts["incompetent"], counts["pending"]) == (1, 1, 1)
+    assert counts["score_percent"] == pytest.approx(75.0)  # 3 killed of 4 decided, the equivalent one left out
+    assert [s["line"] for s in summary["survivors"]] == [13]
+    text = (tmp_path / "summary.md").read_text()
+    assert "lskd_core/findings.py:13 core/ReplaceTrueWithFalse" in text and "+b3" in text
+    assert json.loads((tmp_path / "summary.json").read_text())["modules"] == summary["modules"]
+
+
+def test_a_missing_config_is_one_line(capsys):
+    assert _load().main(["no/such.toml"]) == 2
+    assert "no such cosmic-ray config" in capsys.readouterr().err
