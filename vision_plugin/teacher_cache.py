@@ -134,7 +134,7 @@ def stream_epoch_params(teacher: Any, epoch: int, num_samples: int) -> Optional[
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from vision_plugin.train import get_args_parser as trainer_parser
+    from vision_plugin.train_args import get_args_parser as trainer_parser
 
     parser = argparse.ArgumentParser(prog=PROG, description="vision teacher-output cache")
     sub = parser.add_subparsers(dest="command", required=True)

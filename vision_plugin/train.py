@@ -54,7 +54,7 @@ from vision_plugin import __version__
 from vision_plugin.aug_stream import AugStream, mix_seed
 from vision_plugin.checkpoint import CheckpointError, load_model_weights
 from vision_plugin.cli_errors import run_cli
-from vision_plugin.datasets import DATASETS, DatasetError
+from vision_plugin.datasets import DatasetError
 from vision_plugin.distributed import DistInfo, cleanup_distributed, init_distributed, wait_for_all_ranks
 from vision_plugin.engine import (
     evaluate,
@@ -65,15 +65,14 @@ from vision_plugin.engine import (
     train_one_epoch,
     train_step,
 )
-from vision_plugin.eta_monitor import add_eta_arguments, epoch_eta, open_eta_monitor
+from vision_plugin.eta_monitor import epoch_eta, open_eta_monitor
 from vision_plugin.feature_kd import (
-    add_feature_kd_args,
     check_feature_kd_args,
     feature_kd_epoch_stats,
     feature_kd_state,
     with_feature_kd,
 )
-from vision_plugin.kd import add_kd_args, build_teacher, check_kd_args, kd_criterion_from_args
+from vision_plugin.kd import build_teacher, check_kd_args, kd_criterion_from_args
 from vision_plugin.models import build_model
 from vision_plugin.run_files import (
     append_jsonl,
@@ -87,6 +86,7 @@ from vision_plugin.run_files import (
     write_json_atomic,
 )
 from vision_plugin.teacher_cache import cache_training_defaults, open_training_cache, stream_epoch_params
+from vision_plugin.train_args import get_args_parser
 from vision_plugin.train_data import build_loaders, load_data
 
 # Re-exported: tests and users' scripts import these from the trainer module.
@@ -94,89 +94,8 @@ __all__ = ["get_args_parser", "main", "cli", "validate_args", "load_data", "buil
            "build_teacher", "build_optimizer", "build_lr_scheduler", "kd_criterion_from_args", "train_one_epoch",
            "train_step", "evaluate"]
 
-LR_SCHEDULERS = ("steplr", "cosineannealinglr")
-OPTIMIZERS = ("sgd", "adamw")
 
-
-# --------------------------------------------------------------------------- arguments
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """torchvision classification-reference flags plus datasets, subset caps and KD flags."""
-    parser = argparse.ArgumentParser(
-        description="lskd image-classification trainer (LS teachers, KD students)", add_help=add_help
-    )
-    parser.add_argument("--data-path", default=None, help="dataset root (fashion-mnist: default Debian location)")
-    parser.add_argument("--dataset", default="imagefolder", choices=DATASETS, help="dataset layout")
-    parser.add_argument("--model", default="resnet18",
-                        help="lskd model (lskd_cnn_t, lskd_cnn_m, lskd_cnn_s) or any torchvision classifier")
-    parser.add_argument("--weights", default=None, help="torchvision weights to start from (e.g. IMAGENET1K_V1)")
-    parser.add_argument("--student-init", default=None, metavar="PATH",
-                        help="initialise the model from this checkpoint's weights (ignored when resuming)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda or cuda:N (under torchrun cuda -> cuda:LOCAL_RANK)")
-    parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process and step")
-    parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
-    parser.add_argument("-j", "--workers", default=None, type=int,
-                        help="data-loading workers (default: 0 for fashion-mnist, 8 otherwise)")
-    parser.add_argument("--opt", default="sgd", choices=OPTIMIZERS, help="optimizer")
-    parser.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
-    parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay",
-                        help="weight decay")
-    parser.add_argument("--label-smoothing", default=0.0, type=float,
-                        help="label smoothing alpha in [0, 1) (teachers: 0 or 0.1; Sec. 2)")
-    parser.add_argument("--lr-scheduler", default="steplr", choices=LR_SCHEDULERS, help="per-epoch LR schedule")
-    parser.add_argument("--lr-warmup-epochs", default=0, type=int, help="linear warm-up epochs")
-    parser.add_argument("--lr-warmup-decay", default=0.01, type=float, help="warm-up start factor")
-    parser.add_argument("--lr-step-size", default=30, type=int, help="steplr: decay every N epochs")
-    parser.add_argument("--lr-gamma", default=0.1, type=float, help="steplr: decay factor")
-    parser.add_argument("--lr-min", default=0.0, type=float, help="cosineannealinglr: final LR")
-    parser.add_argument("--clip-grad-norm", default=None, type=float, help="max gradient norm (off by default)")
-    parser.add_argument("--print-freq", default=10, type=int, help="progress/log update every N steps")
-    parser.add_argument("--output-dir", default=".", help="where checkpoints and metrics go")
-    parser.add_argument("--resume", default="", help="checkpoint to resume from (e.g. OUTPUT/checkpoint.pth)")
-    parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
-    parser.add_argument("--test-only", action="store_true", help="only evaluate (weights from --resume/--student-init)")
-    parser.add_argument("--sync-bn", action="store_true", help="convert BatchNorm to SyncBatchNorm under DDP")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: bf16 on CPU, fp16 + GradScaler on CUDA")
-    parser.add_argument("--seed", default=0, type=int, help="seed for init, sampling and augmentation")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="NHWC memory format for student and teacher (1.2-1.8x faster small CNNs on CPU)")
-    parser.add_argument("--threads", default=None, type=int,
-                        help="torch intra-op CPU threads per process (default: torch's, i.e. OMP_NUM_THREADS or all "
-                             "cores); use 1 when several runs share a small machine")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="torch.use_deterministic_algorithms(True), no cudnn benchmarking")
-    parser.add_argument("--crop-size", default=None, type=int,
-                        help="input size (default: 28 for fashion-mnist, 224 otherwise)")
-    parser.add_argument("--val-resize-size", default=None, type=int,
-                        help="validation resize before the centre crop (default crop*256/224)")
-    parser.add_argument("--extra-augment", action="store_true",
-                        help="imagefolder/cub training: + random rotation and colour jitter (paper's CUB recipe)")
-    parser.add_argument("--train-samples", default=None, type=int, help="stratified seeded cap on training samples")
-    parser.add_argument("--val-samples", default=None, type=int, help="stratified seeded cap on validation samples")
-    parser.add_argument("--subset-seed", default=None, type=int, help="seed of the subset caps (default: --seed)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines every --print-freq steps)")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="skip unreadable/undecodable images (warned once per file, counted as "
-                             "train_skipped_images/val_skipped_images) instead of stopping")
-    parser.add_argument("--stop-after-epoch", default=None, type=int, metavar="K",
-                        help="train with the schedule of --epochs but stop after K epochs (checkpoint kept, no "
-                             "result.json); --resume continues on the same trajectory (lskd advise's rungs)")
-    parser.add_argument("--eval-every", default=1, type=int, metavar="N",
-                        help="evaluate after every N-th epoch and always after the last one (or the "
-                             "--stop-after-epoch stop); 0: only after the last (default 1)")
-    parser.add_argument("--aug-seed", default=None, type=int,
-                        help="draw each training view from (aug seed, epoch, sample index) only, as a teacher cache "
-                             "records them (set from the cache with --teacher-cache; default: global RNG per --seed)")
-    add_kd_args(parser)
-    parser.add_argument("--teacher-cache", default=None, metavar="DIR",
-                        help="KD from a teacher cache built by `python -m vision_plugin.teacher_cache build` "
-                             "instead of --teacher (give --teacher-ckpt too to verify it was built from that file)")
-    add_feature_kd_args(parser)  # --feature-kd overhaul --feature-kd-weight (vision_plugin.feature_kd)
-    add_eta_arguments(parser)
-    return parser
+# --------------------------------------------------------------------------- arguments (train_args.py)
 
 
 def _positive_int(value: Optional[int], flag: str, allow_none: bool = True) -> None:
