@@ -20,8 +20,6 @@ LR_SCHEDULERS = ("steplr", "cosineannealinglr")
 OPTIMIZERS = ("sgd", "adamw")
 
 
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """torchvision classification-reference flags plus datasets, subset caps and KD flags."""
     parser = argparse.ArgumentParser(
