@@ -89,6 +89,7 @@ def session_results(session: Path) -> List[dict]:
     con.close()
     out = []
     for module, operator, line, worker, test, diff in rows:
+        worker, test = (worker or "").lower() or None, (test or "").lower() or None  # cosmic-ray stores NORMAL, KILLED
         if worker is None:
             outcome = "pending"
         elif worker == "skipped":

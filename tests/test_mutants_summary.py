@@ -40,9 +40,9 @@ def test_summary_counts_scores_and_lists_survivors(tmp_path):
     mutants = _load()
     (tmp_path / "findings").mkdir()
     _session(tmp_path / "findings" / "session.sqlite", [
-        (10, "core/NumberReplacer", "normal", "killed"), (11, "core/AddNot", "normal", "killed"),
+        (10, "core/NumberReplacer", "NORMAL", "KILLED"), (11, "core/AddNot", "normal", "killed"),
         (12, "core/AddNot", "timeout", None), (13, "core/ReplaceTrueWithFalse", "normal", "survived"),
-        (14, "core/NumberReplacer", "normal", "survived"), (15, "core/AddNot", "skipped", None),
+        (14, "core/NumberReplacer", "normal", "survived"), (15, "core/AddNot", "SKIPPED", None),
         (16, "core/AddNot", "exception", None), (17, "core/AddNot", None, None)])
     equivalent = [{"module": "lskd_core/findings.py", "operator": "core/NumberReplacer", "line": 14,
                    "reason": "a rounding constant that only changes printed digits"}]
