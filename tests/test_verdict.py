@@ -216,3 +216,31 @@ def test_missing_and_bad_input():
     assert one["recommended"] is None and one["sentence"].startswith("Only one cell ran")
     with pytest.raises(ValueError, match="delta"):
         findings.analyze([{"alpha": 0, "T": 1, "seed": 0, "value": 1.0}], delta=0)
+
+
+def _analysis_with_sets(best, suggestive, sampled=False):
+    """A minimal analysis for findings._headline: cells (mean, interval) and the could-be-best sets."""
+    cells = [{"alpha": a, "temperature": t, "mean": 80.0 - i, "interval": {"ci": [79.0 - i, 81.0 - i], "n": 3,
+                                                                         "unit": "student seed"}}
+             for i, (a, t) in enumerate([(0.1, 1.0), (0.1, 4.0), (0.0, 1.0), (0.0, 4.0)])]
+    return {"cells": cells, "best": {"set": [list(c) for c in best]},
+            "best_suggestive": {"set": [list(c) for c in suggestive]},
+            "teacher_variance": {"sampled": sampled}}
+
+
+def test_headline_names_what_the_tied_cells_share_and_the_suggestive_lean():
+    same_alpha = findings._headline(_analysis_with_sets([(0.1, 1.0), (0.1, 4.0)], [(0.1, 1.0)]), "points")
+    assert "all of them use alpha = 0.1, so that teacher is favoured" in same_alpha["sentence"]
+    assert same_alpha["confidence"] == "suggestive" and same_alpha["leaning"] == [0.1, 1.0]
+    assert same_alpha["recommended"] is None
+    same_t = findings._headline(_analysis_with_sets([(0.1, 1.0), (0.0, 1.0)], [(0.1, 1.0), (0.0, 1.0)]), "points")
+    assert "all of them use T = 1, so that temperature is favoured" in same_t["sentence"]
+    assert same_t["confidence"] == "none" and same_t["leaning"] is None
+    neither = findings._headline(_analysis_with_sets([(0.1, 1.0), (0.0, 4.0)], [(0.1, 1.0), (0.0, 4.0)]), "points")
+    assert "all of them use" not in neither["sentence"] and neither["sentence"].startswith("No clear winner")
+    sole = findings._headline(_analysis_with_sets([(0.1, 1.0)], [(0.1, 1.0)], sampled=True), "points")
+    assert sole["recommended"] == [0.1, 1.0] and sole["confidence"] == "clear"
+    assert "teacher's own variance is not sampled" not in sole["sentence"]
+    unsampled = findings._headline(_analysis_with_sets([(0.1, 1.0)], [(0.1, 1.0)]), "points")
+    assert unsampled["confidence"] == "clear for these teachers"
+    assert "teacher's own variance is not sampled" in unsampled["sentence"]
