@@ -55,9 +55,11 @@ def _env() -> Dict[str, str]:
 def start_session(config: Path, out: Path, resume: bool) -> subprocess.Popen:
     name = config.stem
     tree, session = out / name / "tree", out / name / "session.sqlite"
+    # A fresh copy every time, also on --resume: a killed cosmic-ray can leave its last mutant in the
+    # tree (the session database, outside it, keeps what is done; resume with unchanged code only).
+    _copy_tree(tree)
+    shutil.copy2(config, tree / "cosmic-ray.toml")
     if not (resume and session.exists()):
-        _copy_tree(tree)
-        shutil.copy2(config, tree / "cosmic-ray.toml")
         session.unlink(missing_ok=True)
         for cmd in ([_tool("cosmic-ray"), "init", "cosmic-ray.toml", str(session)],
                     [_tool("cr-filter-operators"), str(session), "cosmic-ray.toml"]):
