@@ -75,6 +75,7 @@ VISION = {
     "cache": (False, STUDENTS),  # students run their teacher live; the cache runs are gone
     "cache_dtype": ("bfloat16", {"cache"}),
     "cache_topk": (3, {"cache"} | STUDENTS),
+    "cache_topk_mode": ("sample", NONE),  # translation only (the vision task refuses it in validation)
     "cache_aug_seed": (5, {"cache"}),
     "matched_temperatures": ([1.0, 2.0], {"match"}),
     "kd_variant": ("teacher_only_T", STUDENTS),  # every grid and matched student gets --kd-variant
@@ -158,6 +159,7 @@ TRANSLATION = {
     "cache": (False, {"student"}),
     "cache_dtype": ("bfloat16", {"cache"}),
     "cache_topk": (3, {"cache", "student"}),
+    "cache_topk_mode": ("sample", {"cache", "student"}),  # build --sample K, --kd-topk-mode sample
     "pair": ("de-en", {"all"}),
     "data_dir": ("/data/bin", {"all"}),  # no prepare run; every run reads the given data
     "arch": ("transformer_wmt_en_de", {"teacher", "student"}),
