@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lskd_core.checks import check_temperature
+from lskd_core.losses import _check_reduction, _reduce, _row_mask  # the reductions of kd_loss, shared
 
 __all__ = ["KDSamples", "draw_kd_samples", "sampled_kd_loss"]
 
@@ -86,8 +87,7 @@ def sampled_kd_loss(student_logits: torch.Tensor, samples: KDSamples, temperatur
     ``mean`` over rows where ``mask`` is True, ``sum``, or ``none`` (masked rows 0).
     """
     temperature = check_temperature(temperature)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+    _check_reduction(reduction)
     lead = tuple(student_logits.shape[:-1])
     if tuple(samples.ids.shape[:-1]) != lead or samples.ids.shape != samples.teacher_logp.shape \
             or samples.ids.shape != samples.weights.shape:
@@ -102,16 +102,7 @@ def sampled_kd_loss(student_logits: torch.Tensor, samples: KDSamples, temperatur
     logp = samples.teacher_logp.reshape(ids.shape).to(log_s.device).float()
     weights = samples.weights.reshape(ids.shape).to(log_s.device).float()
     per_row = (temperature ** 2) * (weights * (logp - log_s)).mean(dim=1)
-    keep = None
-    if mask is not None:
-        keep = mask.reshape(-1).to(per_row.device).bool()
-        if keep.shape[0] != per_row.shape[0]:
-            raise ValueError(f"mask must have the student logits' leading shape {lead}, got {tuple(mask.shape)}")
+    keep = _row_mask(mask, student_logits.shape[:-1], per_row.shape[0], per_row.device)
+    if keep is not None:
         per_row = per_row.masked_fill(~keep, 0.0)
-    if reduction == "none":
-        return per_row.reshape(lead)
-    total = per_row.sum()
-    if reduction == "sum":
-        return total
-    count = int(keep.sum()) if keep is not None else per_row.shape[0]
-    return total / max(count, 1)
+    return _reduce(per_row, keep, reduction, student_logits.shape[:-1])
