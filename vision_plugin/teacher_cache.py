@@ -140,7 +140,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="run the teacher on every (epoch, sample) view and store its logits",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for action in trainer_parser(add_help=False)._actions:  # the trainer's own flag objects
+    trainer = trainer_parser(add_help=False)
+    for action in trainer._actions:  # the trainer's own flag objects
         if action.dest in _SHARED_FLAGS:
             build._add_action(action)
     build.add_argument("--epochs", type=int, required=True, help="epochs to record (>= the students' --epochs)")
@@ -153,7 +154,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-temperatures", type=float, nargs="+", default=[],
                        help="temperatures a top-K cache serves")
     build.add_argument("--rows-per-shard", type=int, default=8192, help="rows per shard file set")
-    _accept_carried_trainer_flags(build, trainer_parser(add_help=False))
+    _accept_carried_trainer_flags(build, trainer)
     return parser
 
 
