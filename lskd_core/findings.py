@@ -27,8 +27,10 @@ def _cell_name(cell: Cellish) -> str:
 def analyze(rows: Iterable[Union[st.Obs, Mapping[str, Any]]],
             eta_rows: Optional[Iterable[Union[st.EtaObs, Mapping[str, Any]]]] = None, *,
             delta: float = st.DEFAULT_DELTA, method: str = "t", seed: int = 0,
-            baseline_alpha: float = 0.0) -> Dict[str, Any]:
+            baseline_alpha: float = 0.0, eta_scope: str = "mean over target classes") -> Dict[str, Any]:
     """Every statistic of the verdict from seed-level records (and optionally per-run eta rows).
+
+    ``eta_scope``: what the eta rows measure, in the diffusion flag's words.
 
     ``delta``: the smallest effect of interest for the interaction, in the metric's points over the
     grid's T range. ``method``: "t" or "bootstrap" for the paired interaction interval.
@@ -59,6 +61,7 @@ def analyze(rows: Iterable[Union[st.Obs, Mapping[str, Any]]],
         out["compatibility"] = st.compatibility(obs, a_ls, baseline_alpha)
     if eta_rows is not None:
         out["eta"] = st.eta_summary(st.as_eta_observations(eta_rows))
+        out["eta_scope"] = eta_scope
     return out
 
 
@@ -136,7 +139,8 @@ def _diffusion_flag(analysis: Mapping[str, Any]) -> Dict[str, Any]:
                   and h["t2"] == g["t2"]), None)
     if plain is not None:
         extra += f"; plain teacher's students for comparison: eta_S1 {plain['summary']['eta_s1']['estimate']:+.2f} %"
-    flag = _flag(claim + f", T = {_num(g['t1'])} -> {_num(g['t2'])}, mean over target classes",
+    scope = analysis.get("eta_scope") or "mean over target classes"
+    flag = _flag(claim + f", T = {_num(g['t1'])} -> {_num(g['t2'])}, {scope}",
                  summ["eta_s1"], -1, "%", extra)
     flag["share_diffusion"] = summ["share_diffusion"]
     return flag
@@ -155,6 +159,66 @@ def _compat_flags(analysis: Mapping[str, Any], unit: str) -> Dict[str, Dict[str,
             f"LS teacher's students worse than the plain teacher's at T = {_num(hi['temperature'])} "
             f"(point estimate: {'no' if hi['compatible'] else 'yes'})", hi["difference"], -1, unit)
     return out
+
+
+def smoothness_flag(row: Optional[Mapping[str, Any]], delta: float, unit: str = "points") -> Dict[str, Any]:
+    """Does smoothness alone explain the high-T result? One sentence from App. H's matched row.
+
+    ``row``: the report's entropy-matched row for (LS alpha, highest T) with ``vs_matched`` (LS
+    students minus the plain teacher's students at the entropy-matched T') and ``vs_grid`` (LS minus
+    plain at the same T), both estimates of :func:`statistics.cell_difference`. Smoothness alone
+    explains the result when equally smooth plain-teacher targets reach the LS students: the
+    LS - matched interval lies within +-delta. It does not when that interval excludes 0. When the
+    grid's own LS - plain interval lies within +-delta there is no high-T difference to explain.
+    """
+    claim = "Smoothness alone explains the high-T result"
+    est = (row or {}).get("vs_matched")
+    if row is None or est is None:
+        return {"claim": claim, "level": "not tested", "evidence": None,
+                "text": f"{claim}: not tested (no entropy-matched students at the highest T; set "
+                        "matched_temperatures to include it)."}
+    t = _num(row["ls_temperature"])
+    temps = sorted(row.get("matched_temperatures", {}).values())
+    tp = ", ".join(f"{x:.3g}" for x in temps) or "?"
+    grid = row.get("vs_grid")
+    scope = "" if est["teacher_variance_sampled"] else " (for the teachers trained here: student seeds only)"
+    words = (f"the LS teacher's students at T = {t} minus the plain teacher's at the entropy-matched T' = {tp}: "
+             f"{_interval_words(est, unit)}")
+    if grid is not None:
+        words += f"; minus the plain teacher's at T = {t}: {_interval_words(grid, unit)}"
+    if temps and all(abs(x / row["ls_temperature"] - 1) < 0.1 for x in temps):
+        words += (f"; T' is within 10 % of T (both teachers are near maximum entropy), so the matched comparison "
+                  "is close to the grid's own")
+    ci = est.get("ci")
+    if grid is not None and st.within_delta(grid, delta):
+        level, verdict_words = "nothing to explain", (
+            f"moot: there is no high-T LS effect to explain (LS − plain at T = {t} lies within ±{delta:g} {unit})")
+    elif ci is None:
+        level, verdict_words = "not decided", "not decided (no interval)"
+    elif ci[0] > 0 or ci[1] < 0:
+        level, verdict_words = "no", ("no: at equal entropy the LS teacher's students still differ from the plain "
+                                      "teacher's (the 95 % interval excludes 0)" + scope)
+    elif st.within_delta(est, delta):
+        level, verdict_words = "yes", (f"yes, to within ±{delta:g} {unit}: equally smooth plain-teacher targets "
+                                       "give students as good as the LS teacher's (the 95 % interval lies within "
+                                       f"±{delta:g})" + scope)
+    else:
+        level, verdict_words = "not decided", (f"not decided (the 95 % interval includes 0 and differences "
+                                               f"beyond ±{delta:g} {unit})")
+    return {"claim": claim, "level": level, "evidence": dict(est),
+            "text": f"{claim} at T = {t}: {verdict_words} — {words}."}
+
+
+def _teacher_units_note(analysis: Mapping[str, Any]) -> Optional[str]:
+    """With several teachers per alpha: say that the intervals are over teachers, and how many."""
+    tv = analysis["teacher_variance"]
+    if not tv["sampled"]:
+        return None
+    counts = sorted(set(tv["teachers_per_alpha"].values()))
+    n = " to ".join(str(c) for c in counts)
+    return (f"Teacher variance is sampled: {n} teachers per alpha, each teacher's students averaged first; the "
+            f"intervals above are over teachers (t with teachers − 1 df), so the alpha claims cover "
+            "teacher-to-teacher variance, not only student seeds.")
 
 
 def _cell_words(analysis: Mapping[str, Any], cell: Cellish, unit: str) -> str:
@@ -221,8 +285,10 @@ def verdict(analysis: Mapping[str, Any], unit: str = "points") -> Dict[str, Any]
     out["teacher_variance_note"] = None if tv["sampled"] else (
         "Teacher variance is not sampled: with one teacher per alpha the intervals cover student seeds only "
         "(set teacher_seeds >= 2 to include it).")
+    out["teacher_units_note"] = _teacher_units_note(analysis)
     lines: List[str] = [out["sentence"]] + [f["text"] for f in flags.values()]
-    if out["teacher_variance_note"]:
-        lines.append(out["teacher_variance_note"])
+    for note in (out["teacher_variance_note"], out["teacher_units_note"]):
+        if note:
+            lines.append(note)
     out["lines"] = lines
     return out

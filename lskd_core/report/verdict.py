@@ -77,15 +77,22 @@ def _rule_of_thumb(v: Dict[str, Any], temps: List[float]) -> List[str]:
     return []
 
 
-def verdict(grid: dict, eta: Optional[dict] = None, task: str = "vision") -> dict:
-    """Which alpha and T to use, how sure, and whether the paper's findings appear (every seed, every T)."""
+def verdict(grid: dict, eta: Optional[dict] = None, eta_sets: str = "hierarchy", eta_split: str = "train",
+            task: str = "vision") -> dict:
+    """Which alpha and T to use, how sure, and whether the paper's findings appear (every seed, every T).
+
+    ``eta``: the report's eta section whose ``seed_tables`` for (``eta_sets``, ``eta_split``) the
+    diffusion flag reads: Fig. 3's hierarchy sets on train (vision), or the token-level extension's
+    feature sets on its split (translation, ``token_eta``)."""
     backend = get_task(task)
     rows = grid_rows(grid)
     if not rows:
         return {"status": "missing", "text": "No student finished, so there is no verdict yet."}
     delta = float(grid.get("smallest_effect") or DEFAULT_DELTA)
-    e_rows = eta_rows(eta)
-    analysis = findings.analyze(rows, e_rows or None, delta=delta)
+    e_rows = eta_rows(eta, eta_sets, eta_split)
+    scope = ("decoder states of target tokens, mean over token classes (an extension of the paper)"
+             if eta_sets == "feature" and backend.score_key == "bleu" else "mean over target classes")
+    analysis = findings.analyze(rows, e_rows or None, delta=delta, eta_scope=scope)
     # vision scores are accuracy points; translation's are BLEU points: the sentences name which
     v = findings.verdict(analysis, unit="BLEU" if backend.score_key == "bleu" else "points")
     cells = [c for c in grid["cells"] if c["top1_mean"] is not None]

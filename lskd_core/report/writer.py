@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from lskd_core.atomic import atomic_write_bytes
 from lskd_core.jsonio import jsonable
@@ -39,6 +39,15 @@ from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import ALL_ANALYSES
 
 __all__ = ["write_report"]
+
+
+def _verdict_eta(view: StudyView, res: dict) -> Tuple[Optional[dict], str, str]:
+    """The eta the verdict's diffusion flag reads: Fig. 3's on the hierarchy class sets of the train
+    split (vision), or the token-level extension on the feature sets of its split (translation)."""
+    if "token_eta" in view.task.analyses and "eta" not in view.task.analyses:
+        tok = res.get("token_eta") or {}
+        return tok, "feature", str(tok.get("split") or "test")
+    return res.get("eta"), "hierarchy", "train"
 
 
 def _analyses(view: StudyView, cache: AnalysisCache, out: Path, res: dict) -> None:
@@ -110,7 +119,7 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
     res["eta_training"] = eta_training_section(view, out)  # students' per-epoch eta (eta_during_training)
     res["figures"] = _figures(view, out, res)
     res["variants"] = variants_section(view)  # variant arms vs the grid (empty without variant_arms)
-    res["verdict"] = verdict(res["accuracy_grid"], res.get("eta"), view.task.name)
+    res["verdict"] = verdict(res["accuracy_grid"], *_verdict_eta(view, res), task=view.task.name)
     res["feature_kd"] = feature_kd_section(view, res)  # Table B.5 (feature_kd studies)
     res["verdict"] = scope_verdict(res["verdict"], view.config)  # says "feature KD + KD" when it is
     sentence = calibration_sentence(res.get("calibration"))

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from lskd_core import __version__
 
@@ -101,22 +100,34 @@ def source_digest(plugin: Optional[str]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+#: Asks an interpreter for the versions of import names; a package installed under another
+#: distribution name (``fairseq`` from ``fairseq-fixed``) is found through its top-level modules and
+#: reported as "VERSION (DISTRIBUTION)". Run in-process for our own interpreter, else through -c.
+_VERSIONS_CODE = """
+import importlib.metadata as m
+def installed_version(n):
+    try:
+        return m.version(n)
+    except m.PackageNotFoundError:
+        pass
+    for dist in sorted(m.packages_distributions().get(n, [])):
+        try:
+            return m.version(dist) + " (" + dist + ")"
+        except m.PackageNotFoundError:
+            pass
+    return None
+"""
+
+
 @functools.lru_cache(maxsize=None)
 def framework_versions(python: Optional[str], names: Tuple[str, ...]) -> Dict[str, Optional[str]]:
-    """Installed versions of ``names`` in the runs' interpreter (None: not installed). Another
-    interpreter (the ``python`` setting) is asked once, through importlib.metadata too."""
+    """Installed versions of the packages ``names`` (import names) in the runs' interpreter (None:
+    not installed). Another interpreter (the ``python`` setting) is asked once, the same way."""
     if python is None or Path(python).resolve() == Path(sys.executable).resolve():
-        out: Dict[str, Optional[str]] = {}
-        for n in names:
-            try:
-                out[n] = importlib.metadata.version(n)
-            except importlib.metadata.PackageNotFoundError:
-                out[n] = None
-        return out
-    code = ("import json, sys, importlib.metadata as m\n"
-            "def v(n):\n"
-            "    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n        return None\n"
-            "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
+        scope: Dict[str, Any] = {}
+        exec(_VERSIONS_CODE, scope)  # our own constant: the same lookup as in another interpreter
+        return {n: scope["installed_version"](n) for n in names}
+    code = _VERSIONS_CODE + "import json, sys\nprint(json.dumps({n: installed_version(n) for n in sys.argv[1:]}))"
     try:
         res = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, timeout=60, check=True)
         got = json.loads(res.stdout)
