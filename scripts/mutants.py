@@ -8,21 +8,25 @@ and incompetent mutants, the score over the non-equivalent ones, and every survi
 Mutants listed in ``mutation/equivalent.json`` (module, operator, line, with a reason) are reported
 as equivalent and left out of the score.
 
-    python scripts/mutants.py [--jobs 2] [--out runs/mutants] [--resume] [mutation/findings.toml ...]
+    python scripts/mutants.py [--jobs 2] [--out runs/mutants] [--resume [--rerun-survivors]] [--max-minutes M]
+                              [mutation/findings.toml ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 _COPY = ("lskd_core", "vision_plugin", "fairseq_plugin", "tests", "pyproject.toml", "setup.py")
@@ -52,21 +56,57 @@ def _env() -> Dict[str, str]:
     return env
 
 
-def start_session(config: Path, out: Path, resume: bool) -> subprocess.Popen:
+def _module_digest(config: Path) -> str:
+    """sha256 over the mutated modules' source: a session whose modules changed must be re-initialised
+    (cosmic-ray's mutants are positions in the old text)."""
+    text = config.read_text(encoding="utf-8")
+    h = hashlib.sha256()
+    for line in text.splitlines():
+        if line.strip().startswith("module-path"):
+            for name in re.findall(r'"([^"]+)"', line):
+                src = REPO / name
+                files = sorted(src.rglob("*.py")) if src.is_dir() else [src]
+                for f in files:
+                    h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _forget_survivors(session: Path) -> int:
+    """Drop the recorded survivors so that ``cosmic-ray exec`` tests them again (with the current tests)."""
+    con = sqlite3.connect(str(session))
+    cur = con.execute("DELETE FROM work_results WHERE lower(worker_outcome) = 'normal' "
+                      "AND lower(test_outcome) = 'survived'")
+    con.commit()
+    n = cur.rowcount
+    con.close()
+    return n
+
+
+def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool = False) -> subprocess.Popen:
     name = config.stem
     tree, session = out / name / "tree", out / name / "session.sqlite"
+    digest_file = out / name / "modules.sha256"
+    digest = _module_digest(config)
     # A fresh copy every time, also on --resume: a killed cosmic-ray can leave its last mutant in the
-    # tree (the session database, outside it, keeps what is done; resume with unchanged code only).
+    # tree (the session database, outside it, keeps what is done). The copy carries the current tests,
+    # so pending mutants meet the newest tests; --rerun-survivors re-tests the recorded survivors too.
     _copy_tree(tree)
     shutil.copy2(config, tree / "cosmic-ray.toml")
-    if not (resume and session.exists()):
+    stale = digest_file.exists() and digest_file.read_text().strip() != digest
+    if resume and session.exists() and stale:
+        print(f"[mutants] {name}: the mutated source changed since the session began: starting it afresh",
+              flush=True)
+    if not (resume and session.exists()) or stale or not digest_file.exists():
         session.unlink(missing_ok=True)
         for cmd in ([_tool("cosmic-ray"), "init", "cosmic-ray.toml", str(session)],
                     [_tool("cr-filter-operators"), str(session), "cosmic-ray.toml"]):
             subprocess.run(cmd, cwd=tree, env=_env(), check=True, capture_output=True)
+        digest_file.write_text(digest + "\n")
+    elif rerun_survivors:
+        print(f"[mutants] {name}: {_forget_survivors(session)} survivors to re-test", flush=True)
     log = open(out / name / "exec.log", "a", encoding="utf-8")
     return subprocess.Popen([_tool("cosmic-ray"), "exec", "cosmic-ray.toml", str(session)], cwd=tree, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _equivalent(path: Path) -> List[dict]:
@@ -97,7 +137,7 @@ def session_results(session: Path) -> List[dict]:
         elif worker == "skipped":
             outcome = "skipped"
         elif worker == "normal":
-            outcome = {"killed": "killed", "survived": "survived"}.get(test, "incompetent")
+            outcome = {"killed": "killed", "survived": "survived"}.get(test or "", "incompetent")
         elif worker in ("timeout", "abnormal"):
             outcome = "killed"  # the tests did not pass on the mutant (hung or crashed)
         else:
@@ -108,7 +148,7 @@ def session_results(session: Path) -> List[dict]:
 
 
 def summarize(out: Path, configs: Sequence[Path], equivalent: Sequence[dict], wall_s: float) -> dict:
-    modules: Dict[str, Dict[str, int]] = {}
+    modules: Dict[str, Dict[str, Any]] = {}
     survivors: List[dict] = []
     for config in configs:
         session = out / config.stem / "session.sqlite"
@@ -147,6 +187,10 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--out", default="runs/mutants", help="sessions, logs and summary (default runs/mutants)")
     parser.add_argument("--resume", action="store_true", help="continue existing sessions (their pending mutants)")
     parser.add_argument("--summary-only", action="store_true", help="write the summary of existing sessions")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="with --resume: test the recorded survivors again (after adding tests)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop the sessions after this long (what is done is kept: continue with --resume)")
     args = parser.parse_args(list(argv) or None)
     configs = [Path(c).resolve() for c in args.configs] or sorted((REPO / "mutation").glob("*.toml"))
     missing = [str(c) for c in configs if not c.is_file()]
@@ -161,14 +205,29 @@ def main(argv: Sequence[str] = ()) -> int:
     if not args.summary_only:
         pending = list(configs)
         running: List[subprocess.Popen] = []
-        while pending or running:
-            while pending and len(running) < max(1, args.jobs):
-                config = pending.pop(0)
-                (out / config.stem).mkdir(parents=True, exist_ok=True)
-                running.append(start_session(config, out, args.resume))
-                print(f"[mutants] {config.stem}: started (log {out / config.stem / 'exec.log'})", flush=True)
-            time.sleep(2)
-            running = [p for p in running if p.poll() is None]
+        deadline = None if args.max_minutes is None else start + 60.0 * args.max_minutes
+
+        def _stop(*_: object) -> None:
+            raise SystemExit(143)
+
+        signal.signal(signal.SIGTERM, _stop)  # `timeout` or kill: take the sessions (own process groups) down too
+        try:
+            while pending or running:
+                while pending and len(running) < max(1, args.jobs):
+                    config = pending.pop(0)
+                    (out / config.stem).mkdir(parents=True, exist_ok=True)
+                    running.append(start_session(config, out, args.resume, args.rerun_survivors))
+                    print(f"[mutants] {config.stem}: started (log {out / config.stem / 'exec.log'})", flush=True)
+                time.sleep(2)
+                if deadline is not None and time.time() > deadline:
+                    print(f"[mutants] stopped after {args.max_minutes:g} min: continue with --resume", flush=True)
+                    break
+                running = [p for p in running if p.poll() is None]
+        finally:
+            for p in running:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)  # cosmic-ray and its test run; finished mutants are kept
+                    p.wait()
     summary = summarize(out, configs, _equivalent(REPO / "mutation" / "equivalent.json"), time.time() - start)
     for module, c in sorted(summary["modules"].items()):
         print(f"[mutants] {module}: {c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "

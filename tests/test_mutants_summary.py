@@ -60,3 +60,28 @@ def test_summary_counts_scores_and_lists_survivors(tmp_path):
 def test_a_missing_config_is_one_line(capsys):
     assert _load().main(["no/such.toml"]) == 2
     assert "no such cosmic-ray config" in capsys.readouterr().err
+
+
+def test_rerun_survivors_forgets_only_the_survivors(tmp_path):
+    mutants = _load()
+    db = tmp_path / "session.sqlite"
+    _session(db, [(10, "core/AddNot", "NORMAL", "KILLED"), (11, "core/AddNot", "NORMAL", "SURVIVED"),
+                  (12, "core/AddNot", "SKIPPED", None), (13, "core/AddNot", "normal", "survived")])
+    assert mutants._forget_survivors(db) == 2
+    outcomes = {r["line"]: r["outcome"] for r in mutants.session_results(db)}
+    assert outcomes == {10: "killed", 11: "pending", 12: "skipped", 13: "pending"}
+
+
+def test_the_module_digest_follows_the_mutated_source_only(tmp_path, monkeypatch):
+    mutants = _load()
+    monkeypatch.setattr(mutants, "REPO", tmp_path)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "other.py").write_text("y = 1\n")
+    config = tmp_path / "a.toml"
+    config.write_text('[cosmic-ray]\nmodule-path = ["pkg/a.py"]\ntest-command = "pytest"\n')
+    before = mutants._module_digest(config)
+    (tmp_path / "other.py").write_text("y = 2\n")
+    assert mutants._module_digest(config) == before  # another file: the session stays valid
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert mutants._module_digest(config) != before  # the mutated module changed: re-initialise
