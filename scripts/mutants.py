@@ -56,19 +56,74 @@ def _env() -> Dict[str, str]:
     return env
 
 
-def _module_digest(config: Path) -> str:
-    """sha256 over the mutated modules' source: a session whose modules changed must be re-initialised
-    (cosmic-ray's mutants are positions in the old text)."""
-    text = config.read_text(encoding="utf-8")
-    h = hashlib.sha256()
-    for line in text.splitlines():
+def _module_files(config: Path) -> List[str]:
+    """The files a config mutates (its ``module-path``), relative to the repository."""
+    files: List[str] = []
+    for line in config.read_text(encoding="utf-8").splitlines():
         if line.strip().startswith("module-path"):
             for name in re.findall(r'"([^"]+)"', line):
                 src = REPO / name
-                files = sorted(src.rglob("*.py")) if src.is_dir() else [src]
-                for f in files:
-                    h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+                found = sorted(src.rglob("*.py")) if src.is_dir() else [src]
+                files += [str(f.relative_to(REPO)) for f in found]
+    return files
+
+
+def _module_digest(config: Path) -> str:
+    """sha256 over the mutated modules' source: a session whose modules changed must be re-initialised
+    (cosmic-ray's mutants are positions in the old text)."""
+    h = hashlib.sha256()
+    for name in _module_files(config):
+        h.update(name.encode() + b"\0" + (REPO / name).read_bytes())
     return h.hexdigest()
+
+
+def _mutant_keys(session: Path, source: Path) -> Dict[str, tuple]:
+    """job id -> what the mutant is, independent of where its line now sits: the module, operator and
+    arguments, the mutated source text and columns, and which of several identical ones it is."""
+    con = sqlite3.connect(str(session))
+    specs = con.execute("SELECT job_id, module_path, operator_name, operator_args, start_pos_row, start_pos_col, "
+                        "end_pos_row, end_pos_col FROM mutation_specs ORDER BY module_path, start_pos_row, "
+                        "start_pos_col, operator_name, occurrence").fetchall()
+    con.close()
+    texts: Dict[str, List[str]] = {}
+    seen: Dict[tuple, int] = {}
+    out = {}
+    for job, module, op, args, r0, c0, r1, c1 in specs:
+        if module not in texts:
+            f = source / module
+            texts[module] = f.read_text(encoding="utf-8").splitlines() if f.exists() else []
+        base = (module, op, args, "\n".join(texts[module][int(r0) - 1:int(r1)]), c0, c1)
+        seen[base] = seen.get(base, 0) + 1
+        out[job] = base + (seen[base],)
+    return out
+
+
+def _carry_over(old_session: Path, old_source: Path, session: Path, source: Path) -> int:
+    """Copy the outcomes of the mutants that are unchanged (same text, operator and columns) from a session
+    of an earlier version of the modules into a fresh one; returns how many were carried."""
+    old_keys = _mutant_keys(old_session, old_source)
+    con = sqlite3.connect(str(old_session))
+    done = {old_keys[job]: row for job, *row in con.execute(
+        "SELECT job_id, worker_outcome, output, test_outcome, diff FROM work_results "
+        "WHERE lower(worker_outcome) != 'skipped'") if job in old_keys}
+    con.close()
+    con = sqlite3.connect(str(session))
+    n = 0
+    for job, key in _mutant_keys(session, source).items():
+        if key in done:
+            n += con.execute("INSERT OR IGNORE INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+                             "VALUES (?, ?, ?, ?, ?)", (*done[key], job)).rowcount
+    con.commit()
+    con.close()
+    return n
+
+
+def _snapshot(config: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name in _module_files(config):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
 
 
 def _forget_survivors(session: Path) -> int:
@@ -92,17 +147,29 @@ def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool =
     # so pending mutants meet the newest tests; --rerun-survivors re-tests the recorded survivors too.
     _copy_tree(tree)
     shutil.copy2(config, tree / "cosmic-ray.toml")
-    stale = digest_file.exists() and digest_file.read_text().strip() != digest
-    if resume and session.exists() and stale:
-        print(f"[mutants] {name}: the mutated source changed since the session began: starting it afresh",
-              flush=True)
-    if not (resume and session.exists()) or stale or not digest_file.exists():
+    source = out / name / "source"  # the modules' text the session's positions refer to
+    stale = resume and session.exists() and (not digest_file.exists() or digest_file.read_text().strip() != digest)
+    if stale and source.is_dir():
+        # keep what is done for every mutant whose line is unchanged; the rest are run afresh
+        session.replace(session.with_suffix(".old"))
+        shutil.rmtree(source.with_suffix(".old"), ignore_errors=True)
+        source.replace(source.with_suffix(".old"))
+    if not (resume and session.exists()) or stale:
         session.unlink(missing_ok=True)
         for cmd in ([_tool("cosmic-ray"), "init", "cosmic-ray.toml", str(session)],
                     [_tool("cr-filter-operators"), str(session), "cosmic-ray.toml"]):
             subprocess.run(cmd, cwd=tree, env=_env(), check=True, capture_output=True)
+        _snapshot(config, source)
         digest_file.write_text(digest + "\n")
-    elif rerun_survivors:
+        if stale and session.with_suffix(".old").exists():
+            n = _carry_over(session.with_suffix(".old"), source.with_suffix(".old"), session, source)
+            print(f"[mutants] {name}: the mutated source changed since the session began: re-initialised, "
+                  f"{n} outcomes of unchanged mutants carried over", flush=True)
+            session.with_suffix(".old").unlink()
+            shutil.rmtree(source.with_suffix(".old"))
+        elif stale:
+            print(f"[mutants] {name}: the mutated source changed since the session began: re-initialised", flush=True)
+    if resume and rerun_survivors:
         print(f"[mutants] {name}: {_forget_survivors(session)} survivors to re-test", flush=True)
     log = open(out / name / "exec.log", "a", encoding="utf-8")
     return subprocess.Popen([_tool("cosmic-ray"), "exec", "cosmic-ray.toml", str(session)], cwd=tree, env=_env(),

@@ -85,3 +85,19 @@ def test_the_module_digest_follows_the_mutated_source_only(tmp_path, monkeypatch
     assert mutants._module_digest(config) == before  # another file: the session stays valid
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert mutants._module_digest(config) != before  # the mutated module changed: re-initialise
+
+
+def test_outcomes_of_unchanged_mutants_are_carried_to_a_new_version(tmp_path):
+    """A line inserted above shifts every mutant: the unchanged ones keep their outcome, the changed line's
+    mutant is run again."""
+    mutants = _load()
+    for version, text in (("old", "a = 1\nb = 2\n"), ("new", "x = 0\na = 1\nb = 3\n")):
+        (tmp_path / version / "lskd_core").mkdir(parents=True)
+        (tmp_path / version / "lskd_core" / "findings.py").write_text(text)
+    _session(tmp_path / "old.sqlite", [(1, "core/NumberReplacer", "NORMAL", "KILLED"),
+                                       (2, "core/NumberReplacer", "NORMAL", "SURVIVED")])
+    _session(tmp_path / "new.sqlite", [(1, "core/NumberReplacer", None, None), (2, "core/NumberReplacer", None, None),
+                                       (3, "core/NumberReplacer", None, None)])
+    assert mutants._carry_over(tmp_path / "old.sqlite", tmp_path / "old", tmp_path / "new.sqlite", tmp_path / "new") == 1
+    outcomes = {r["line"]: r["outcome"] for r in mutants.session_results(tmp_path / "new.sqlite")}
+    assert outcomes == {1: "pending", 2: "killed", 3: "pending"}
