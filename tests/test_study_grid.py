@@ -229,21 +229,20 @@ def test_bleu_of_a_generate_run_is_detokenised_sacrebleu(tmp_path):
     assert extra["bleu"] == pytest.approx(want, abs=1e-3) and "bleu_tok" in extra
 
 
-def test_bleu_scorer_failure_is_the_run_error(tmp_path, monkeypatch):
-    """A scorer exit status != 0 fails the run with the scorer's last line (no subprocess here:
-    the real scorer's error lines are tested in test_fairseq_hardening)."""
-    import subprocess
-
+def test_bleu_scorer_failure_is_the_run_error(tmp_path):
+    """A log that cannot be scored fails the run with one line naming the file and the problem."""
     from lskd_core.study.tasks import translation as tr
 
-    def fake_run(argv, **kw):
-        assert argv[1:3] == ["-m", "fairseq_plugin.bleu"] and "--json" in argv and "--lowercase" in argv
-        return subprocess.CompletedProcess(argv, 2, "", "warning\nbleu: gen.txt: no H-/T- line pairs found\n")
-
-    monkeypatch.setattr(tr.subprocess, "run", fake_run)
-    extra, err = tr.score_bleu(tmp_path / "gen.txt", "de", None)
-    assert extra == {} and err == ("BLEU scoring failed (python -m fairseq_plugin.bleu): "
-                                   "bleu: gen.txt: no H-/T- line pairs found")
+    gen = tmp_path / "gen.txt"
+    gen.write_text("2026-12-06 | INFO | fairseq_cli.generate | no hypotheses here\n", encoding="utf-8")
+    extra, err = tr.score_bleu(gen, "de", None)
+    assert extra == {} and err == ("BLEU scoring of gen.txt failed: no H-/T- line pairs found: "
+                                   "is this fairseq-generate output?")
+    extra, err = tr.score_bleu(tmp_path / "missing.txt", "de", None)
+    assert extra == {} and err.startswith("BLEU scoring of missing.txt failed: ") and "\n" not in err
+    gen.write_bytes(b"H-0\t-0.5\t\xff\xfe\n")
+    extra, err = tr.score_bleu(gen, "de", None)
+    assert extra == {} and err.startswith("BLEU scoring of gen.txt failed: ")
 
 
 # ------------------------------------------------------------------------------------------------

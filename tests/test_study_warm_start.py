@@ -18,7 +18,7 @@ from conftest import needs_fashion_mnist, subprocess_env, wait_for_exit
 
 from lskd_core import study as S
 from lskd_core.study.launchers import LOST
-from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_module
+from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_module, warm_target
 from vision_plugin.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,3 +229,81 @@ def test_warm_training_run_is_bit_identical_to_a_cold_one(tmp_path):
         return [{k: r[k] for k in ("epoch", "train_loss", "val_acc1")} for r in rows if "val_acc1" in r]
 
     assert epochs(outs["cold"]) == epochs(outs["warm"]) and len(epochs(outs["cold"])) == 2
+
+
+WRAPPER = "#!{python}\nimport sys\nfrom lskd_probe_entry import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
+ENTRY = textwrap.dedent('''
+    import json, os, sys
+    def main():
+        print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name__, "pgid": os.getpgid(0),
+                          "pid": os.getpid()}), flush=True)
+        return int(sys.argv[1])
+''')
+
+
+@pytest.fixture()
+def script_env(tmp_path, probe_env):
+    """A console script as pip installs one: an entry point in a distribution's metadata and pip's
+    wrapper in a bin folder, its #! line naming this interpreter."""
+    site = tmp_path / "site"
+    info = site / "lskd_probe_entry-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lskd-probe-entry\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[console_scripts]\nlskd-probe = lskd_probe_entry:main\n"
+                                           "lskd-other = lskd_probe_entry:main\n")
+    (site / "lskd_probe_entry.py").write_text(ENTRY)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {"lskd-probe": WRAPPER.format(python=sys.executable),
+                       "lskd-other": "#!" + sys.executable + "\nprint('not the wrapper')\n",
+                       "lskd-shell": "#!/bin/sh\necho shell\n"}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(probe_env, PYTHONPATH=os.pathsep.join([str(site), probe_env["PYTHONPATH"]]))
+    return env, bin_dir
+
+
+def test_warm_target_knows_modules_and_python_console_scripts(script_env):
+    _, bin_dir = script_env
+    py = sys.executable
+    assert warm_target([py, "-m", "vision_plugin.train", "--epochs", "1"]) == (py, {"module": "vision_plugin.train"})
+    assert warm_target([str(bin_dir / "lskd-probe"), "3"]) == (py, {"script": str(bin_dir / "lskd-probe")})
+    assert warm_target([str(bin_dir / "lskd-shell")]) is None  # a shell script: never forked from Python
+    assert warm_target([str(bin_dir / "no-such-script")]) is None
+    assert warm_target([]) is None
+
+
+def test_server_runs_a_console_script_as_its_wrapper_would(tmp_path, script_env):
+    env, bin_dir = script_env
+    server = WarmServer(sys.executable, env, preload=())
+    try:
+        assert server.usable, server.failed
+        pid = server.spawn(None, ["7"], tmp_path / "s.log", tmp_path / "s.exit.json", cwd=tmp_path,
+                           script=str(bin_dir / "lskd-probe"))
+        assert isinstance(pid, int)
+        rec = _wait_exit(tmp_path / "s.exit.json")
+        # same name as an entry point, other text: not known to be its wrapper, so it must start cold
+        other = server.spawn(None, ["1"], tmp_path / "o.log", tmp_path / "o.exit.json",
+                             script=str(bin_dir / "lskd-other"))
+        assert other is None and server.usable
+    finally:
+        server.close()
+    assert rec["returncode"] == 7  # sys.exit(main()) with main() returning the code
+    seen = json.loads((tmp_path / "s.log").read_text().splitlines()[0])
+    assert seen["argv"] == [str(bin_dir / "lskd-probe"), "7"] and seen["path0"] == str(bin_dir)
+    assert seen["name"] == "lskd_probe_entry" and seen["pgid"] == seen["pid"] == pid
+
+
+def test_launcher_starts_console_scripts_warm_and_cold_alike(tmp_path, script_env):
+    env, bin_dir = script_env
+    outs = {}
+    for warm in (True, False):
+        la = S.LocalLauncher(warm_start=warm)
+        log = tmp_path / f"warm{warm}.log"
+        h = la.start(S.Run("r", "export", ("exe", "lskd-probe"), []), [str(bin_dir / "lskd-probe"), "4"], env, log,
+                     cwd=tmp_path)
+        assert wait_for_exit(la, h) == 4 and ("exit_file" in h) == warm
+        la.close()
+        outs[warm] = json.loads(log.read_text().splitlines()[0])
+    for key in ("argv", "path0", "name"):
+        assert outs[True][key] == outs[False][key]

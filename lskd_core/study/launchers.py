@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 from lskd_core.study.lock import process_alive
 from lskd_core.study.plan import Run
-from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_module
+from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_target
 
 __all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
 
@@ -93,7 +93,8 @@ LOST = 255
 class LocalLauncher(Launcher):
     """Each run is a child process of this machine (its own process group, output to ``log_path``).
 
-    With ``warm_start`` (the default) ``python -m MODULE`` runs are forks of one warm server that
+    With ``warm_start`` (the default) ``python -m MODULE`` runs and console scripts such as
+    ``fairseq-train`` are forks of one warm server that
     imported torch once (:mod:`lskd_core.study.warm_start`): the same process, arguments, log and
     exit status as a cold start, without ~2-3 CPU seconds of imports per run. Other runs, and every
     run when the server cannot be used, start cold. ``[launcher] kind = "local", warm_start = false``
@@ -140,18 +141,20 @@ class LocalLauncher(Launcher):
 
     def _start_warm(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
                     cwd: Optional[Path]) -> Optional[int]:
-        module = warm_module(argv, argv[0]) if self.warm_start and argv else None
-        if module is None or self.warm_note:
+        target = warm_target(argv) if self.warm_start else None
+        if target is None or self.warm_note:
             return None
+        python, what = target
         server = self._server
-        if server is not None and (server.python != argv[0] or server.env != dict(env)):
+        if server is not None and (server.python != python or server.env != dict(env)):
             server.close()  # another interpreter or environment: a server must match the runs'
             server = None
         if server is None:
-            server = self._server = WarmServer(argv[0], env, cwd=cwd)
+            server = self._server = WarmServer(python, env, cwd=cwd)
         exit_path = Path(f"{log_path}.exit.json")
         exit_path.unlink(missing_ok=True)  # a record from an earlier attempt must not answer for this one
-        pid = server.spawn(module, argv[3:], log_path, exit_path, cwd)
+        args = argv[3:] if "module" in what else argv[1:]
+        pid = server.spawn(what.get("module"), args, log_path, exit_path, cwd, script=what.get("script"))
         if pid is None:
             if server.failed:
                 self.warm_note = server.failed

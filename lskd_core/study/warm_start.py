@@ -25,6 +25,12 @@ server's own (the launcher keys servers by environment), so variables read at im
 (``OMP_NUM_THREADS`` by the OpenMP runtime) mean the same as in a cold start. A run is started
 cold whenever the server cannot be used: not ``python -m``, torchrun, a ``python`` setting that is
 not a Python interpreter, no ``/proc`` to count threads, or a server that died.
+
+Console scripts start warm too (``fairseq-train``, ``fairseq-generate``: ~5 CPU s of imports each):
+a script whose ``#!`` line names an interpreter and whose name is one of that interpreter's
+``console_scripts`` entry points, with the text of pip's wrapper for it (``from M import F`` ...
+``F()``), is run by the server of that interpreter as the wrapper would: ``sys.argv[0]`` the script,
+the script's folder first on ``sys.path``, exit status ``sys.exit(F())``'s. Any other file is cold.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import importlib
 import io
 import json
 import os
+import re
 import runpy
 import select
 import signal
@@ -44,9 +51,9 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
-__all__ = ["DEFAULT_PRELOAD", "WarmServer", "read_exit_file", "warm_module"]
+__all__ = ["DEFAULT_PRELOAD", "WarmServer", "read_exit_file", "warm_module", "warm_target"]
 
 #: Imported once by the server (those not installed are skipped).
 DEFAULT_PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "numpy")
@@ -61,6 +68,37 @@ def warm_module(argv: Sequence[str], python: str) -> Optional[str]:
     if len(argv) < 3 or argv[0] != python or argv[1] != "-m" or argv[2] in _NEVER_WARM:
         return None
     return argv[2]
+
+
+def _shebang_python(path: str) -> Optional[str]:
+    """The interpreter a script's ``#!`` line names, when it is a plain path to an executable."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if len(words) != 1 or not os.path.isabs(words[0]) or not os.access(words[0], os.X_OK):
+        return None  # "/usr/bin/env python", interpreter flags, ...: not known to be one interpreter
+    # a shell or other script is not ours to fork (and a server it cannot start would turn warm
+    # start off for the study's Python runs too)
+    return words[0] if re.fullmatch(r"python[0-9.]*", os.path.basename(words[0])) else None
+
+
+def warm_target(argv: Sequence[str]) -> Optional[Tuple[str, Dict[str, str]]]:
+    """For a run that may start warm: (the server's interpreter, what the server runs) -- a module
+    for ``python -m MODULE ...``, a script for a console script naming its interpreter; else None.
+    Whether a script really is an entry point's wrapper is the server's to check (it has the
+    interpreter's metadata)."""
+    if not argv:
+        return None
+    module = warm_module(argv, argv[0])
+    if module is not None:
+        return argv[0], {"module": module}
+    python = _shebang_python(argv[0])
+    return (python, {"script": os.path.abspath(argv[0])}) if python else None
 
 
 def read_exit_file(path: Path) -> Optional[Dict[str, Any]]:
@@ -108,15 +146,15 @@ class WarmServer:
     def usable(self) -> bool:
         return self.failed is None and self.proc is not None and self.proc.poll() is None
 
-    def spawn(self, module: str, args: Sequence[str], log_path: Path, exit_path: Path,
-              cwd: Optional[Path] = None) -> Optional[int]:
-        """Fork a run; its pid, or None when it must be started cold (``failed`` says why once the
-        server is unusable for good)."""
+    def spawn(self, module: Optional[str], args: Sequence[str], log_path: Path, exit_path: Path,
+              cwd: Optional[Path] = None, script: Optional[str] = None) -> Optional[int]:
+        """Fork a run of ``module`` (``python -m``) or of the console ``script``; its pid, or None
+        when it must be started cold (``failed`` says why once the server is unusable for good)."""
         if not self.usable:
             return None
         assert self.proc is not None and self.proc.stdin is not None
-        request = {"module": module, "args": list(args), "log": str(log_path), "exit": str(exit_path),
-                   "cwd": str(cwd) if cwd else None}
+        request = {"module": module, "script": script, "args": list(args), "log": str(log_path),
+                   "exit": str(exit_path), "cwd": str(cwd) if cwd else None}
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
@@ -253,12 +291,9 @@ def _run_child(request: Mapping[str, Any], ready_fd: int) -> int:
     os.close(_REPLY_FD)
     if request.get("cwd"):
         os.chdir(request["cwd"])
-    module = request["module"]
-    sys.argv = [module, *request["args"]]
-    sys.path[0] = os.getcwd()  # as `python -m` puts the current directory first
-    sys.modules.pop(module, None)  # run its top level afresh as __main__, like `python -m`
+    run = _run_entry if request.get("entry") else _run_module
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        run(request)
     except SystemExit as e:
         return _exit_code(e)
     except KeyboardInterrupt:
@@ -268,6 +303,50 @@ def _run_child(request: Mapping[str, Any], ready_fd: int) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def _run_module(request: Mapping[str, Any]) -> None:
+    module = request["module"]
+    sys.argv = [module, *request["args"]]
+    sys.path[0] = os.getcwd()  # as `python -m` puts the current directory first
+    sys.modules.pop(module, None)  # run its top level afresh as __main__, like `python -m`
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _run_entry(request: Mapping[str, Any]) -> None:
+    """A console script, as pip's wrapper runs it: ``sys.exit(F())``."""
+    script = str(request["script"])
+    sys.argv = [script, *request["args"]]
+    sys.path[0] = os.path.dirname(script)  # a script's folder, as for ``python script``
+    module, _, attr = str(request["entry"]).partition(":")
+    sys.exit(_attr(importlib.import_module(module), attr)())
+
+
+def _attr(obj: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _script_entry(script: str) -> Tuple[Optional[str], str]:
+    """``"module:attr"`` of the console_scripts entry point that ``script`` is pip's wrapper of, or
+    (None, why not). The wrapper's text must import and call that very function: a file that merely
+    shares an entry point's name is run cold."""
+    import importlib.metadata as metadata
+
+    name = os.path.basename(script)
+    found = list(metadata.entry_points(group="console_scripts", name=name))
+    if not found:
+        return None, f"{name} is not a console script of this interpreter"
+    ep = found[0]
+    try:
+        text = Path(script).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return None, f"cannot read {script}: {e}"
+    head = ep.attr.split(".")[0]
+    if f"from {ep.module} import {head}" not in text or f"{ep.attr}()" not in text:
+        return None, f"{script} is not the wrapper of entry point {ep.value}"
+    return f"{ep.module}:{ep.attr}", ""
 
 
 def _exit_child(code: int) -> NoReturn:
@@ -306,7 +385,15 @@ def _handle(request: Mapping[str, Any], children: Dict[int, str], state: Dict[st
     if state.get("unusable"):
         _send({"cold": state["unusable"], "unusable": True})
         return
-    module = str(request.get("module"))
+    if request.get("script"):
+        entry, why = _script_entry(str(request["script"]))
+        if entry is None:
+            _send({"cold": why})
+            return
+        request = dict(request, entry=entry)
+        module = entry.partition(":")[0]
+    else:
+        module = str(request.get("module"))
     try:
         importlib.import_module(module)
     except BaseException as e:  # the cold start will show the error in the run's own log

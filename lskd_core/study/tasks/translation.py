@@ -2,7 +2,7 @@
 
 Offline corpus -> LS teachers (fairseq's label_smoothed_cross_entropy) -> with ``cache`` one teacher
 cache per teacher (``python -m fairseq_plugin.teacher_cache build``) -> ls_kd students
-(``--teacher-cache``, or ``--teacher-path`` live) -> ``fairseq-generate`` -> BLEU by ``fairseq_plugin.bleu``.
+(``--teacher-cache``, or ``--teacher-path`` live) -> ``fairseq-generate`` -> BLEU by :mod:`lskd_core.bleu` (``python -m fairseq_plugin.bleu``'s functions).
 
 Against fairseq_plugin's CLI (issue 4): ``python -m fairseq_plugin.prepare_offline --pair P --out
 DIR`` (binarised data in ``DIR/bin``), ``--user-dir <fairseq_plugin>`` (also on teachers and
@@ -14,10 +14,6 @@ its save dir by itself, so an interrupted run is restarted in place.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
@@ -53,26 +49,20 @@ def _target_lang(pair: str) -> str:
 
 
 def score_bleu(generate_output: Path, lang: str, ref: Optional[Path]) -> Tuple[Dict[str, object], Optional[str]]:
-    """The one BLEU path: ``python -m fairseq_plugin.bleu`` (run as a program: the core never
-    imports a plugin) on a ``fairseq-generate`` log. ``bleu`` = detokenised, lower-cased sacreBLEU
-    (the grid's score; the IWSLT'14 recipe and ``prepare_offline`` lower-case the data), against
-    ``ref`` when given (``prepare_offline``'s ``raw/test.<lang>``), else the detokenised ``T-`` lines;
-    ``bleu_tok`` = the tokenised IWSLT-style BLEU4 (Table 5's convention), a secondary number."""
-    argv = [sys.executable, "-m", "fairseq_plugin.bleu", str(generate_output), "--lang", lang, "--lowercase", "--json"]
-    if ref is not None and ref.is_file():
-        argv += ["--ref", str(ref)]
-    env = dict(os.environ)
-    root = plugin_root()
-    if root is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(root)] + [x for x in [env.get("PYTHONPATH")] if x])
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        return {}, f"BLEU scoring failed (python -m fairseq_plugin.bleu): {last}"
+    """The one BLEU path: :func:`lskd_core.bleu.score` (what ``python -m fairseq_plugin.bleu``
+    prints) on a ``fairseq-generate`` log, in this process. ``bleu`` = detokenised, lower-cased
+    sacreBLEU (the grid's score; the IWSLT'14 recipe and ``prepare_offline`` lower-case the data),
+    against ``ref`` when given (``prepare_offline``'s ``raw/test.<lang>``), else the detokenised
+    ``T-`` lines; ``bleu_tok`` = the tokenised IWSLT-style BLEU4 (Table 5's convention), a secondary
+    number. A log or reference that cannot be scored is the run's error, in one line."""
+    from lskd_core.bleu import score  # sacreBLEU + sacremoses: imported only by translation studies
+
     try:
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {}, f"BLEU scoring printed no JSON: {proc.stdout[-200:]!r}"
+        lines = generate_output.read_text(encoding="utf-8").splitlines()
+        refs = ref.read_text(encoding="utf-8").splitlines() if ref is not None and ref.is_file() else None
+        got = score(lines, lang, refs, lowercase=True)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {}, f"BLEU scoring of {generate_output.name} failed: {e}"
     return {"bleu": got["bleu_detok"], "bleu_tok": got["bleu_tok"], "chrf": got.get("chrf"),
             "bleu_sentences": got["sentences"], "sacrebleu_signature": got["sacrebleu_signature"],
             "chrf_signature": got.get("chrf_signature"),
@@ -213,7 +203,7 @@ class TranslationTask(TaskBackend):
                                           "teacher_seed": tseed, "teacher_run": t_id, "cached": cfg.cache},
                                     outputs=["checkpoint_best.pt"], resume_flag=None))
         # BLEU of every trained model (teachers too: the grid's teacher row), scored by
-        # fairseq_plugin.bleu against prepare_offline's detokenised references when the study made the data
+        # lskd_core.bleu against prepare_offline's detokenised references when the study made the data
         ref = f"{{study}}/runs/{deps_data[0]}/data/raw/test.{_target_lang(cfg.pair)}" if deps_data else None
         for r in [r for r in runs if r.kind in ("teacher", "student")]:
             runs.append(Run(bleu_id(r.run_id), "generate", ("exe", "fairseq-generate"),
