@@ -187,7 +187,7 @@ def smoothness_flag(row: Optional[Mapping[str, Any]], delta: float, unit: str = 
     if grid is not None:
         words += f"; minus the plain teacher's at T = {t}: {_interval_words(grid, unit)}"
     if temps and all(abs(x / row["ls_temperature"] - 1) < 0.1 for x in temps):
-        words += (f"; T' is within 10 % of T (both teachers are near maximum entropy), so the matched comparison "
+        words += ("; T' is within 10 % of T (both teachers are near maximum entropy), so the matched comparison "
                   "is close to the grid's own")
     ci = est.get("ci")
     if grid is not None and st.within_delta(grid, delta):

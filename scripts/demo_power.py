@@ -185,6 +185,18 @@ def slope_differences(recs: Sequence[Rec], alpha_ls: float, alpha_plain: float) 
     return {key: ls[key] - pl[key] for key in sorted(set(ls) & set(pl))}
 
 
+def cell_differences(recs: Sequence[Rec], alpha_ls: float, alpha_plain: float, temperature: float,
+                     other: Optional[Sequence[Rec]] = None) -> Dict[Tuple[int, int], float]:
+    """(teacher_seed, seed) -> the LS student's value at ``temperature`` minus its plain-teacher
+    partner's (same teacher seed index and student seed): the unit-level difference behind the
+    verdict's alpha claims at one T. ``other``: take the plain side from these records instead
+    (the entropy-matched students, App. H)."""
+    ls = {(r.teacher_seed, r.seed): r.value for r in recs if r.alpha == alpha_ls and r.temperature == temperature}
+    pl = {(r.teacher_seed, r.seed): r.value for r in (recs if other is None else other)
+          if r.alpha == alpha_plain and r.temperature == temperature}
+    return {key: ls[key] - pl[key] for key in sorted(set(ls) & set(pl))}
+
+
 def between_within(values: Mapping[Tuple[int, int], float]) -> Dict[str, Any]:
     """Student-level and teacher-level sd of per-seed values keyed (teacher_seed, seed).
 
@@ -237,6 +249,7 @@ class Design:
     teacher_epochs: int
     student_epochs: int
     export_images: int  # train + val images per feature export
+    matched: bool = False  # + App. H's entropy-matched students at the highest T (one per grid seed)
 
 
 def design_cpu(d: Design, cost: Mapping[str, Tuple[float, float, float]], alphas: int = 2,
@@ -250,12 +263,16 @@ def design_cpu(d: Design, cost: Mapping[str, Tuple[float, float, float]], alphas
     teachers = alphas * d.teacher_seeds
     students = alphas * len(d.temperatures) * d.seeds
     exports = 2 * teachers + (2 * students if analysis else 0)
-    return {
+    matched = d.seeds if d.matched else 0  # not exported; one match run per teacher seed
+    out = {
         "teacher": teachers * run("teacher", d.train * d.teacher_epochs, d.val * d.teacher_epochs),
         "cache": teachers * run("cache", d.train * d.student_epochs, 0),
-        "student": students * run("student", d.train * d.student_epochs, d.val * d.student_epochs),
+        "student": (students + matched) * run("student", d.train * d.student_epochs, d.val * d.student_epochs),
         "export": exports * run("export", 0, d.export_images / 2),
     }
+    if d.matched:
+        out["match"] = d.teacher_seeds * run("match", 0, 0) if "match" in cost else 0.0
+    return out
 
 
 def wall_estimate(cpu: Mapping[str, float], serial_s: float, cores: int) -> float:
@@ -266,9 +283,12 @@ def wall_estimate(cpu: Mapping[str, float], serial_s: float, cores: int) -> floa
 # ------------------------------------------------------------------------------------------------
 # reading pilots
 # ------------------------------------------------------------------------------------------------
-def read_students(study: Path, eval_name: Optional[str] = None) -> List[Rec]:
-    """Finished students of a study directory as :class:`Rec` (top-1 accuracy, percent); a run's
-    ``eval_name`` file (a re-evaluation) is preferred over its result.json when present."""
+def read_students(study: Path, eval_name: Optional[str] = None,
+                  matched: Optional[Tuple[float]] = None) -> List[Rec]:
+    """Finished grid students of a study directory as :class:`Rec` (top-1 accuracy, percent); a run's
+    ``eval_name`` file (a re-evaluation) is preferred over its result.json when present. With
+    ``matched = (ls_alpha,)``: the entropy-matched students of that LS alpha instead (App. H), as
+    records of the plain alpha at the LS cell's temperature."""
     recs = []
     for rc in sorted(study.glob("runs/*/run_config.json")):
         cfg = json.loads(rc.read_text())
@@ -278,10 +298,13 @@ def read_students(study: Path, eval_name: Optional[str] = None) -> List[Rec]:
         if cfg.get("kind") != "student" or not res.is_file():
             continue
         info, value = cfg["info"], json.loads(res.read_text()).get("val_acc1")
-        if value is None:
+        if value is None or (matched is None) != ("matched_key" not in info):
             continue
-        recs.append(Rec(float(info["alpha"]), float(info["temperature"]), int(info["seed"]),
-                        int(info.get("teacher_seed", 0)), float(value)))
+        if matched is not None and float(info["matched_to_alpha"]) != matched[0]:
+            continue
+        temp = float(info["matched_to_temperature"] if matched is not None else info["temperature"])
+        recs.append(Rec(float(info["alpha"]), temp, int(info["seed"]), int(info.get("teacher_seed", 0)),
+                        float(value)))
     return recs
 
 
@@ -334,13 +357,38 @@ def parse_cpu_log(path: Path) -> Dict[str, List[Tuple[float, float, float]]]:
     return out
 
 
+RUN_KINDS = (("export_", "export"), ("cache_", "cache"), ("teacher_", "teacher"), ("student_", "student"),
+             ("matched_", "student"), ("match", "match"))
+
+
+def read_exit_cpu(study: Path) -> Dict[str, List[Tuple[float, float, float]]]:
+    """Per run kind, (0, 0, CPU s) of every warm-started run of a study, from the exit records the
+    warm server writes (``runs/*/stdout.log.exit.json``, wait4's user + system time). The images are
+    not recorded there: the cost is then a constant per kind, valid at the pilot's data size and
+    epochs (the sizes the design search keeps)."""
+    out: Dict[str, List[Tuple[float, float, float]]] = {}
+    for path in sorted(study.glob("runs/*/stdout.log.exit.json")):
+        name = path.parent.name
+        kind = next((k for prefix, k in RUN_KINDS if name.startswith(prefix)), None)
+        rec = json.loads(path.read_text())
+        if kind is None or ".stale-" in name or rec.get("returncode") != 0:
+            continue
+        out.setdefault(kind, []).append((0.0, 0.0, float(rec["cpu_user_s"]) + float(rec["cpu_system_s"])))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # the estimate
 # ------------------------------------------------------------------------------------------------
-def variance_summary(pilots: Sequence[Sequence[Rec]], alpha_ls: float, alpha_plain: float) -> Dict[str, Any]:
+def variance_summary(pilots: Sequence[Sequence[Rec]], alpha_ls: float, alpha_plain: float,
+                     matched: Optional[Sequence[Sequence[Rec]]] = None) -> Dict[str, Any]:
     """Variance terms pooled over pilots (their teachers kept apart), per-seed slopes normalised to
     Sxx = 1 (value * sqrt(Sxx_pilot)) so that pilots with different temperature sets pool; a design's
-    per-seed slope sd is then the normalised sd / sqrt(Sxx_design)."""
+    per-seed slope sd is then the normalised sd / sqrt(Sxx_design). ``alpha_difference``: the
+    within- and between-teacher sd of the LS - plain difference at each pilot's lowest and highest T
+    and, from ``matched`` (each pilot's entropy-matched students), of LS at the highest T minus the
+    matched plain students (not rescaled: one T each)."""
+    diffs: Dict[str, Dict[Tuple[int, int], float]] = {"low": {}, "high": {}, "matched": {}}
     d_norm: Dict[Tuple[int, int], float] = {}
     ls_norm: Dict[Tuple[int, int], float] = {}
     d_raw: Dict[Tuple[int, int], float] = {}
@@ -357,6 +405,12 @@ def variance_summary(pilots: Sequence[Sequence[Rec]], alpha_ls: float, alpha_pla
         ls_norm.update({(t + 1000 * k, s): v * root for (t, s), v in ls.items()})
         d_raw.update({(t + 1000 * k, s): v for (t, s), v in d.items()})
         ls_raw.update({(t + 1000 * k, s): v for (t, s), v in ls.items()})
+        if temps:
+            other = matched[k] if matched and k < len(matched) and matched[k] else None
+            for name, t, o in (("low", temps[0], None), ("high", temps[-1], None), ("matched", temps[-1], other)):
+                if name != "matched" or o is not None:
+                    diffs[name].update({(ts + 1000 * k, sd): v
+                                        for (ts, sd), v in cell_differences(recs, alpha_ls, alpha_plain, t, o).items()})
         cells.append(cell_sd(recs))
         resid.append(residual_sd(recs))
         per_pilot.append({"temperatures": temps, "sxx": sxx(temps), "students": len(recs),
@@ -373,13 +427,14 @@ def variance_summary(pilots: Sequence[Sequence[Rec]], alpha_ls: float, alpha_pla
             "slope_difference": between_within(d_norm), "ls_slope": between_within(ls_norm),
             # teacher-level sd of the slopes themselves (per ln T, not normalised): pilots with >= 2 teachers
             "slope_difference_teacher": between_within(d_raw)["teacher_sd"] if teacher else None,
-            "ls_slope_teacher": between_within(ls_raw)["teacher_sd"] if teacher else None}
+            "ls_slope_teacher": between_within(ls_raw)["teacher_sd"] if teacher else None,
+            "alpha_difference": {name: between_within(d) for name, d in diffs.items() if d}}
 
 
 def candidate_designs(base: Design, seeds: Iterable[int], teacher_seeds: Iterable[int],
                       temperature_sets: Iterable[Sequence[float]]) -> List[Design]:
     return [Design(s, n, tuple(ts), base.train, base.val, base.teacher_epochs, base.student_epochs,
-                   base.export_images)
+                   base.export_images, base.matched)
             for s, n, ts in itertools.product(seeds, teacher_seeds, temperature_sets) if s % n == 0 and s >= 2 * n]
 
 
@@ -397,8 +452,14 @@ def evaluate_design(d: Design, var: Mapping[str, Any], cost: Mapping[str, Tuple[
         hw_ls = pooled_trend_halfwidth(var["cell_sd"], d.seeds, d.temperatures) * span
     else:
         hw_ls = t_halfwidth(unit_sd(sd_ls, tau_ls, d.seeds, d.teacher_seeds)[0], d.teacher_seeds) * span
+    claims = {"interaction": hw}
+    for name, comp in (var.get("alpha_difference") or {}).items():
+        if name != "matched" or d.matched:
+            claims[f"alpha_{name}"] = t_halfwidth(*unit_sd(comp["within_sd"], comp["teacher_sd"] or 0.0,
+                                                           d.seeds, d.teacher_seeds))
     cpu = design_cpu(d, cost)
     return {"seeds": d.seeds, "teacher_seeds": d.teacher_seeds, "temperatures": list(d.temperatures),
+            "matched": d.matched, "claim_halfwidths": claims, "widest_claim_halfwidth": max(claims.values()),
             "students": 2 * len(d.temperatures) * d.seeds, "unit": "teacher" if d.teacher_seeds > 1 else "student seed",
             "interaction_halfwidth_over_range": hw, "ls_trend_halfwidth_over_range": hw_ls,
             "p_decide_at_0": p_decide(0.0, unit * span, n, delta),
@@ -413,6 +474,14 @@ def choose(rows: Sequence[Mapping[str, Any]], budget_s: float) -> Optional[Mappi
     return min(fits, key=lambda r: (round(r["interaction_halfwidth_over_range"], 3), r["cpu_total_s"]), default=None)
 
 
+def choose_teachers(rows: Sequence[Mapping[str, Any]], budget_s: float, min_teachers: int) -> Optional[Mapping[str, Any]]:
+    """Within the wall budget and with >= ``min_teachers`` teachers per alpha, the design whose widest
+    95 % half-width over the verdict's claims (interaction, LS - plain at the lowest and highest T,
+    LS - matched) is the narrowest (ties: the fewer CPU seconds)."""
+    fits = [r for r in rows if r["wall_estimate_s"] <= budget_s and r["teacher_seeds"] >= min_teachers]
+    return min(fits, key=lambda r: (round(r["widest_claim_halfwidth"], 3), r["cpu_total_s"]), default=None)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("pilots", nargs="+", type=Path, help="pilot study directories (their runs/ are read)")
@@ -420,6 +489,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="per-run file preferred over result.json where a run has it (a re-evaluation, e.g. on "
                         "the full test split, with val_acc1)")
     p.add_argument("--cpu-log", type=Path, action="append", default=[], help="timing wrapper log(s) (repeatable)")
+    p.add_argument("--exit-cpu", type=Path, action="append", default=[],
+                   help="study directory whose warm-started runs' exit records give the CPU per run kind (repeatable)")
+    p.add_argument("--matched", action="store_true",
+                   help="designs include the entropy-matched students at the highest T (matched_temperatures)")
+    p.add_argument("--min-teachers", type=int, default=3, help="teachers per alpha for best_teachers")
     p.add_argument("--alpha-ls", type=float, default=0.1)
     p.add_argument("--alpha-plain", type=float, default=0.0)
     p.add_argument("--delta", type=float, default=1.0, help="smallest effect of interest, points over the T range")
@@ -434,15 +508,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", type=Path, help="write the whole estimate here")
     args = p.parse_args(argv)
     pilots: List[List[Rec]] = []
+    matched: List[List[Rec]] = []
     for study in args.pilots:
         if not (study / "runs").is_dir():
             print(f"error: {study} has no runs/ directory; give a study directory (its --out)", file=sys.stderr)
             return 2
         pilots.append(read_students(study, args.eval_name))
+        matched.append(read_students(study, args.eval_name, (args.alpha_ls,)))
     if not any(pilots):
         print("error: no finished students in the pilot(s); run the pilot study first", file=sys.stderr)
         return 2
-    var = variance_summary([p for p in pilots if p], args.alpha_ls, args.alpha_plain)
+    var = variance_summary([p for p in pilots if p], args.alpha_ls, args.alpha_plain,
+                           [m for p, m in zip(pilots, matched) if p])
     if not math.isfinite(var["slope_difference"]["within_sd"]):
         print("error: the pilots need >= 2 paired seeds per teacher at >= 2 temperatures under both alphas",
               file=sys.stderr)
@@ -451,22 +528,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for log in args.cpu_log:
         for kind, r in parse_cpu_log(log).items():
             rows.setdefault(kind, []).extend(r)
+    for study in args.exit_cpu:
+        for kind, r in read_exit_cpu(study).items():
+            rows.setdefault(kind, []).extend(r)
     missing = [k for k in ("teacher", "cache", "student", "export") if k not in rows]
     if missing:
-        print(f"error: the CPU log(s) have no {', '.join(missing)} runs; pass --cpu-log from a pilot that ran them",
+        print(f"error: the CPU log(s) have no {', '.join(missing)} runs; pass --cpu-log or --exit-cpu from a pilot "
+              "that ran them",
               file=sys.stderr)
         return 2
     cost = {k: fit_cost(r) for k, r in rows.items()}
     teachers = read_teachers(args.pilots[0])
-    base = Design(1, 1, (1.0,), args.train, args.val, args.teacher_epochs, args.student_epochs, args.export_images)
+    base = Design(1, 1, (1.0,), args.train, args.val, args.teacher_epochs, args.student_epochs, args.export_images,
+                  args.matched)
     tsets = [(1.0, 2.0, 3.0, 64.0), (1.0, 3.0, 64.0), (1.0, 64.0)]
-    designs = candidate_designs(base, range(2, 41), (1, 2, 3, 4, 6, 8), tsets)
+    designs = candidate_designs(base, range(2, 41), (1, 2, 3, 4, 5, 6, 8), tsets)
     table = [evaluate_design(d, var, cost, args.delta, args.cores, args.serial_s) for d in designs]
     paper = [r for r in table if r["temperatures"] == [1.0, 2.0, 3.0, 64.0]]
     best, best_paper = choose(table, args.budget_s), choose(paper, args.budget_s)
+    best_teachers = choose_teachers(table, args.budget_s, args.min_teachers)
     report = {"variance": var, "cost_per_run": {k: {"a": a, "b": b, "c": c, "runs": len(rows[k])}
                                                 for k, (a, b, c) in cost.items()},
-              "teachers": teachers, "delta": args.delta, "best": best, "best_paper_temperatures": best_paper}
+              "teachers": teachers, "delta": args.delta, "best": best, "best_paper_temperatures": best_paper,
+              "best_teachers": best_teachers}
     _print(report)
     if args.json:
         args.json.write_text(json.dumps({**report, "designs": table}, indent=1) + "\n")
@@ -488,7 +572,10 @@ def _print(r: Mapping[str, Any]) -> None:
     for kind, c in r["cost_per_run"].items():
         print(f"  cost {kind}: {c['a']:.2f} s + {c['b'] * 1e3:.3f} s/1000 img trained + "
               f"{c['c'] * 1e3:.3f} s/1000 img evaluated ({c['runs']} runs)")
-    for name in ("best", "best_paper_temperatures"):
+    for name, comp in (v.get("alpha_difference") or {}).items():
+        print(f"  LS - plain ({name}): within-teacher sd {comp['within_sd']:.3f} ({comp['within_df']} df), "
+              f"teacher sd {comp['teacher_sd']} ({comp['teachers']} teacher pairs)")
+    for name in ("best", "best_paper_temperatures", "best_teachers"):
         b = r[name]
         if b is None:
             print(f"{name}: no design fits the budget")
@@ -497,7 +584,8 @@ def _print(r: Mapping[str, Any]) -> None:
               f"interaction +-{b['interaction_halfwidth_over_range']:.2f} pts over the range, LS trend "
               f"+-{b['ls_trend_halfwidth_over_range']:.2f}; P(decide) {b['p_decide_at_0']:.2f} at 0, "
               f"{b['p_decide_at_delta']:.2f} at delta = {r['delta']}; CPU {b['cpu_total_s']:.0f} s, "
-              f"wall ~{b['wall_estimate_s']:.0f} s")
+              f"wall ~{b['wall_estimate_s']:.0f} s; claims +-"
+              + ", ".join(f"{k} {h:.2f}" for k, h in b["claim_halfwidths"].items()))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,19 @@ the plain teacher's temperature T' at which its mean entropy on the training set
 teacher's at T, and trained the plain teacher's students at T' (``matched`` students, seeds as the
 grid). This section puts their scores next to the LS cell's students, with T' and both entropies:
 equal smoothness, different teachers. Read from ``matched.json`` and the runs' result.json.
+
+Each row also carries two differences with 95 % intervals from :func:`lskd_core.statistics.cell_difference`
+(the same units as the verdict: the teacher when each alpha has two or more teachers, the student
+seed otherwise; paired by (teacher seed, student seed)): ``vs_matched`` = LS cell minus the matched
+plain students (what equal smoothness leaves unexplained) and ``vs_grid`` = LS cell minus the plain
+teacher's grid students at the same T (the grid's own LS - plain difference at that T).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
+from lskd_core import statistics as st
 from lskd_core.jsonio import BadJson, num, read_json_object
 from lskd_core.report.accuracy import mean_std
 from lskd_core.report.markdown import fmt, md_table
@@ -36,6 +43,35 @@ def _score(view: StudyView, run_id: str):
     return None if value is None else float(value)
 
 
+def _obs(view: StudyView, run_id: str, alpha: float, temperature: float) -> Optional[Dict[str, Any]]:
+    """A finished student as a statistics record (its teacher seed and seed from the manifest)."""
+    score = _score(view, run_id)
+    if score is None:
+        return None
+    info = view.runs.get(run_id, {}).get("info") or {}
+    return {"alpha": alpha, "temperature": temperature, "seed": int(info.get("seed", 0)),
+            "teacher_seed": int(info.get("teacher_seed", 0)), "value": score}
+
+
+def matched_differences(ls: List[dict], matched: List[dict], plain: List[dict]) -> Dict[str, Any]:
+    """LS cell minus the matched plain students and minus the plain grid students at the same T.
+
+    ``ls``, ``matched``, ``plain``: statistics records (alpha, temperature, seed, teacher_seed,
+    value). The matched students are put in the cell (plain alpha, LS T) so that
+    :func:`statistics.cell_difference` pairs them with the LS students unit by unit; a difference
+    is None when a side has no runs."""
+    out: Dict[str, Any] = {"vs_matched": None, "vs_grid": None}
+    if not ls:
+        return out
+    a, t = ls[0]["alpha"], ls[0]["temperature"]
+    for key, other in (("vs_matched", matched), ("vs_grid", plain)):
+        if other:
+            p_alpha = other[0]["alpha"]
+            rows = ls + [dict(r, alpha=p_alpha, temperature=t) for r in other]
+            out[key] = st.cell_difference(st.as_observations(rows), (a, t), (p_alpha, t))
+    return out
+
+
 def matched_section(view: StudyView) -> dict:
     """One row per (LS alpha, T): T' (per teacher seed), both entropies, both students' scores."""
     matched = {rid: r.get("info") or {} for rid, r in view.runs.items() if (r.get("info") or {}).get("matched_key")}
@@ -56,16 +92,18 @@ def matched_section(view: StudyView) -> dict:
             row["ls_entropy"].append(float(pair["ls_entropy"]))
             row["plain_entropy"].append(float(pair["plain_entropy"]))
         row["matched_runs"].append(rid)
-        score = _score(view, rid)
-        if score is not None:
-            row["matched_scores"].append(score)
+        rec = _obs(view, rid, row["plain_alpha"], t)
+        if rec is not None:
+            row["matched_scores"].append(rec["value"])
+            row.setdefault("_matched", []).append(rec)
     for row in rows.values():
-        for s in view.seeds:
-            score = _score(view, view.student(row["ls_alpha"], row["ls_temperature"], s))
-            if score is not None:
-                row["ls_scores"].append(score)
+        a, t, p = row["ls_alpha"], row["ls_temperature"], row["plain_alpha"]
+        ls = [r for r in (_obs(view, view.student(a, t, s), a, t) for s in view.seeds) if r is not None]
+        plain = [r for r in (_obs(view, view.student(p, t, s), p, t) for s in view.seeds) if r is not None]
+        row["ls_scores"] = [r["value"] for r in ls]
         row["matched_mean"], row["matched_std"] = mean_std(row["matched_scores"])
         row["ls_mean"], row["ls_std"] = mean_std(row["ls_scores"])
+        row.update(matched_differences(ls, row.pop("_matched", []), plain))
     out: List[dict] = sorted(rows.values(), key=lambda r: (r["ls_alpha"], r["ls_temperature"]))
     complete = all(r["matched_temperatures"] and len(r["matched_scores"]) == len(r["matched_runs"]) for r in out)
     return {"status": "ok" if complete else "partial", "rows": out,
@@ -78,6 +116,14 @@ def _mean_pm(mean, std, n: int) -> str:
     return f"{fmt(mean)}" + (f" ± {fmt(std)}" if std is not None else "") + f" (n={n})"
 
 
+def _diff(est: Optional[dict]) -> str:
+    """A difference with its 95 % interval and units, or — when a side has no runs."""
+    if est is None:
+        return "—"
+    ci = f" [{est['ci'][0]:+.2f}, {est['ci'][1]:+.2f}]" if est.get("ci") else " (no interval)"
+    return f"{est['estimate']:+.2f}{ci} (n = {est['n']} {est['unit']}s)"
+
+
 def matched_markdown(res: dict, unit: str) -> List[str]:
     sec = res.get("matched") or {}
     if sec.get("status") == "not-applicable":
@@ -85,7 +131,10 @@ def matched_markdown(res: dict, unit: str) -> List[str]:
     md = ["## Entropy-matched students (App. H, Tables H.2-H.4)\n",
           "The plain teacher distilled at the temperature T' where its mean entropy on the training set "
           "equals the LS teacher's at T: equally smooth targets from different teachers. If smoothness "
-          f"alone decided KD, the two {unit} columns would agree.\n"]
+          f"alone decided KD, the two {unit} columns would agree. The last two columns are the LS cell's "
+          "students minus the matched plain students and minus the plain teacher's students at the same T "
+          "(mean [95 % interval]; over teachers, each teacher's students averaged first, when every alpha "
+          "has two or more teachers, otherwise over student seeds; paired).\n"]
     rows = []
     for r in sec.get("rows", []):
         temps = sorted(r["matched_temperatures"].values())
@@ -95,9 +144,11 @@ def matched_markdown(res: dict, unit: str) -> List[str]:
         rows.append([f"alpha = {num(r['ls_alpha'])}, T = {num(r['ls_temperature'])}",
                      _mean_pm(r["ls_mean"], r["ls_std"], len(r["ls_scores"])),
                      f"alpha = {num(r['plain_alpha'])}, T' = {t_prime}",
-                     _mean_pm(r["matched_mean"], r["matched_std"], len(r["matched_scores"])), ent])
+                     _mean_pm(r["matched_mean"], r["matched_std"], len(r["matched_scores"])), ent,
+                     _diff(r.get("vs_matched")), _diff(r.get("vs_grid"))])
     md.append(md_table(["LS teacher cell", f"its students' {unit}", "plain teacher, matched T'",
-                        f"its students' {unit}", "mean entropy (LS at T / plain at T')"], rows))
+                        f"its students' {unit}", "mean entropy (LS at T / plain at T')",
+                        "LS − matched plain [95 %]", "LS − plain at the same T [95 %]"], rows))
     if sec.get("status") == "partial":
         md.append(f"\n> Partial: not all matched runs are done ({', '.join(sec.get('missing_inputs', [])[:6])}).")
     md.append("")

@@ -77,13 +77,24 @@ def _rule_of_thumb(v: Dict[str, Any], temps: List[float]) -> List[str]:
     return []
 
 
+def _matched_row(matched: Optional[dict], analysis: Dict[str, Any]) -> Optional[dict]:
+    """The entropy-matched row of (the verdict's LS alpha, the grid's highest T), if it ran."""
+    temps = analysis.get("temperatures") or []
+    for row in (matched or {}).get("rows", []):
+        if temps and row["ls_alpha"] == analysis.get("alpha_ls") and row["ls_temperature"] == temps[-1]:
+            return row
+    return None
+
+
 def verdict(grid: dict, eta: Optional[dict] = None, eta_sets: str = "hierarchy", eta_split: str = "train",
-            task: str = "vision") -> dict:
+            task: str = "vision", matched: Optional[dict] = None) -> dict:
     """Which alpha and T to use, how sure, and whether the paper's findings appear (every seed, every T).
 
     ``eta``: the report's eta section whose ``seed_tables`` for (``eta_sets``, ``eta_split``) the
     diffusion flag reads: Fig. 3's hierarchy sets on train (vision), or the token-level extension's
-    feature sets on its split (translation, ``token_eta``)."""
+    feature sets on its split (translation, ``token_eta``). ``matched``: the report's entropy-matched
+    section (App. H); when it has the LS alpha at the highest T, the verdict says whether smoothness
+    alone explains the high-T result (:func:`lskd_core.findings.smoothness_flag`)."""
     backend = get_task(task)
     rows = grid_rows(grid)
     if not rows:
@@ -102,9 +113,15 @@ def verdict(grid: dict, eta: Optional[dict] = None, eta_sets: str = "hierarchy",
                            "top1_mean": best["top1_mean"], "top1_std": best["top1_std"]})
     out["trends"] = _compat_trends(analysis, v["flags"])
     lines = [f"**{v['sentence']}**"] + [f"- {f['text']}" for f in v["flags"].values()]
+    if (matched or {}).get("status") in ("ok", "partial") and analysis.get("alpha_ls") is not None:
+        unit = "BLEU" if backend.score_key == "bleu" else "points"
+        out["smoothness"] = findings.smoothness_flag(_matched_row(matched, analysis), delta, unit)
+        out["lines"] = list(v["lines"]) + [out["smoothness"]["text"]]
+        lines.append(f"- {out['smoothness']['text']}")
     if backend.rule_of_thumb:
         lines += _rule_of_thumb(v, analysis["temperatures"])
-    if v.get("teacher_variance_note"):
-        lines.append(f"> {v['teacher_variance_note']}")
+    for note in (v.get("teacher_variance_note"), v.get("teacher_units_note")):
+        if note:
+            lines.append(f"> {note}")
     out["text"] = "\n\n".join(lines)
     return out

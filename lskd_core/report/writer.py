@@ -119,7 +119,8 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
     res["eta_training"] = eta_training_section(view, out)  # students' per-epoch eta (eta_during_training)
     res["figures"] = _figures(view, out, res)
     res["variants"] = variants_section(view)  # variant arms vs the grid (empty without variant_arms)
-    res["verdict"] = verdict(res["accuracy_grid"], *_verdict_eta(view, res), task=view.task.name)
+    res["verdict"] = verdict(res["accuracy_grid"], *_verdict_eta(view, res), task=view.task.name,
+                             matched=res.get("matched"))
     res["feature_kd"] = feature_kd_section(view, res)  # Table B.5 (feature_kd studies)
     res["verdict"] = scope_verdict(res["verdict"], view.config)  # says "feature KD + KD" when it is
     sentence = calibration_sentence(res.get("calibration"))
