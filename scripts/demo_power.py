@@ -45,6 +45,20 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
+# the pilots' reader sits beside this script; put its folder on the path also when this file is
+# loaded by path (the tests) rather than run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_power_io import (  # noqa: E402
+    FULL_SPLIT,
+    RUN_KINDS,
+    Rec,
+    parse_cpu_log,
+    read_exit_cpu,
+    read_students,
+    read_teachers,
+)
+
+__all__ = ["FULL_SPLIT", "RUN_KINDS", "Rec", "parse_cpu_log", "read_exit_cpu", "read_students", "read_teachers"]
 LEVEL = 0.95
 
 
@@ -117,15 +131,6 @@ def p_decide(theta: float, sd: float, n_units: int, delta: float, level: float =
 # ------------------------------------------------------------------------------------------------
 # variance components from seed-level records (pure)
 # ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rec:
-    alpha: float
-    temperature: float
-    seed: int
-    teacher_seed: int
-    value: float
-
-
 def _matrix(recs: Sequence[Rec], alpha: float, teacher_seed: int) -> Tuple[List[int], List[float], np.ndarray]:
     """Seeds x temperatures values of one (alpha, teacher), complete seeds only."""
     sub = [r for r in recs if r.alpha == alpha and r.teacher_seed == teacher_seed]
@@ -281,103 +286,6 @@ def wall_estimate(cpu: Mapping[str, float], serial_s: float, cores: int) -> floa
 
 
 # ------------------------------------------------------------------------------------------------
-# reading pilots
-# ------------------------------------------------------------------------------------------------
-def read_students(study: Path, eval_name: Optional[str] = None,
-                  matched: Optional[Tuple[float]] = None) -> List[Rec]:
-    """Finished grid students of a study directory as :class:`Rec` (top-1 accuracy, percent); a run's
-    ``eval_name`` file (a re-evaluation) is preferred over its result.json when present. With
-    ``matched = (ls_alpha,)``: the entropy-matched students of that LS alpha instead (App. H), as
-    records of the plain alpha at the LS cell's temperature."""
-    recs = []
-    for rc in sorted(study.glob("runs/*/run_config.json")):
-        cfg = json.loads(rc.read_text())
-        res = rc.parent / "result.json"
-        if eval_name and (rc.parent / eval_name).is_file():
-            res = rc.parent / eval_name
-        if cfg.get("kind") != "student" or not res.is_file():
-            continue
-        info, value = cfg["info"], json.loads(res.read_text()).get("val_acc1")
-        if value is None or (matched is None) != ("matched_key" not in info):
-            continue
-        if matched is not None and float(info["matched_to_alpha"]) != matched[0]:
-            continue
-        temp = float(info["matched_to_temperature"] if matched is not None else info["temperature"])
-        recs.append(Rec(float(info["alpha"]), temp, int(info["seed"]), int(info.get("teacher_seed", 0)),
-                        float(value)))
-    return recs
-
-
-def read_teachers(study: Path) -> List[Tuple[float, int, float]]:
-    out = []
-    for rc in sorted(study.glob("runs/*/run_config.json")):
-        cfg = json.loads(rc.read_text())
-        res = rc.parent / "result.json"
-        if cfg.get("kind") == "teacher" and res.is_file():
-            info = cfg["info"]
-            out.append((float(info["alpha"]), int(info.get("teacher_seed", 0)),
-                        float(json.loads(res.read_text())["val_acc1"])))
-    return out
-
-
-def _flag(argv: Sequence[str], name: str, default: float) -> float:
-    return float(argv[argv.index(name) + 1]) if name in argv else default
-
-
-FULL_SPLIT = {"train": 60000, "val": 10000}  # Fashion-MNIST's splits (the default when uncapped)
-
-
-def parse_cpu_log(path: Path) -> Dict[str, List[Tuple[float, float, float]]]:
-    """Per run kind, (images trained, images evaluated, CPU s) from the timing wrapper's lines."""
-    out: Dict[str, List[Tuple[float, float, float]]] = {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 5 or "-m" not in parts:
-            continue
-        try:
-            cpu = float(parts[0]) + float(parts[1])
-        except ValueError:
-            continue
-        argv = parts[3:]
-        module = argv[argv.index("-m") + 1]
-        train = _flag(argv, "--train-samples", FULL_SPLIT["train"])
-        val = _flag(argv, "--val-samples", FULL_SPLIT["val"])
-        epochs = _flag(argv, "--epochs", 1)
-        if module == "vision_plugin.train" and "--test-only" not in argv:
-            kind = "student" if "--teacher-cache" in argv or "lskd_cnn_s" in argv else "teacher"
-            row = (train * epochs, val * epochs, cpu)
-        elif module == "vision_plugin.teacher_cache":
-            kind, row = "cache", (train * epochs, 0.0, cpu)
-        elif module == "vision_plugin.export_features":
-            split = argv[argv.index("--split") + 1] if "--split" in argv else "train"
-            kind, row = "export", (0.0, train if split == "train" else val, cpu)
-        else:
-            continue
-        out.setdefault(kind, []).append(row)
-    return out
-
-
-RUN_KINDS = (("export_", "export"), ("cache_", "cache"), ("teacher_", "teacher"), ("student_", "student"),
-             ("matched_", "student"), ("match", "match"))
-
-
-def read_exit_cpu(study: Path) -> Dict[str, List[Tuple[float, float, float]]]:
-    """Per run kind, (0, 0, CPU s) of every warm-started run of a study, from the exit records the
-    warm server writes (``runs/*/stdout.log.exit.json``, wait4's user + system time). The images are
-    not recorded there: the cost is then a constant per kind, valid at the pilot's data size and
-    epochs (the sizes the design search keeps)."""
-    out: Dict[str, List[Tuple[float, float, float]]] = {}
-    for path in sorted(study.glob("runs/*/stdout.log.exit.json")):
-        name = path.parent.name
-        kind = next((k for prefix, k in RUN_KINDS if name.startswith(prefix)), None)
-        rec = json.loads(path.read_text())
-        if kind is None or ".stale-" in name or rec.get("returncode") != 0:
-            continue
-        out.setdefault(kind, []).append((0.0, 0.0, float(rec["cpu_user_s"]) + float(rec["cpu_system_s"])))
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
 # the estimate
 # ------------------------------------------------------------------------------------------------
 def variance_summary(pilots: Sequence[Sequence[Rec]], alpha_ls: float, alpha_plain: float,
@@ -491,6 +399,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cpu-log", type=Path, action="append", default=[], help="timing wrapper log(s) (repeatable)")
     p.add_argument("--exit-cpu", type=Path, action="append", default=[],
                    help="study directory whose warm-started runs' exit records give the CPU per run kind (repeatable)")
+    p.add_argument("--cost", action="append", default=[], metavar="KIND=CPU_S",
+                   help="CPU seconds per run of a kind (teacher, cache, student, export, match), e.g. measured on a "
+                        "quiet machine; wins over the logs for that kind (CPU seconds inflate on a loaded machine)")
     p.add_argument("--matched", action="store_true",
                    help="designs include the entropy-matched students at the highest T (matched_temperatures)")
     p.add_argument("--min-teachers", type=int, default=3, help="teachers per alpha for best_teachers")
@@ -531,13 +442,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for study in args.exit_cpu:
         for kind, r in read_exit_cpu(study).items():
             rows.setdefault(kind, []).extend(r)
-    missing = [k for k in ("teacher", "cache", "student", "export") if k not in rows]
+    try:
+        fixed = {k: (float(v), 0.0, 0.0) for k, v in (item.split("=", 1) for item in args.cost)}
+    except ValueError:
+        print(f"error: --cost takes KIND=CPU_SECONDS (e.g. teacher=29), got {args.cost}", file=sys.stderr)
+        return 2
+    missing = [k for k in ("teacher", "cache", "student", "export") if k not in rows and k not in fixed]
     if missing:
         print(f"error: the CPU log(s) have no {', '.join(missing)} runs; pass --cpu-log or --exit-cpu from a pilot "
               "that ran them",
               file=sys.stderr)
         return 2
-    cost = {k: fit_cost(r) for k, r in rows.items()}
+    cost = {**{k: fit_cost(r) for k, r in rows.items()}, **fixed}
     teachers = read_teachers(args.pilots[0])
     base = Design(1, 1, (1.0,), args.train, args.val, args.teacher_epochs, args.student_epochs, args.export_images,
                   args.matched)
@@ -547,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paper = [r for r in table if r["temperatures"] == [1.0, 2.0, 3.0, 64.0]]
     best, best_paper = choose(table, args.budget_s), choose(paper, args.budget_s)
     best_teachers = choose_teachers(table, args.budget_s, args.min_teachers)
-    report = {"variance": var, "cost_per_run": {k: {"a": a, "b": b, "c": c, "runs": len(rows[k])}
+    report = {"variance": var, "cost_per_run": {k: {"a": a, "b": b, "c": c, "runs": 0 if k in fixed else len(rows[k])}
                                                 for k, (a, b, c) in cost.items()},
               "teachers": teachers, "delta": args.delta, "best": best, "best_paper_temperatures": best_paper,
               "best_teachers": best_teachers}
