@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -118,6 +119,23 @@ def _carry_over(old_session: Path, old_source: Path, session: Path, source: Path
     return n
 
 
+UNSAMPLED = "lskd: not in the sample"
+
+
+def _sample(session: Path, keep: int, seed: int = 0) -> int:
+    """Leave ``keep`` pending mutants (a seeded random choice) and set the rest aside as unsampled:
+    an estimate of the score for a module too large to run whole. Returns how many were set aside."""
+    con = sqlite3.connect(str(session))
+    pending = [j for (j,) in con.execute("SELECT m.job_id FROM mutation_specs m LEFT JOIN work_results w "
+                                         "ON m.job_id = w.job_id WHERE w.job_id IS NULL ORDER BY m.job_id")]
+    drop = random.Random(seed).sample(pending, max(0, len(pending) - keep)) if keep < len(pending) else []
+    con.executemany("INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+                    "VALUES ('SKIPPED', ?, NULL, '', ?)", [(UNSAMPLED, j) for j in drop])
+    con.commit()
+    con.close()
+    return len(drop)
+
+
 def _snapshot(config: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -137,7 +155,8 @@ def _forget_survivors(session: Path) -> int:
     return n
 
 
-def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool = False) -> subprocess.Popen:
+def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool = False,
+                  sample: int = 0) -> subprocess.Popen:
     name = config.stem
     tree, session = out / name / "tree", out / name / "session.sqlite"
     digest_file = out / name / "modules.sha256"
@@ -161,6 +180,9 @@ def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool =
             subprocess.run(cmd, cwd=tree, env=_env(), check=True, capture_output=True)
         _snapshot(config, source)
         digest_file.write_text(digest + "\n")
+        if sample:
+            print(f"[mutants] {name}: {_sample(session, sample)} mutants set aside (a sample of {sample} is run)",
+                  flush=True)
         if stale and session.with_suffix(".old").exists():
             n = _carry_over(session.with_suffix(".old"), source.with_suffix(".old"), session, source)
             print(f"[mutants] {name}: the mutated source changed since the session began: re-initialised, "
@@ -190,19 +212,20 @@ def _is_equivalent(row: dict, equivalent: Sequence[dict]) -> str:
 
 
 def session_results(session: Path) -> List[dict]:
-    """One record per mutant: module, operator, line, outcome (killed/survived/incompetent/skipped/pending), diff."""
+    """One record per mutant: module, operator, line, outcome (killed/survived/incompetent/skipped/
+    unsampled/pending), diff."""
     con = sqlite3.connect(str(session))
     rows = con.execute(
-        "SELECT m.module_path, m.operator_name, m.start_pos_row, w.worker_outcome, w.test_outcome, w.diff "
+        "SELECT m.module_path, m.operator_name, m.start_pos_row, w.worker_outcome, w.test_outcome, w.diff, w.output "
         "FROM mutation_specs m LEFT JOIN work_results w ON m.job_id = w.job_id").fetchall()
     con.close()
     out = []
-    for module, operator, line, worker, test, diff in rows:
+    for module, operator, line, worker, test, diff, output in rows:
         worker, test = (worker or "").lower() or None, (test or "").lower() or None  # cosmic-ray stores NORMAL, KILLED
         if worker is None:
             outcome = "pending"
         elif worker == "skipped":
-            outcome = "skipped"
+            outcome = "unsampled" if output == UNSAMPLED else "skipped"
         elif worker == "normal":
             outcome = {"killed": "killed", "survived": "survived"}.get(test or "", "incompetent")
         elif worker in ("timeout", "abnormal"):
@@ -234,12 +257,13 @@ def summarize(out: Path, configs: Sequence[Path], equivalent: Sequence[dict], wa
     summary = {"modules": modules, "survivors": survivors, "wall_s": round(wall_s, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     lines = ["# Mutation testing (cosmic-ray)", "",
-             "| module | killed | survived | equivalent | incompetent | skipped (filtered) | pending | score |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| module | killed | survived | equivalent | incompetent | skipped (filtered) | unsampled | pending | score |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for module, c in sorted(modules.items()):
         score = "n/a" if c["score_percent"] is None else f"{c['score_percent']} %"
         lines.append(f"| {module} | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | "
-                     f"{c.get('incompetent', 0)} | {c.get('skipped', 0)} | {c.get('pending', 0)} | {score} |")
+                     f"{c.get('incompetent', 0)} | {c.get('skipped', 0)} | {c.get('unsampled', 0)} | {c.get('pending', 0)} | "
+                     f"{score} |")
     lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} min.", "", "## Survivors", ""]
     for row in survivors:
         lines += [f"### {row['module']}:{row['line']} {row['operator']}", "", "```diff", row["diff"].strip(), "```", ""]
@@ -256,6 +280,8 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--summary-only", action="store_true", help="write the summary of existing sessions")
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="with --resume: test the recorded survivors again (after adding tests)")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="when a session starts: run only this many of its mutants (seeded random choice)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop the sessions after this long (what is done is kept: continue with --resume)")
     args = parser.parse_args(list(argv) or None)
@@ -283,7 +309,7 @@ def main(argv: Sequence[str] = ()) -> int:
                 while pending and len(running) < max(1, args.jobs):
                     config = pending.pop(0)
                     (out / config.stem).mkdir(parents=True, exist_ok=True)
-                    running.append(start_session(config, out, args.resume, args.rerun_survivors))
+                    running.append(start_session(config, out, args.resume, args.rerun_survivors, args.sample))
                     print(f"[mutants] {config.stem}: started (log {out / config.stem / 'exec.log'})", flush=True)
                 time.sleep(2)
                 if deadline is not None and time.time() > deadline:

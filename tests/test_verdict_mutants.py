@@ -93,6 +93,12 @@ def test_a_grid_with_only_the_plain_teacher_has_no_ls_findings():
     assert findings.verdict(an)["flags"] == {}  # nothing compares the plain teacher with itself
 
 
+def test_the_ls_teacher_is_an_alpha_above_the_baseline():
+    # baseline 0.1 with only alpha 0 below it: there is no LS teacher to test against the baseline
+    an = findings.analyze(_paper_grid(), baseline_alpha=0.1)
+    assert "alpha_ls" not in an and findings.verdict(an)["flags"] == {}
+
+
 def test_a_grid_without_the_plain_teacher_has_no_ls_findings():
     rows = [dict(r, alpha=0.2 if r["alpha"] == 0.0 else 0.1) for r in _paper_grid()]
     an = findings.analyze(rows)
@@ -157,6 +163,9 @@ def test_two_temperatures_one_seed_say_there_is_no_interval():
     assert "-4.00 points; no interval with 2 student run(s) (the spread is unknown)" in trend["text"]
     assert "-3.00 points; no interval with 4 student run(s)" in inter["text"]  # (-4) - (-1)
     assert "p = " not in trend["text"]
+    # two temperatures are enough for both ends of the compatibility comparison
+    assert {"compatible_at_lowest_T", "incompatible_at_highest_T"} <= set(flags)
+    assert "T = 4 (point estimate: yes)" in flags["incompatible_at_highest_T"]["text"]  # 78 < 79
 
 
 def test_a_single_temperature_has_no_trend_to_report():
@@ -228,3 +237,23 @@ def test_the_plain_comparison_is_the_baseline_alpha_not_a_lower_one():
     assert (an["alpha_ls"], an["alpha_plain"]) == (0.1, 0.05)
     text = findings.verdict(an)["flags"]["ls_diffusion_high_T"]["text"]
     assert "plain teacher's students for comparison: eta_S1 -0.25 %" in text
+
+
+def test_the_teacher_units_note_counts_the_teachers():
+    rows = _paper_grid(seeds=6)
+    three = [dict(r, teacher_seed=r["seed"] % 3) for r in rows]
+    v = findings.verdict(findings.analyze(three))
+    assert v["teacher_units_note"].startswith("Teacher variance is sampled: 3 teachers per alpha,")
+    mixed = [dict(r, teacher_seed=r["seed"] % (2 if r["alpha"] == 0.0 else 3)) for r in rows]
+    assert "sampled: 2 to 3 teachers per alpha" in findings.verdict(findings.analyze(mixed))["teacher_units_note"]
+    assert findings.verdict(findings.analyze(rows))["teacher_units_note"] is None  # one teacher each
+
+
+def test_the_diffusion_flag_names_the_eta_scope_it_was_given():
+    eta = _eta_rows(0.1, -3 - 0.1 * np.arange(5), 3 + 0.1 * np.arange(5))
+    scope = "decoder states of target tokens, mean over token classes"
+    an = findings.analyze(_paper_grid(), eta, eta_scope=scope)
+    assert f"T = 1 -> 64, {scope}: " in findings.verdict(an)["flags"]["ls_diffusion_high_T"]["text"]
+    # an analysis saved before the scope was recorded reads as Fig. 3's default
+    an.pop("eta_scope")
+    assert "T = 1 -> 64, mean over target classes: " in findings.verdict(an)["flags"]["ls_diffusion_high_T"]["text"]
