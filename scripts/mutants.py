@@ -204,9 +204,21 @@ def _equivalent(path: Path) -> List[dict]:
     return list(json.loads(path.read_text(encoding="utf-8")))
 
 
+def _mutated_lines(diff: str) -> List[str]:
+    return [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+
+
 def _is_equivalent(row: dict, equivalent: Sequence[dict]) -> str:
+    """The reason when ``row`` is listed as equivalent: same module and operator, and either the same
+    mutated source line (``mutated``: the diff's + line, stripped; survives edits above it) or, for an
+    entry without one, the same line number."""
     for e in equivalent:
-        if (e["module"], e["operator"], int(e["line"])) == (row["module"], row["operator"], row["line"]):
+        if (e["module"], e["operator"]) != (row["module"], row["operator"]):
+            continue
+        if "mutated" in e:
+            if " ".join(str(e["mutated"]).split()) in [" ".join(x.split()) for x in _mutated_lines(row["diff"])]:
+                return str(e["reason"])
+        elif int(e["line"]) == row["line"]:
             return str(e["reason"])
     return ""
 

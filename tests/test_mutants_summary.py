@@ -101,3 +101,16 @@ def test_outcomes_of_unchanged_mutants_are_carried_to_a_new_version(tmp_path):
     assert mutants._carry_over(tmp_path / "old.sqlite", tmp_path / "old", tmp_path / "new.sqlite", tmp_path / "new") == 1
     outcomes = {r["line"]: r["outcome"] for r in mutants.session_results(tmp_path / "new.sqlite")}
     assert outcomes == {1: "pending", 2: "killed", 3: "pending"}
+
+
+def test_an_equivalent_mutant_is_found_by_its_mutated_line_after_lines_moved(tmp_path):
+    mutants = _load()
+    row = {"module": "lskd_core/findings.py", "operator": "core/AddNot", "line": 40,
+           "diff": "--- a\n+++ b\n@@ -40 +40 @@\n-    if x:\n+    if not  x:\n"}
+    by_text = [{"module": "lskd_core/findings.py", "operator": "core/AddNot", "line": 12, "mutated": "if not x:",
+                "reason": "x is always true here"}]
+    assert mutants._is_equivalent(row, by_text) == "x is always true here"  # line 12 -> 40: still found
+    assert mutants._is_equivalent(dict(row, operator="core/NumberReplacer"), by_text) == ""
+    assert mutants._is_equivalent(row, [dict(by_text[0], mutated="if not y:")]) == ""
+    by_line = [{"module": "lskd_core/findings.py", "operator": "core/AddNot", "line": 40, "reason": "r"}]
+    assert mutants._is_equivalent(row, by_line) == "r"

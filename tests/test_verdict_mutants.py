@@ -257,3 +257,10 @@ def test_the_diffusion_flag_names_the_eta_scope_it_was_given():
     # an analysis saved before the scope was recorded reads as Fig. 3's default
     an.pop("eta_scope")
     assert "T = 1 -> 64, mean over target classes: " in findings.verdict(an)["flags"]["ls_diffusion_high_T"]["text"]
+
+
+@pytest.mark.parametrize("pair", [(2.0, 64.0), (1.0, 128.0), (1.0, 4.0), (0.5, 64.0)])
+def test_without_eta_for_the_grids_t_range_there_is_no_diffusion_finding(pair):
+    eta = _eta_rows(0.1, -3 - 0.1 * np.arange(5), 3 + 0.1 * np.arange(5), *pair)
+    flag = findings.verdict(findings.analyze(_paper_grid(), eta))["flags"]["ls_diffusion_high_T"]
+    assert flag["level"] == st.NOT_SHOWN and flag["evidence"] is None and "not enough cells" in flag["text"]
