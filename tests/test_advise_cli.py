@@ -59,6 +59,9 @@ def test_teachers_with_different_class_counts_is_one_line(tmp_path, capsys):
     (["--min-epochs", "zero"], "--min-epochs"),
     (["--teacher", "nonsense"], "ALPHA=CHECKPOINT"),
     (["--teacher", "0.5=x.pth"], "not among the alphas"),
+    (["--target-probability", "0"], "--target-probability"),
+    (["--target-probability", "1.2"], "--target-probability"),
+    (["--tie-seeds", "0"], "--tie-seeds"),
 ])
 def test_other_bad_input_is_one_line(tmp_path, capsys, argv, words):
     assert main(argv + ["--out", str(tmp_path / "s")]) == 2

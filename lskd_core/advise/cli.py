@@ -20,6 +20,7 @@ from lskd_core.advise.runner import (
     teachers_ready,
 )
 from lskd_core.advise.teachers import install_external_teachers
+from lskd_core.advise.tiebreak import TARGET, settle
 from lskd_core.jsonio import write_json
 from lskd_core.study.cli_flags import add_progress_flag, add_settings, add_source_flags, settings_overrides
 from lskd_core.study.config import (
@@ -54,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                         "screening every cell that long would exceed the budget (docs/advise.md)")
     g.add_argument("--order-seed", type=int, default=0, help="seed of the order in which cells arrive at a rung")
     g.add_argument("--no-signals", action="store_true", help="no feature exports: no eta, no teacher entropy")
+    g.add_argument("--target-probability", type=float, default=TARGET,
+                   help="after successive halving, add seeds to the tied finalists until the pick's probability "
+                        f"of being the grid's best reaches this, or the budget is spent (default {TARGET:g})")
+    g.add_argument("--tie-seeds", type=int, default=None,
+                   help="most seeds per cell the tie-break may train (default: all the study's seeds)")
     add_settings(p)
     return p
 
@@ -125,6 +131,8 @@ def advise(cfg: StudyConfig, study: Path, teachers: Dict[float, str], opts: argp
         cells = [(a, t) for a in cfg.alphas for t in cfg.temperatures]
         alloc = allocate(cells, runner, cfg.student_epochs, cfg.seed_list, eta=opts.reduction_factor,
                          min_epochs=opts.min_epochs, budget=opts.budget, seed=opts.order_seed, log=log)
+        tiebreak = settle(alloc, runner, cfg.student_epochs, cfg.seed_list, target=opts.target_probability,
+                          max_seeds=opts.tie_seeds, log=log)
         num_classes = next((v for v in counts.values() if v), None) or 0
         signals: Dict[Any, Any] = {}
         exporter = Exporter(cfg, study, runner.env, echo=echo)
@@ -136,11 +144,13 @@ def advise(cfg: StudyConfig, study: Path, teachers: Dict[float, str], opts: argp
                **export_totals(study),
                "exports_this_invocation": exporter.count, "segments": len(segs),
                "segments_this_invocation": sum(1 for s in segs if _seg_time(s) >= invocation - 1)}
-        summary = summarize(alloc, signals, cfg.student_epochs, runner.train_samples or _cap(cfg), cpu)
+        summary = summarize(alloc, signals, cfg.student_epochs, runner.train_samples or _cap(cfg), cpu,
+                            tiebreak=tiebreak)
         summary["settings"] = {"budget": opts.budget, "reduction_factor": opts.reduction_factor,
                                "min_epochs": alloc.levels[0].epochs,
                                "min_epochs_option": "auto" if opts.min_epochs is None else opts.min_epochs,
-                               "order_seed": opts.order_seed,
+                               "order_seed": opts.order_seed, "target_probability": opts.target_probability,
+                               "tie_seeds": tiebreak["max_seeds"],
                                "alphas": cfg.alphas, "temperatures": cfg.temperatures, "seeds": cfg.seed_list,
                                "student_epochs": cfg.student_epochs}
         write_json(root / "advice.json", summary)
@@ -183,6 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ns.min_epochs = _min_epochs(ns.min_epochs)
         if ns.reduction_factor < 2:
             raise ValueError(f"--reduction-factor must be >= 2, got {ns.reduction_factor}")
+        if not 0 < ns.target_probability <= 1:
+            raise ValueError(f"--target-probability must be in (0, 1], got {ns.target_probability}")
+        if ns.tie_seeds is not None and ns.tie_seeds < 1:
+            raise ValueError(f"--tie-seeds must be >= 1, got {ns.tie_seeds}")
         cfg = load_config(ns.preset, ns.config, settings_overrides(ns))
         # its students' early eta comes from per-epoch exports (evidence.py); the grid's eta references
         # (eta_during_training) are exports of the grid's students, which the advisor never runs
@@ -203,12 +217,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else exc!r}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from lskd_core.study.cli import os_error_line
+        from lskd_core.study.cli_errors import os_error_line
 
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     rec, comp = summary["recommendation"], summary["compute"]
-    print(f"advice: alpha = {rec['alpha']:g}, T = {rec['temperature']:g} (confidence: "
+    p = rec.get("p_best")
+    print(f"advice: alpha = {rec['alpha']:g}, T = {rec['temperature']:g} (P(grid's best) = "
+          f"{'not computed' if p is None else f'{p:.2f}'}; confidence: "
           f"{summary['confidence']['level']}); compute {comp['epoch_runs']}/{comp['grid_epoch_runs']} epoch-runs "
           f"({comp['fraction']:.3f} of the grid); {study / ADVISE_DIR / 'advice.md'}")
     return 0

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lskd_core import statistics as st
 from lskd_core.advise.allocation import Allocation
+from lskd_core.advise.posterior import prob_best
 from lskd_core.advise.signals import pooled_seed_std, rank_cells
 from lskd_core.jsonio import num
 
@@ -51,26 +52,40 @@ def _confidence(finals: Mapping[Cell, Mapping[int, float]], pick: Cell, runner_u
 
 
 def summarize(alloc: Allocation, signals: Mapping[Cell, Mapping[str, Any]], epochs: int,
-              train_samples: Optional[int], cpu: Mapping[str, float]) -> Dict[str, Any]:
-    """Everything advice.json holds (JSON-able)."""
+              train_samples: Optional[int], cpu: Mapping[str, float],
+              tiebreak: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Everything advice.json holds (JSON-able). ``tiebreak``: what :func:`~lskd_core.advise.tiebreak.settle`
+    did (its seeds are already in ``alloc``'s curves)."""
     finals = {r.cell: {s: c[epochs - 1] for s, c in r.curves.items() if len(c) >= epochs} for r in alloc.cells}
     finals = {c: v for c, v in finals.items() if v}
+    total_seeds = alloc.levels[-1].seeds  # the ladder ends with every seed of the study
+    post = prob_best({c: [v[s] for s in sorted(v)] for c, v in finals.items()}, total_seeds) if finals else None
     noise = pooled_seed_std({c: list(v.values()) for c, v in finals.items()})
     recs = [{"alpha": r.cell[0], "temperature": r.cell[1], "level": r.level, "value": r.value,
-             "stopped": r.stopped, "diffusion_share": signals.get(r.cell, {}).get("diffusion_share"),
+             "stopped": r.stopped, "seeds": len(finals.get(r.cell, {})),
+             "mean": post["means"].get(r.cell) if post else None,
+             "p_best": post["p_best"].get(r.cell) if post else None,
+             "diffusion_share": signals.get(r.cell, {}).get("diffusion_share"),
              "teacher_entropy": signals.get(r.cell, {}).get("teacher_entropy")} for r in alloc.cells if r.level >= 0]
     ranking = rank_cells(recs, noise)
+    moved = _moved(ranking)
+    if post is not None:  # the probability decides (a stable sort: equal probabilities keep the signals' order)
+        ranking.sort(key=lambda r: -(r["p_best"] if r["p_best"] is not None else -1.0))
+        moved = False
     pick = (ranking[0]["alpha"], ranking[0]["temperature"])
     full = [(r["alpha"], r["temperature"]) for r in ranking if (r["alpha"], r["temperature"]) in finals]
     runner_up = next((c for c in full if c != pick), None)
     conf = _confidence(finals, pick, runner_up)
+    conf["probability"] = _probability(post, pick, alloc, finals)
     spent = alloc.spent
     return {
         "recommendation": {"alpha": pick[0], "temperature": pick[1], "value": ranking[0]["value"],
-                           "level": ranking[0]["level"], "moved_by_signals": _moved(ranking)},
+                           "level": ranking[0]["level"], "moved_by_signals": moved,
+                           "p_best": conf["probability"]["p_best"]},
         "confidence": conf,
         "noise_seed_std": noise,
         "ranking": ranking,
+        "tiebreak": dict(tiebreak, posterior=None) if tiebreak else None,
         "compute": {"epoch_runs": spent, "grid_epoch_runs": alloc.grid, "fraction": spent / alloc.grid,
                     "train_samples": train_samples,
                     "sample_epochs": None if train_samples is None else spent * train_samples,
@@ -81,6 +96,21 @@ def summarize(alloc: Allocation, signals: Mapping[Cell, Mapping[str, Any]], epoc
         "signals": {f"{num(c[0])},{num(c[1])}": dict(v) for c, v in signals.items()},
         "allocation": alloc.to_dict(),
     }
+
+
+def _probability(post: Optional[Mapping[str, Any]], pick: Cell, alloc: Allocation,
+                 finals: Mapping[Cell, Any]) -> Dict[str, Any]:
+    """P(the pick is the grid's best), and what it covers."""
+    not_covered = [list(r.cell) for r in alloc.cells if r.cell not in finals]
+    if post is None:
+        return {"p_best": None, "why": "no cell has two seeds trained to the full schedule: no estimate of the "
+                                       "seed spread", "not_covered": not_covered}
+    return {"p_best": post["p_best"].get(pick), "target": f"the grid mean over all {post['total_seeds']} seeds",
+            "per_cell": {f"{num(c[0])},{num(c[1])}": p for c, p in post["p_best"].items()},
+            "sigma": post["sigma"], "df": post["df"], "draws": post["draws"], "prior": post["prior"],
+            "effective_draws": post["effective_draws"], "not_covered": not_covered,
+            "method": "posterior of the cells' grid means (normal seeds, pooled seed sd, normal prior on the cell "
+                      "means with a uniform spread), Monte Carlo share of draws where the cell is the largest"}
 
 
 def _moved(ranking: Sequence[Mapping[str, Any]]) -> bool:
@@ -94,6 +124,34 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _probability_line(prob: Mapping[str, Any]) -> str:
+    if prob.get("p_best") is None:
+        return f"Probability that this is the grid's best cell: not computed ({prob.get('why', 'no finalist')})."
+    line = (f"Probability that this is the grid's best cell ({prob['target']}, as the full study ranks cells): "
+            f"**{prob['p_best']:.2f}** (posterior from the seeds trained here, pooled seed sd {prob['sigma']:.2f} "
+            f"on {prob['df']} df; calibrated on simulated grids, docs/advise.md).")
+    if prob.get("not_covered"):
+        line += (f" Not covered: {len(prob['not_covered'])} cell(s) never trained to the full schedule "
+                 "(stopped on early epochs).")
+    return line
+
+
+def _tiebreak_line(tb: Mapping[str, Any], comp: Mapping[str, Any]) -> str:
+    why = {"decided": f"the leader reached the target probability {tb['target']:g}",
+           "budget": "the budget was spent", "seed cap": f"the contenders reached the cap of {tb['max_seeds']} seeds",
+           "no rival": "no rival left with a chance", "no finalist": "no finalist"}.get(tb["stopped"], tb["stopped"])
+    if not tb["added"]:
+        return f"Tie-break: no seeds added ({why})."
+    per: Dict[str, int] = {}
+    for e in tb["added"]:
+        key = _name((e["alpha"], e["temperature"]))
+        per[key] = per.get(key, 0) + 1
+    return (f"Tie-break: {len(tb['added'])} more seed(s) ({tb['epoch_runs']} epoch-runs) on "
+            + ", ".join(f"{k} +{v}" for k, v in per.items())
+            + f"; caps: the budget ({tb['cap_epoch_runs']:g} epoch-runs in all) and {tb['max_seeds']} seeds per cell; "
+            f"stopped because {why}.")
+
+
 def markdown(summary: Mapping[str, Any]) -> str:
     rec, conf, comp = summary["recommendation"], summary["confidence"], summary["compute"]
     pick = (rec["alpha"], rec["temperature"])
@@ -105,6 +163,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
                      f"{interval['n']} seeds).")
     else:
         lines.append(f"Val top-1 {rec['value']:.2f} % at its last level (one seed: no interval).")
+    lines.append(_probability_line(conf["probability"]))
+    tb = summary.get("tiebreak")
+    if tb:
+        lines.append(_tiebreak_line(tb, comp))
     others = [c for c in conf["indistinguishable"] if tuple(c) != pick]
     n_fin = len(conf["finalists"])
     if n_fin < 2:
@@ -130,11 +192,15 @@ def markdown(summary: Mapping[str, Any]) -> str:
     lines += ["", f"Compute: {comp['epoch_runs']} of {comp['grid_epoch_runs']} epoch-runs of the full grid "
               f"({comp['fraction']:.3f}); measured CPU {comp.get('cpu_s_train', 0):.0f} s training, "
               f"{comp.get('cpu_s_exports', 0):.0f} s feature exports.", "",
-              "| rank | alpha | T | level | value | stopped | diffusion share | teacher entropy | tie group |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| rank | alpha | T | level | value | stopped | final seeds | mean | P(grid best) | diffusion share "
+              "| teacher entropy | tie group |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(summary["ranking"], 1):
+        p = r.get("p_best")
         lines.append(f"| {i} | {num(r['alpha'])} | {num(r['temperature'])} | {r['level']} | {_pct(r['value'])} | "
-                     f"{r['stopped']} | {_pct(r['diffusion_share'])} | {_pct(r['teacher_entropy'])} | {r['tie_group']} |")
+                     f"{r['stopped']} | {r.get('seeds', '-')} | {_pct(r.get('mean'))} | "
+                     f"{'-' if p is None else f'{p:.3f}'} | {_pct(r['diffusion_share'])} | "
+                     f"{_pct(r['teacher_entropy'])} | {r['tie_group']} |")
     lines += ["", "Figures: `trajectories.png` (each cell's val top-1 over its epoch-runs, x = stopped), "
               "`eta_over_epochs.png` (early eta against the lowest T). Log: `allocation.jsonl`.", ""]
     return "\n".join(lines)
