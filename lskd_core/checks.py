@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 # Sane temperatures. kd_loss is measured accurate for T in [0.1, 1000] (lskd_core.losses). We accept
 # more on each side, for reasons: the entropy-matching search of App. H brackets T' in [0.01, 1e4]
 # (smoothness.match_temperature's defaults) and a matched T' must be usable as a KD temperature;
@@ -48,3 +50,19 @@ def check_beta(value: Any, name: str = "beta") -> float:
     if not (0.0 <= out <= 1.0):
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return out
+
+
+def check_labels(labels: Any, n_rows: int, name: str = "labels") -> np.ndarray:
+    """``labels`` as a 1-D int64 array of ``n_rows`` class ids (integer-valued floats accepted);
+    ValueError naming ``name`` otherwise."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(lab.shape)}")
+    if lab.shape[0] != n_rows:
+        raise ValueError(f"{name} has {lab.shape[0]} entries but features has {n_rows} rows")
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+            lab = lab.astype(np.int64)
+        else:
+            raise ValueError(f"{name} must be integer class ids, got dtype {lab.dtype}")
+    return lab.astype(np.int64, copy=False)

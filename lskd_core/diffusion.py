@@ -32,7 +32,7 @@ costs one pass, and float16 / memory-mapped 1.3M x 2048 ImageNet features fit in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,6 +45,7 @@ __all__ = [
     "squared_distances",
     "diffusion_index",
     "diffusion_indices",
+    "eta_over_targets",
     "eta_from_distances",
     "class_accuracy",
     "check_class_sets",
@@ -357,6 +358,21 @@ def diffusion_indices(before: ClassStats, after: ClassStats,
         entry.update(diffusion_index(before, after, target, similar, dissimilar, pairwise=pairwise))
         results.append(entry)
     return results
+
+
+def eta_over_targets(before: Tuple[np.ndarray, np.ndarray], after: Tuple[np.ndarray, np.ndarray], num_classes: int,
+                     sets: Mapping[int, Tuple[Sequence[int], Sequence[int]]]) -> Dict[str, Any]:
+    """Eq. 1 from the ``before`` (lower T) to the ``after`` (higher T) student's ``(features,
+    labels)`` for every target of ``sets``, summarised as the advisor and the trainer's eta monitor
+    read it: ``targets`` (per target), ``eta_s1`` / ``eta_s2`` (their mean over targets, percent) and
+    ``share`` (the fraction of targets showing diffusion, eta_S1 < 0 and eta_S2 > 0; Sec. 4)."""
+    per = [{"target": e["target"], "eta_s1": e["eta_s1"], "eta_s2": e["eta_s2"]}
+           for e in diffusion_indices(class_stats(before[0], before[1], num_classes),
+                                      class_stats(after[0], after[1], num_classes), dict(sorted(sets.items())))]
+    if not per:
+        return {"eta_s1": None, "eta_s2": None, "share": None, "targets": []}
+    return {"eta_s1": float(np.mean([p["eta_s1"] for p in per])), "eta_s2": float(np.mean([p["eta_s2"] for p in per])),
+            "share": float(np.mean([p["eta_s1"] < 0 and p["eta_s2"] > 0 for p in per])), "targets": per}
 
 
 # ----------------------------------------------------------------------------------------------

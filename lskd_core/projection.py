@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
+from lskd_core.checks import check_labels
+
 if TYPE_CHECKING:
     from lskd_core.projection_figure import plot_projection_grid, projection_grid_figure
 
@@ -46,8 +48,8 @@ __all__ = [
     "plot_projection_grid",
 ]
 
-# The figures live in lskd_core.projection_figure, which imports this module's label check; they
-# are re-exported lazily (PEP 562) so that either module can be imported first.
+# The figures live in lskd_core.projection_figure (matplotlib); they are re-exported lazily (PEP 562)
+# so that importing the projection does not import matplotlib.
 _FIGURE_NAMES = ("projection_grid_figure", "plot_projection_grid")
 
 
@@ -105,20 +107,6 @@ def _check_class_ids(class_ids: Any, num_classes: Optional[int] = None, name: st
         if bad:
             raise ValueError(f"{name} {bad} out of range [0, {num_classes}) for a final layer with {num_classes} classes")
     return tuple(out)
-
-
-def _check_labels(labels: Any, n_rows: int, name: str = "labels") -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(lab.shape)}")
-    if lab.shape[0] != n_rows:
-        raise ValueError(f"{name} has {lab.shape[0]} entries but features has {n_rows} rows")
-    if lab.size and not np.issubdtype(lab.dtype, np.integer):
-        if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-            lab = lab.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must be integer class ids, got dtype {lab.dtype}")
-    return lab.astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +283,7 @@ def select_three_classes(features: Any, labels: Any, class_ids: Sequence[int], p
     row numbers of the input (so a memmap is only read at those rows).
     """
     x = _as_matrix(features, "features")
-    lab = _check_labels(labels, x.shape[0])
+    lab = check_labels(labels, x.shape[0])
     ids = _check_class_ids(class_ids)
     if per_class is not None:
         if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
@@ -447,7 +435,7 @@ class ProjectionView:
 # --------------------------------------------------------------------------------------------
 def _class_groups(points: Any, labels: Any, class_ids: Optional[Sequence[int]]) -> tuple:
     pts = np.asarray(_as_matrix(points, "points"), dtype=np.float64)
-    lab = _check_labels(labels, pts.shape[0])
+    lab = check_labels(labels, pts.shape[0])
     if not np.isfinite(pts).all():
         raise ValueError("points contains NaN or inf")
     if class_ids is None:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from lskd_core.atomic import atomic_savefig
-from lskd_core.projection import _check_labels
+from lskd_core.checks import check_labels
 
 __all__ = ["projection_grid_figure", "plot_projection_grid"]
 
@@ -58,7 +58,7 @@ def _check_panels(panels: Any) -> list:
                 raise ValueError(f"panels[{r}][{c}]['points2d'] must have shape [N, 2], got {tuple(pts.shape)}")
             if not np.isfinite(pts).all():
                 raise ValueError(f"panels[{r}][{c}]['points2d'] contains NaN or inf")
-            lab = _check_labels(panel["labels"], pts.shape[0], name=f"panels[{r}][{c}]['labels']")
+            lab = check_labels(panel["labels"], pts.shape[0], name=f"panels[{r}][{c}]['labels']")
             checked.append({"points2d": pts, "labels": lab, "title": panel.get("title"), "note": panel.get("note")})
         rows.append(checked)
     if not any(p is not None for row in rows for p in row):

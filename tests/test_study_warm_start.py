@@ -233,12 +233,17 @@ def test_warm_training_run_is_bit_identical_to_a_cold_one(tmp_path):
 
 WRAPPER = "#!{python}\nimport sys\nfrom lskd_probe_entry import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
 ENTRY = textwrap.dedent('''
-    import json, os, sys
+    import json, logging, os, sys
+    # configures logging first thing, as fairseq_cli.train does before it imports fairseq
+    logging.basicConfig(format="entry-format | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout)
     def main():
         print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name__, "pgid": os.getpgid(0),
                           "pid": os.getpid()}), flush=True)
+        logging.getLogger("probe").info("hello")
         return int(sys.argv[1])
 ''')
+#: an earlier run's import that configured the root logger in the server (fairseq's import does)
+DEFAULT_LOGGING = "import logging\nlogging.basicConfig()\n"
 
 
 @pytest.fixture()
@@ -252,6 +257,7 @@ def script_env(tmp_path, probe_env):
     (info / "entry_points.txt").write_text("[console_scripts]\nlskd-probe = lskd_probe_entry:main\n"
                                            "lskd-other = lskd_probe_entry:main\n")
     (site / "lskd_probe_entry.py").write_text(ENTRY)
+    (site / "lskd_default_logging.py").write_text(DEFAULT_LOGGING)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in {"lskd-probe": WRAPPER.format(python=sys.executable),
@@ -275,7 +281,7 @@ def test_warm_target_knows_modules_and_python_console_scripts(script_env):
 
 def test_server_runs_a_console_script_as_its_wrapper_would(tmp_path, script_env):
     env, bin_dir = script_env
-    server = WarmServer(sys.executable, env, preload=())
+    server = WarmServer(sys.executable, env, preload=("lskd_default_logging", "lskd_probe_entry"))
     try:
         assert server.usable, server.failed
         pid = server.spawn(None, ["7"], tmp_path / "s.log", tmp_path / "s.exit.json", cwd=tmp_path,
@@ -292,6 +298,8 @@ def test_server_runs_a_console_script_as_its_wrapper_would(tmp_path, script_env)
     seen = json.loads((tmp_path / "s.log").read_text().splitlines()[0])
     assert seen["argv"] == [str(bin_dir / "lskd-probe"), "7"] and seen["path0"] == str(bin_dir)
     assert seen["name"] == "lskd_probe_entry" and seen["pgid"] == seen["pid"] == pid
+    # the entry module's top level ran afresh: its own log format, not the server's earlier default
+    assert "entry-format | probe | hello" in (tmp_path / "s.log").read_text()
 
 
 def test_launcher_starts_console_scripts_warm_and_cold_alike(tmp_path, script_env):
@@ -307,3 +315,5 @@ def test_launcher_starts_console_scripts_warm_and_cold_alike(tmp_path, script_en
         outs[warm] = json.loads(log.read_text().splitlines()[0])
     for key in ("argv", "path0", "name"):
         assert outs[True][key] == outs[False][key]
+    for warm in (True, False):
+        assert "entry-format | probe | hello" in (tmp_path / f"warm{warm}.log").read_text()

@@ -5,7 +5,7 @@ evaluation, the student's penultimate features on exactly the reference file's s
 reference's (typically the T = 1 student's validation export, ``python -m
 vision_plugin.export_features``): eta per target class, its means over the targets and the share of
 targets showing systematic diffusion (eta_S1 < 0 and eta_S2 > 0), as
-:func:`lskd_core.advise.signals.early_eta` defines them. Numbers are those of ``python -m
+:func:`lskd_core.diffusion.eta_over_targets` defines them. Numbers are those of ``python -m
 lskd_core.eta --before FEATS.npz --after <this epoch's export>`` with the same class sets.
 
 Cost: one extra forward pass (no gradients) over the reference's samples per epoch, on the main
@@ -35,8 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lskd_core.advise.signals import early_eta
-from lskd_core.diffusion import class_stats
+from lskd_core.diffusion import class_stats, eta_over_targets
 from lskd_core.eta import build_parser as eta_parser
 from lskd_core.eta_sets import Sets, UsageError, resolve_class, select_sets
 from lskd_core.features_io import FeatureFile, FeaturesFileError, load_features
@@ -199,7 +198,7 @@ class EtaMonitor:
         """The epoch's eta record: reference, per-target eta, means, share, seconds spent."""
         start = time.perf_counter()
         feats = self.features(model)
-        eta = early_eta(self.ref, (feats, self.ref[1]), self.num_classes, self.sets)
+        eta = eta_over_targets(self.ref, (feats, self.ref[1]), self.num_classes, self.sets)
         return {"reference": dict(self.reference), **eta, "time_s": time.perf_counter() - start}
 
 

@@ -104,7 +104,7 @@ def lskd_model_names() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def _torchvision_classifiers() -> List[str]:
+def torchvision_classifiers() -> List[str]:
     import torchvision
 
     return list(torchvision.models.list_models(module=torchvision.models))
@@ -126,7 +126,7 @@ def build_model(name: str, num_classes: int, weights: Optional[str] = None, flag
         return _REGISTRY[name](num_classes=num_classes)
     import torchvision
 
-    known = _torchvision_classifiers()
+    known = torchvision_classifiers()
     if name not in known:
         raise ValueError(
             f"{flag} {name!r} is neither an lskd model ({', '.join(lskd_model_names())}) nor a "
@@ -147,7 +147,7 @@ def build_pretrained(name: str, weights: str, flag: str = "--model") -> nn.Modul
         raise ValueError(f"--weights {weights!r}: lskd model {name!r} has no pretrained weights")
     import torchvision
 
-    if name not in _torchvision_classifiers():
+    if name not in torchvision_classifiers():
         raise ValueError(f"{flag} {name!r} is not a torchvision classification model")
     try:
         return torchvision.models.get_model(name, weights=weights)

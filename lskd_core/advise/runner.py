@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from lskd_core.jsonio import BadJson, read_json_object, write_json
 from lskd_core.study.config import StudyConfig
 from lskd_core.study.plan import Run, build_plan, run_command, run_dir
-from lskd_core.study.runner import child_env, finish_run
+from lskd_core.study.run_exec import child_env, finish_run
 from lskd_core.study.state import (
     RESULT,
     append_jsonl,

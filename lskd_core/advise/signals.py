@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lskd_core.diffusion import eta_over_targets
+
 __all__ = ["teacher_entropies", "reference_sets", "early_eta", "pooled_seed_std", "rank_cells"]
 
 
@@ -60,22 +62,9 @@ def reference_sets(features: np.ndarray, labels: np.ndarray, num_classes: int, t
     return out
 
 
-def early_eta(before: Tuple[np.ndarray, np.ndarray], after: Tuple[np.ndarray, np.ndarray], num_classes: int,
-              sets: Mapping[int, Tuple[Sequence[int], Sequence[int]]]) -> Dict[str, Any]:
-    """eta (percent) from the ``before`` (T_ref) to the ``after`` (T) student's features per target,
-    their mean over targets, and the share of targets showing diffusion."""
-    from lskd_core.diffusion import class_stats, diffusion_index
-
-    sb = class_stats(before[0], before[1], num_classes)
-    sa = class_stats(after[0], after[1], num_classes)
-    per = []
-    for target, (s1, s2) in sorted(sets.items()):
-        eta = diffusion_index(sb, sa, target, s1, s2)
-        per.append({"target": target, "eta_s1": eta["eta_s1"], "eta_s2": eta["eta_s2"]})
-    if not per:
-        return {"eta_s1": None, "eta_s2": None, "share": None, "targets": []}
-    return {"eta_s1": float(np.mean([p["eta_s1"] for p in per])), "eta_s2": float(np.mean([p["eta_s2"] for p in per])),
-            "share": float(np.mean([p["eta_s1"] < 0 and p["eta_s2"] > 0 for p in per])), "targets": per}
+#: eta from the T_ref to the T student per target, their mean and the share showing diffusion (one
+#: home: lskd_core.diffusion, which the trainer's eta monitor also reads)
+early_eta = eta_over_targets
 
 
 def pooled_seed_std(finals: Mapping[Any, Sequence[float]]) -> Optional[float]:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lskd_core.study.cli_errors import os_error_line
 from lskd_core.study.cli_flags import add_progress_flag, add_settings, add_source_flags, settings_overrides
 from lskd_core.study.config import check_models, load_config
 from lskd_core.study.dispatch import prepare_for_dispatch
-from lskd_core.study.launchers import LAUNCHERS
+from lskd_core.study.registry import LAUNCHERS
 from lskd_core.study.runner import StudyOutcome, run_study
 from lskd_core.study.status import study_status
 
@@ -61,28 +61,6 @@ EXIT_STATUS_HELP = ("exit status: 0 = every run done (or queued, with --no-wait)
                     "dangling symlink) or a study directory in use by another runner; 130 = interrupted")
 
 # errno -> what the user can do about it
-_OS_REMEDIES = {
-    errno.ENOSPC: "the disk is full: free space or choose another --out",
-    errno.EDQUOT: "the disk quota is exceeded: free space or choose another --out",
-    errno.EROFS: "the file system is read-only: choose a writable --out",
-    errno.EACCES: "permission denied: fix the permissions or choose another path",
-    errno.EPERM: "operation not permitted: fix the permissions or choose another path",
-    errno.EEXIST: "it exists but is not a directory (a file, or a symlink to nowhere): remove it or choose "
-                  "another --out",
-    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
-    errno.ENOENT: "no such file or directory: check the path",
-    errno.ELOOP: "too many levels of symbolic links: fix the link",
-    errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
-}
-
-
-def os_error_line(exc: OSError) -> str:
-    """One line naming the file an OSError is about and what to do (errors a user can cause)."""
-    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "(no file named)"
-    remedy = _OS_REMEDIES.get(exc.errno or -1, exc.strerror or str(exc))
-    return f"{where}: {remedy}"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The study CLI. Our own errors (ValueError, e.g. a bad setting or a locked study) and the OS
     errors a user can cause print one line each and exit 2; anything else keeps its traceback."""

@@ -14,16 +14,30 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from lskd_core.checks import check_alpha, check_beta, check_temperature
-
-if TYPE_CHECKING:
-    from lskd_core.study.tasks.base import TaskBackend
+from lskd_core.study.registry import get_task, launcher_class, launcher_spec
 
 __all__ = ["StudyConfig", "load_config", "check_models", "read_config_file", "read_preset", "available_presets", "PRESET_DIR"]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+#: The variant arms a study can add beside its grid: name -> (kd_variant, logit_standardization, id tag).
+#: teacher_only_T: TTM (Zheng & Yang, ICLR 2024); logit_standardization: Sun et al. (CVPR 2024).
+VARIANT_ARMS: Dict[str, Tuple[str, bool, str]] = {
+    "standard": ("standard", False, "std"),
+    "teacher_only_T": ("teacher_only_T", False, "ttm"),
+    "logit_standardization": ("standard", True, "lstd"),
+    "teacher_only_T+logit_standardization": ("teacher_only_T", True, "ttm_lstd"),
+}
+
+
+def arm_setting(arm: str) -> Tuple[str, bool]:
+    """``(kd_variant, logit_standardization)`` of a variant arm's students."""
+    variant, standardize, _ = VARIANT_ARMS[arm]
+    return variant, standardize
 
 
 @dataclass
@@ -120,7 +134,7 @@ class StudyConfig:
     workers: int = 0
     jobs: int = 1  # independent runs executed at the same time
     python: Optional[str] = None  # interpreter for the runs (default: this one)
-    # how runs are started: a name of lskd_core.study.launchers.LAUNCHERS, or a [launcher] table
+    # how runs are started: a name of lskd_core.study.registry.LAUNCHERS, or a [launcher] table
     # with kind = "<name>" and that launcher's settings (the SLURM launcher's resources per run kind)
     launcher: Any = "local"
     # what besides its command defines a run's hash (lskd_core.study.provenance): "code" (lskd's and
@@ -145,8 +159,6 @@ class StudyConfig:
     # ---------------------------------------------------------------- validation
     def validate(self) -> "StudyConfig":
         """Normalise types and raise ValueError naming the field and the value on bad input."""
-        from lskd_core.study.tasks import get_task
-
         if not isinstance(self.task, str):
             raise ValueError(f"task must be a task name, got {self.task!r}")
         backend = get_task(self.task)
@@ -391,8 +403,7 @@ def _validate_feature_kd(cfg: StudyConfig) -> None:
     cfg.feature_kd_weight = float(w)
 def _validate_kd_variants(cfg: StudyConfig) -> None:
     """The grid's KD variant and the extra variant arms (vision only; logit standardization needs full logits)."""
-    from lskd_core.losses import check_kd_variant
-    from lskd_core.study.plan import VARIANT_ARMS, arm_setting
+    from lskd_core.losses import check_kd_variant  # torch: imported only when a study is validated
 
     cfg.kd_variant = check_kd_variant(cfg.kd_variant, "kd_variant")
     cfg.logit_standardization = _bool(cfg.logit_standardization, "logit_standardization")
@@ -421,7 +432,7 @@ def _validate_kd_variants(cfg: StudyConfig) -> None:
                          "cache_topk = 0 (full cache) or cache = false")
 
 
-def _validate_against_task(cfg: StudyConfig, backend: "TaskBackend") -> None:
+def _validate_against_task(cfg: StudyConfig, backend: Any) -> None:
     """Settings checked against the dataset and the model registry, before any compute: class ids
     below the class count, sample caps that keep every class, model names the task can build."""
     if cfg.provenance not in ("code", "version"):
@@ -447,8 +458,6 @@ def check_models(cfg: StudyConfig) -> None:
     """ValueError naming a model setting the task cannot build. Separate from :meth:`StudyConfig.validate`
     because asking the plugin's registry imports the framework (seconds): the CLI calls it once
     before dispatching anything; it says nothing when the plugin is not installed here."""
-    from lskd_core.study.tasks import get_task
-
     problem = get_task(cfg.task).model_problem(cfg)
     if problem:
         raise ValueError(problem)
@@ -456,12 +465,10 @@ def check_models(cfg: StudyConfig) -> None:
 
 def _validate_execution(cfg: StudyConfig) -> None:
     """Processes per run, runs at a time, data-loading workers and the launcher."""
-    from lskd_core.study.launchers import LAUNCHERS, launcher_spec
-
     _ints_at_least(cfg, ("nproc", "jobs"), 1)
     _ints_at_least(cfg, ("workers",), 0)
     name, options = launcher_spec(cfg.launcher)
-    LAUNCHERS[name].from_options(options)  # the launcher checks its own settings (ValueError)
+    launcher_class(name).from_options(options)  # the launcher checks its own settings (ValueError)
 
 
 # ------------------------------------------------------------------------------------------------

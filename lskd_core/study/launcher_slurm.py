@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from lskd_core.study.launchers import LAUNCHERS, Handle, Launcher
+from lskd_core.study.launchers import Handle, Launcher
 from lskd_core.study.plan import Run
 from lskd_core.study.slurm import (
     ACTIVE,
@@ -294,5 +294,3 @@ def _note(handle: Handle, text: str) -> None:
     except OSError:
         pass
 
-
-LAUNCHERS[SlurmLauncher.name] = SlurmLauncher

@@ -14,7 +14,7 @@ launcher adds ``pid`` and ``host``, a batch launcher its job id). The runner wri
 ``launch.json``; ``poll`` must accept a handle read back from there.
 
 A new launcher: subclass :class:`Launcher`, set ``name`` and the two attributes, and add it to
-:data:`LAUNCHERS`; the ``launcher`` setting selects it: a name, or a table whose ``kind`` is the name
+:data:`lskd_core.study.registry.LAUNCHERS`; the ``launcher`` setting selects it: a name, or a table whose ``kind`` is the name
 and whose other keys go to :meth:`Launcher.from_options` (the SLURM launcher's resources).
 """
 
@@ -27,10 +27,11 @@ import subprocess
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from lskd_core.study.lock import process_alive
 from lskd_core.study.plan import Run
+from lskd_core.study.registry import LAUNCHERS, launcher_class, launcher_spec
 from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_target
 
 __all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
@@ -225,22 +226,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 #: Former name of :class:`LocalLauncher`.
 SubprocessLauncher = LocalLauncher
 
-#: The ``launcher`` setting -> class.
-LAUNCHERS: Dict[str, Type[Launcher]] = {"local": LocalLauncher}
-
-
-def launcher_spec(setting: Any) -> Tuple[str, Dict[str, Any]]:
-    """The ``launcher`` setting (a name, or a table with ``kind``) -> (name, the table's other keys)."""
-    if isinstance(setting, Mapping):
-        options = dict(setting)
-        name = options.pop("kind", "local")
-    else:
-        name, options = setting, {}
-    if not isinstance(name, str) or name not in LAUNCHERS:
-        raise ValueError(f"launcher must be one of {sorted(LAUNCHERS)}, got {name!r}")
-    return name, options
-
-
 def make_launcher(setting: Any) -> Launcher:
+    """The launcher the ``launcher`` setting names (:mod:`lskd_core.study.registry`), made from its options."""
     name, options = launcher_spec(setting)
-    return LAUNCHERS[name].from_options(options)
+    launcher: Launcher = launcher_class(name).from_options(options)
+    return launcher

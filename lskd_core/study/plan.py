@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from lskd_core.jsonio import num, sha256_json
+from lskd_core.study.config import VARIANT_ARMS, arm_setting
+from lskd_core.study.provenance import run_provenance
+from lskd_core.study.registry import get_task
 
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
@@ -48,22 +51,6 @@ def teacher_id(alpha: float, teacher_seed: Optional[int] = None) -> str:
 
 def student_id(alpha: float, temperature: float, seed: int) -> str:
     return f"student_a{num(alpha)}_T{num(temperature)}_s{seed}"
-
-
-#: The variant arms a study can add beside its grid: name -> (kd_variant, logit_standardization, id tag).
-#: teacher_only_T: TTM (Zheng & Yang, ICLR 2024); logit_standardization: Sun et al. (CVPR 2024).
-VARIANT_ARMS: Dict[str, Tuple[str, bool, str]] = {
-    "standard": ("standard", False, "std"),
-    "teacher_only_T": ("teacher_only_T", False, "ttm"),
-    "logit_standardization": ("standard", True, "lstd"),
-    "teacher_only_T+logit_standardization": ("teacher_only_T", True, "ttm_lstd"),
-}
-
-
-def arm_setting(arm: str) -> Tuple[str, bool]:
-    """``(kd_variant, logit_standardization)`` of a variant arm's students."""
-    variant, standardize, _ = VARIANT_ARMS[arm]
-    return variant, standardize
 
 
 def variant_student_id(alpha: float, temperature: float, seed: int, arm: str) -> str:
@@ -170,9 +157,6 @@ class Run:
 def build_plan(cfg: "StudyConfig") -> List[Run]:
     """All runs of the study in dependency order (from the task backend), with their hashes filled
     in: a run's hash covers its defining command and the hashes of the runs it depends on."""
-    from lskd_core.study.provenance import run_provenance
-    from lskd_core.study.tasks import get_task  # the backends import this module
-
     runs = get_task(cfg.task).build_runs(cfg)
     by_id: Dict[str, Run] = {}
     for r in runs:
@@ -210,8 +194,6 @@ def _executable(name: str, python: str) -> str:
 
 def run_command(run: Run, study: Path, cfg: "StudyConfig", resume: bool = False) -> List[str]:
     """The exact argv of ``run`` (paths substituted, launcher prefix added)."""
-    from lskd_core.study.tasks import get_task
-
     python = cfg.python or sys.executable
     rdir = run_dir(study, run.run_id)
     subs = {"{study}": str(study), "{run}": str(rdir)}

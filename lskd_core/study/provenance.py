@@ -25,13 +25,18 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, Tuple
 
 from lskd_core import __version__
 
 if TYPE_CHECKING:
     from lskd_core.study.config import StudyConfig
-    from lskd_core.study.plan import Run
+
+
+class RunLike(Protocol):
+    """What provenance reads of a :class:`lskd_core.study.plan.Run` (the plan imports this module)."""
+
+    program: Tuple[str, str]
 
 __all__ = ["PROVENANCE_MODES", "PLUGIN_FRAMEWORKS", "run_plugin", "source_digest", "framework_versions",
            "run_provenance"]
@@ -45,7 +50,7 @@ PLUGIN_FRAMEWORKS: Dict[str, Tuple[str, ...]] = {
 _CORE_DIR = Path(__file__).resolve().parent.parent  # lskd_core
 
 
-def run_plugin(run: "Run") -> Optional[str]:
+def run_plugin(run: RunLike) -> Optional[str]:
     """The plugin a run's command executes: the top package of a ``python -m`` module, and
     fairseq_plugin for fairseq's console scripts (they load it through ``--user-dir``)."""
     kind, target = run.program
@@ -137,7 +142,7 @@ def framework_versions(python: Optional[str], names: Tuple[str, ...]) -> Dict[st
     return {n: (str(got[n]) if got.get(n) is not None else None) for n in names}
 
 
-def run_provenance(run: "Run", cfg: "StudyConfig") -> dict:
+def run_provenance(run: RunLike, cfg: "StudyConfig") -> dict:
     """What, besides its command, defines a run's result (see the module docstring)."""
     plugin = run_plugin(run)
     prov: dict = {"lskd_version": __version__}

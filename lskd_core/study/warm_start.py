@@ -319,7 +319,31 @@ def _run_entry(request: Mapping[str, Any]) -> None:
     sys.argv = [script, *request["args"]]
     sys.path[0] = os.path.dirname(script)  # a script's folder, as for ``python script``
     module, _, attr = str(request["entry"]).partition(":")
-    sys.exit(_attr(importlib.import_module(module), attr)())
+    sys.exit(_attr(_fresh_import(module), attr)())
+
+
+def _fresh_import(module: str) -> Any:
+    """Import ``module`` afresh, as the wrapper's first import of it would in a new interpreter.
+
+    Its top level runs again with the root logger unconfigured, so a module that configures logging
+    first thing (``fairseq_cli.train``: ``logging.basicConfig(format=...)``, before it imports
+    fairseq) gets its own format, not the default one an earlier run's import left in the server.
+    A module that configures nothing gets the server's configuration back (what its imports set up in
+    a cold start too)."""
+    import logging
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    for handler in saved:
+        root.removeHandler(handler)
+    sys.modules.pop(module, None)
+    try:
+        return importlib.import_module(module)
+    finally:
+        if not root.handlers:
+            for handler in saved:
+                root.addHandler(handler)
+            root.setLevel(level)
 
 
 def _attr(obj: Any, dotted: str) -> Any:

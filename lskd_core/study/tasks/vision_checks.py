@@ -43,7 +43,7 @@ def _known_models() -> Optional[FrozenSet[str]]:
     try:
         from vision_plugin import models  # lazily: only a vision study's validation asks
 
-        return frozenset(models.lskd_model_names()) | frozenset(models._torchvision_classifiers())
+        return frozenset(models.lskd_model_names()) | frozenset(models.torchvision_classifiers())
     except ImportError:
         return None  # the plugin's own dependencies are missing here: the trainer will say so
 
