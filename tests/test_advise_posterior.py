@@ -163,3 +163,24 @@ def test_settle_after_halving_never_exceeds_the_budget():
         alloc = allocate(list(means), fake, 1, list(range(9)), eta=3, budget=budget, seed=1)
         settle(alloc, fake, 1, list(range(9)))
         assert alloc.spent == sum(fake.trained.values()) <= budget * alloc.grid
+
+
+def test_advice_states_the_probability_and_names_the_rivals():
+    from lskd_core.advise.report import markdown, summarize
+
+    tied = _alloc({A: {0: [70.0], 1: [71.0], 2: [69.5]}, B: {0: [70.2], 1: [70.6], 2: [69.9]},
+                   C: {0: [60.0], 1: [60.5], 2: [59.8]}}, 10, budget=1.0, spent=9)
+    s = summarize(tied, {}, epochs=1, train_samples=None, cpu={})
+    p = s["recommendation"]["p_best"]
+    expected = prob_best({c: [r.curves[k][0] for k in sorted(r.curves)] for c, r in
+                          ((r.cell, r) for r in tied.cells)}, 10)
+    assert p == pytest.approx(max(expected["p_best"].values()))
+    assert (s["recommendation"]["alpha"], s["recommendation"]["temperature"]) == expected["leader"]
+    text = markdown(s)
+    assert f"**{p:.2f}**" in text and "Not decided at this budget" in text
+    rival = B if expected["leader"] == A else A
+    assert f"(alpha, T = {rival[0]:g},{rival[1]:g})" in text
+    assert "(alpha, T = 0.1,64)" not in text  # C is hopeless: not named
+    clear = _alloc({A: {0: [90.0], 1: [90.4]}, B: {0: [60.0], 1: [60.3]}}, 4, budget=1.0, spent=4)
+    text = markdown(summarize(clear, {}, epochs=1, train_samples=None, cpu={}))
+    assert "**1.00**" in text and "Not decided" not in text

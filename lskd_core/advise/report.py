@@ -21,6 +21,9 @@ from lskd_core.jsonio import num
 
 __all__ = ["summarize", "markdown", "plot_trajectories", "plot_eta"]
 
+#: a rival with at least this probability of being the grid's best is named in the advice
+RIVAL = 0.05
+
 Cell = Tuple[float, float]
 
 
@@ -105,7 +108,7 @@ def _probability(post: Optional[Mapping[str, Any]], pick: Cell, alloc: Allocatio
     if post is None:
         return {"p_best": None, "why": "no cell has two seeds trained to the full schedule: no estimate of the "
                                        "seed spread", "not_covered": not_covered}
-    return {"p_best": post["p_best"].get(pick), "target": f"the grid mean over all {post['total_seeds']} seeds",
+    return {"p_best": post["p_best"].get(pick), "pick": f"{num(pick[0])},{num(pick[1])}", "target": f"the grid mean over all {post['total_seeds']} seeds",
             "per_cell": {f"{num(c[0])},{num(c[1])}": p for c, p in post["p_best"].items()},
             "sigma": post["sigma"], "df": post["df"], "draws": post["draws"], "prior": post["prior"],
             "effective_draws": post["effective_draws"], "not_covered": not_covered,
@@ -130,13 +133,17 @@ def _probability_line(prob: Mapping[str, Any]) -> str:
     line = (f"Probability that this is the grid's best cell ({prob['target']}, as the full study ranks cells): "
             f"**{prob['p_best']:.2f}** (posterior from the seeds trained here, pooled seed sd {prob['sigma']:.2f} "
             f"on {prob['df']} df; calibrated on simulated grids, docs/advise.md).")
+    rivals = sorted(((p, c) for c, p in prob["per_cell"].items() if c != prob["pick"] and p >= RIVAL), reverse=True)
+    if rivals:
+        line += (" Not decided at this budget: " + ", ".join(f"(alpha, T = {c}) {p:.2f}" for p, c in rivals)
+                 + " could also be the grid's best; the seeds that would decide it need a larger --budget.")
     if prob.get("not_covered"):
         line += (f" Not covered: {len(prob['not_covered'])} cell(s) never trained to the full schedule "
                  "(stopped on early epochs).")
     return line
 
 
-def _tiebreak_line(tb: Mapping[str, Any], comp: Mapping[str, Any]) -> str:
+def _tiebreak_line(tb: Mapping[str, Any]) -> str:
     why = {"decided": f"the leader reached the target probability {tb['target']:g}",
            "budget": "the budget was spent", "seed cap": f"the contenders reached the cap of {tb['max_seeds']} seeds",
            "no rival": "no rival left with a chance", "no finalist": "no finalist"}.get(tb["stopped"], tb["stopped"])
@@ -166,7 +173,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
     lines.append(_probability_line(conf["probability"]))
     tb = summary.get("tiebreak")
     if tb:
-        lines.append(_tiebreak_line(tb, comp))
+        lines.append(_tiebreak_line(tb))
     others = [c for c in conf["indistinguishable"] if tuple(c) != pick]
     n_fin = len(conf["finalists"])
     if n_fin < 2:
