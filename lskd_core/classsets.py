@@ -63,6 +63,7 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from lskd_core.fashion_mnist import FASHION_MNIST_CLASSES
+from lskd_core.jsonio import load_json_file
 from lskd_core.wordnet import (
     DEFAULT_WORDNET_DIR,
     WordNetNouns,
@@ -101,16 +102,7 @@ def load_parent_map(json_path: "os.PathLike[str] | str") -> Dict[str, List[str]]
     ``null`` or ``[]`` marks a root. ValueError for malformed JSON or a cycle.
     """
     path = os.fspath(json_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"parent map not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"parent map {path} is not valid JSON: {exc}") from None
-    except RecursionError:  # json's parser recurses once per nesting level
-        raise ValueError(f"parent map {path} is nested too deeply to be a parent map "
-                         f"(expected {{\"node\": \"parent\"}})") from None
+    raw = load_json_file(path, "parent map", '{"node": "parent"}', missing=FileNotFoundError)
     if not isinstance(raw, dict):
         raise ValueError(f"parent map {path} must be a JSON object node -> parent(s)")
     out: Dict[str, List[str]] = {}

@@ -7,8 +7,6 @@ Split out of :mod:`lskd_core.eta` (which parses, loads and prints). Every bad in
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -16,6 +14,7 @@ import numpy as np
 from lskd_core.classsets import ClassHierarchy, feature_space_sets, load_wordnet
 from lskd_core.diffusion import ClassStats
 from lskd_core.hierarchy import select_hierarchy
+from lskd_core.jsonio import load_json_file
 
 __all__ = ["Sets", "UsageError", "Reference", "resolve_class", "select_sets"]
 
@@ -44,16 +43,7 @@ def resolve_class(value: object, num_classes: int, names: Optional[List[str]], w
 
 
 def _read_sets_json(path: str, num_classes: int, names: Optional[List[str]]) -> Sets:
-    if not os.path.isfile(path):
-        raise UsageError(f"--sets file not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--sets {path} is not valid JSON: {exc}") from None
-    except RecursionError:  # json's parser recurses once per nesting level
-        raise UsageError(f'--sets {path} is nested too deeply; expected {{"target": {{"similar": '
-                         f'[...], "dissimilar": [...]}}}}') from None
+    raw = load_json_file(path, "--sets file", '{"target": {"similar": [...], "dissimilar": [...]}}', UsageError)
     if not isinstance(raw, dict) or not raw:
         raise UsageError(f'--sets {path} must be a non-empty object {{"target": {{"similar": [...], '
                          f'"dissimilar": [...]}}}}')

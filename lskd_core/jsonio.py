@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Type
 
 import numpy as np
 
@@ -41,6 +42,22 @@ def read_json_object(path: PathLike) -> Optional[dict]:
     if not isinstance(obj, dict):
         raise BadJson(f"{p.name} holds a {type(obj).__name__}, not a JSON object")
     return obj
+
+
+def load_json_file(path: str, what: str, expected: str, error: Type[Exception] = ValueError,
+                   missing: Optional[Type[Exception]] = None) -> Any:
+    """``json.load`` of a user's file, each failure one ``error`` that names ``what`` and the file:
+    missing (``missing``, default ``error``), not UTF-8 JSON, or nested too deeply for json's
+    recursive parser (``expected`` describes the shape the file should have)."""
+    if not os.path.isfile(path):
+        raise (missing or error)(f"{what} not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise error(f"{what} {path} is nested too deeply; expected {expected}") from None
 
 
 def write_json(path: PathLike, obj: Any) -> None:

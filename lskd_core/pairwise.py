@@ -25,11 +25,12 @@ closed-form mean SQUARED distance of the raw features stays in :mod:`lskd_core.d
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import Dict, Optional, Protocol, Sequence
 
 import numpy as np
 
 from lskd_core.diffusion import check_class_sets, eta_from_distances
+from lskd_core.sampling import class_rows
 
 __all__ = ["template_basis", "mean_pairwise_distance", "projected_pairwise_distances",
            "projected_pairwise_eta"]
@@ -101,21 +102,6 @@ def mean_pairwise_distance(a: np.ndarray, b: np.ndarray) -> float:
     return total / (len(a) * len(b))
 
 
-def _class_rows(labels: np.ndarray, classes: Sequence[int], max_per_class: Optional[int],
-                seed: int) -> List[np.ndarray]:
-    """Row indices of each class (a seeded subsample of ``max_per_class`` rows when given)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for c in classes:
-        rows = np.flatnonzero(labels == c)
-        if rows.size == 0:
-            raise ValueError(f"class {c} has no samples")
-        if max_per_class is not None and rows.size > max_per_class:
-            rows = np.sort(rng.choice(rows, size=int(max_per_class), replace=False))
-        out.append(rows)
-    return out
-
-
 def projected_pairwise_distances(features: np.ndarray, labels: np.ndarray, weight: np.ndarray,
                                  bias: Optional[np.ndarray], target: int, classes: Sequence[int],
                                  max_per_class: Optional[int] = None, seed: int = 0) -> np.ndarray:
@@ -126,7 +112,7 @@ def projected_pairwise_distances(features: np.ndarray, labels: np.ndarray, weigh
     labels = np.asarray(labels)
     everyone = [int(target), *(int(c) for c in classes)]
     basis = template_basis(weight, bias, everyone)
-    rows = _class_rows(labels, everyone, max_per_class, seed)
+    rows = class_rows(labels, everyone, max_per_class, seed)
     # memory-mapped features: only these rows are read
     projected = [_project(np.asarray(features[r]), basis) for r in rows]
     for c, p in zip(everyone, projected):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from lskd_core.checks import check_labels
+from lskd_core.sampling import class_rows
 
 if TYPE_CHECKING:
     from lskd_core.projection_figure import plot_projection_grid, projection_grid_figure
@@ -288,15 +289,7 @@ def select_three_classes(features: Any, labels: Any, class_ids: Sequence[int], p
     if per_class is not None:
         if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
             raise ValueError(f"per_class must be a positive integer or None, got {per_class!r}")
-    rng = np.random.default_rng(seed)
-    parts = []
-    for c in ids:
-        rows = np.flatnonzero(lab == c)
-        if rows.size == 0:
-            raise ValueError(f"class {c} of class_ids {list(ids)} has no samples in labels")
-        if per_class is not None and rows.size > per_class:
-            rows = np.sort(rng.choice(rows, size=int(per_class), replace=False))
-        parts.append(rows)
+    parts = class_rows(lab, ids, per_class, seed, context=f" of class_ids {list(ids)} (in labels)")
     index = np.concatenate(parts)
     return np.asarray(x[index]), lab[index], index
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 EXIT_USER_ERROR = 2
 
@@ -50,6 +50,12 @@ def user_error_message(exc: BaseException) -> Optional[str]:
         reason = exc.strerror or os.strerror(exc.errno)
         return f"{where}: {reason}; {_REMEDIES[exc.errno]}"
     return None
+
+
+def run_and_summarize(prog: str, work: Callable[[], Dict[str, Any]], summary: str) -> int:
+    """:func:`run_cli` of ``work``, printing ``summary.format(**result)`` when it succeeds (the
+    one line a builder command ends with: what it wrote, how much)."""
+    return run_cli(prog, lambda: print(summary.format(**work())))
 
 
 def run_cli(prog: str, body: Callable[[], object], cleanup: Optional[Callable[[], None]] = None) -> int:

@@ -41,7 +41,7 @@ from vision_plugin.checkpoint import (
     extract_state_dict,
     load_checkpoint,
 )
-from vision_plugin.cli_errors import run_cli
+from vision_plugin.cli_errors import run_and_summarize
 from vision_plugin.datasets import DATASETS, SPLITS, build_dataset, filter_classes
 from vision_plugin.models import build_model, find_final_linear
 
@@ -243,12 +243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     (``vision_plugin.cli_errors``); genuine bugs keep their traceback."""
     args = get_args_parser().parse_args(argv)
 
-    def body() -> None:
-        summary = export(args)
-        print(f"wrote {summary['rows']} x {summary['dim']} features ({summary['feature_layer']} input) "
-              f"to {summary['out']}")
-
-    return run_cli(PROG, body)
+    return run_and_summarize(PROG, lambda: export(args),
+                             "wrote {rows} x {dim} features ({feature_layer} input) to {out}")
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from vision_plugin.cli_errors import run_cli
+    from vision_plugin.cli_errors import run_and_summarize
 
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -264,12 +264,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"note: {', '.join(ignored)}: trainer flag(s) that do not change the teacher's cached outputs; "
               f"ignored", file=sys.stderr)
 
-    def body() -> None:
-        summary = build(args)
-        print(f"teacher cache {summary['root']}: {summary['rows']} rows ({summary['kind']}, {summary['dtype']}), "
-              f"{summary['bytes_on_disk']} bytes, {summary['bytes_per_row']:.1f} bytes per sample-epoch")
-
-    return run_cli(PROG, body)
+    return run_and_summarize(PROG, lambda: build(args),
+                             "teacher cache {root}: {rows} rows ({kind}, {dtype}), {bytes_on_disk} bytes, "
+                             "{bytes_per_row:.1f} bytes per sample-epoch")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -59,15 +59,15 @@ def entropy_section(view: StudyView, cache: AnalysisCache) -> dict:
 
 def entropy_markdown(res: dict) -> List[str]:
     ent = res["entropy"]
-    md = ["## 3. Teacher smoothness (Table H.1)\n", section_status(ent)]
-    if not ent.get("table"):
-        return md
-    temps = ent["temperatures"]
+    head = ["## 3. Teacher smoothness (Table H.1)\n", section_status(ent)]
+    return head + (_entropy_tables(ent, res.get("figures", {}).get("entropy")) if ent.get("table") else [])
+
+
+def _entropy_tables(ent: dict, figure: Optional[str]) -> List[str]:
     alphas = list(ent["table"])
-    rows = [[f"T = {num(t)}"] + [fmt(ent["table"][a].get(num(t)), 3) for a in alphas] for t in temps]
-    md.append(f"Mean entropy (nats) of the teachers' softmax(z / T) over their train split; maximum "
-              f"ln K = {ent['max_entropy']:.3f}.\n")
-    md.append(md_table(["", *[f"alpha = {a}" for a in alphas]], rows) + "\n")
+    rows = [[f"T = {num(t)}"] + [fmt(ent["table"][a].get(num(t)), 3) for a in alphas] for t in ent["temperatures"]]
+    md = [f"Mean entropy (nats) of the teachers' softmax(z / T) over their train split; maximum "
+          f"ln K = {ent['max_entropy']:.3f}.\n", md_table(["", *[f"alpha = {a}" for a in alphas]], rows) + "\n"]
     if ent.get("pairs"):
         prow = []
         for p in ent["pairs"]:
@@ -78,6 +78,6 @@ def entropy_markdown(res: dict) -> List[str]:
                   "entropy as the LS teacher at T. Comparing students at such pairs separates the effect of "
                   "smoothness from that of LS (the paper finds smoothness alone does not explain KD).\n")
         md.append(md_table(["LS teacher", "mean entropy", "matched by"], prow) + "\n")
-    if res.get("figures", {}).get("entropy"):
-        md.append(f"![teacher entropy]({res['figures']['entropy']})\n")
+    if figure:
+        md.append(f"![teacher entropy]({figure})\n")
     return md

@@ -74,13 +74,15 @@ def projection_section(view: StudyView, cache: AnalysisCache, out_dir: Path) -> 
 
 def projection_markdown(res: dict) -> List[str]:
     proj = res["projection"]
-    md = ["## 4. Penultimate-layer projections (Fig. 1)\n", section_status(proj)]
-    if not proj.get("png"):
-        return md
+    head = ["## 4. Penultimate-layer projections (Fig. 1)\n", section_status(proj)]
+    return head + (_projection_body(proj) if proj.get("png") else [])
+
+
+def _projection_body(proj: dict) -> List[str]:
     cn = proj["class_names"]
-    md.append(f"Classes {cn[0]} and {cn[1]} (semantically similar) and {cn[2]} (dissimilar); "
-              "val samples projected on the plane of the three class templates (App. F), PCA fitted on each "
-              "model's train split. `sep` = centroid distance of the similar pair / mean cluster spread.\n")
+    md = [f"Classes {cn[0]} and {cn[1]} (semantically similar) and {cn[2]} (dissimilar); "
+          "val samples projected on the plane of the three class templates (App. F), PCA fitted on each "
+          "model's train split. `sep` = centroid distance of the similar pair / mean cluster spread.\n"]
     md.append(f"![projection grid]({proj['png']})\n")
     rows = [[p["row"], num(p["alpha"]), fmt(p["similar_pair_distance"], 3), fmt(p["similar_pair_separation"], 3)]
             for p in proj["panels"]]
