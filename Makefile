@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml setup.py constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	@touch $(STAMP)
 
+# the demo preset with 6 teachers per alpha and the entropy-matched students (issue 23, docs/study.md)
 demo: setup
-	$(PY) -m lskd_core.study --preset demo --out runs/demo
+	$(PY) -m lskd_core.study --preset demo-teachers --out runs/demo
 
 # Table 5 on the CPU: En->De on the offline Ding corpus (Debian trans-de-en), fairseq teachers and students.
 demo-translation: setup

@@ -64,3 +64,18 @@ def test_two_runs_of_the_demo_settings_give_identical_tables(tmp_path):
     ra, rb = (json.loads((s / "report" / "results.json").read_text()) for s in studies)
     assert ra["verdict"]["lines"] == rb["verdict"]["lines"]
     assert ra["matched"]["rows"] == rb["matched"]["rows"]
+
+
+def test_make_demo_preset_is_the_demo_preset_plus_teachers_and_matched_students():
+    """`make demo` runs preset demo-teachers: the demo preset (the base of every config) with only the
+    settings issue 23 sized changed, so the two cannot drift apart."""
+    from lskd_core.study.config import read_preset
+
+    base, demo = read_preset("demo"), read_preset("demo-teachers")
+    changed = {k for k in base.keys() | demo.keys() if base.get(k) != demo.get(k)}
+    assert changed == {"seeds", "teacher_seeds", "matched_temperatures"}
+    cfg = S.load_config("demo-teachers")
+    assert cfg.teacher_seeds >= 3 and len(cfg.seed_list) % cfg.teacher_seeds == 0  # every teacher has students
+    assert cfg.matched_temperatures == [max(cfg.temperatures)]  # App. H at the high T
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    assert "--preset demo-teachers --out runs/demo" in makefile
