@@ -10,12 +10,18 @@ a bug and keeps its traceback.
   :func:`install_excepthook`: an uncaught error of *our* types prints one line instead of
   fairseq's traceback (exit status 1, as for any uncaught exception). ``LSKD_TRACEBACK=1`` shows
   the traceback anyway. Other exceptions go to the previous hook untouched.
+* Multi-GPU ``fairseq-train`` runs its workers through ``torch.multiprocessing.spawn``; a worker's
+  error reaches the parent as ``ProcessRaisedException`` holding the worker's traceback as text.
+  When that traceback ends in one of our types, the parent prints the same one line (naming the
+  worker), not the parent's and the worker's tracebacks.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -113,13 +119,49 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
         return 2
 
 
+#: the last line of a Python traceback: "package.module.ErrorClass: message"
+_TRACEBACK_TAIL = re.compile(r"^(?P<module>[A-Za-z_][\w.]*)\.(?P<name>[A-Za-z_]\w*): (?P<message>.*)$")
+
+
+def worker_user_error_line(error: BaseException) -> Optional[str]:
+    """The one line for a spawned worker's user error as the parent sees it (torch's
+    ``ProcessRaisedException``, whose message is the worker's traceback), or None when the worker's
+    error is not one of our types (a bug: the traceback stays). Only classes of ``fairseq_plugin``
+    and ``lskd_core`` are looked up, and a class counts only if :func:`is_user_error` says so."""
+    if type(error).__name__ != "ProcessRaisedException":
+        return None
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    match = _TRACEBACK_TAIL.match(lines[-1]) if lines else None
+    if match is None or match["module"].split(".")[0] not in ("fairseq_plugin", "lskd_core"):
+        return None
+    try:
+        cls = getattr(importlib.import_module(match["module"]), match["name"])
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        return None
+    try:
+        probe = cls.__new__(cls)  # an instance only for the type test: its message is in the traceback
+    except TypeError:
+        return None
+    if not is_user_error(probe):
+        return None
+    worker = getattr(error, "error_index", None)
+    return f"{match['message'] or match['name']} (in worker process {worker})"
+
+
 def _excepthook(previous):
     def hook(exc_type, exc_value, exc_tb):
-        if (exc_value is not None and is_user_error(exc_value)
-                and os.environ.get(TRACEBACK_ENV, "").strip() in ("", "0")):
+        quiet = os.environ.get(TRACEBACK_ENV, "").strip() in ("", "0")
+        if exc_value is not None and is_user_error(exc_value) and quiet:
             # One line (the first of the message): fairseq's 40-line traceback says nothing more.
             first = str(exc_value).splitlines()[0] if str(exc_value) else exc_type.__name__
             sys.stderr.write(f"lskd: error: {first}  ({TRACEBACK_ENV}=1 shows the traceback)\n")
+            sys.stderr.flush()
+            return
+        worker_line = worker_user_error_line(exc_value) if exc_value is not None and quiet else None
+        if worker_line is not None:
+            sys.stderr.write(f"lskd: error: {worker_line}  ({TRACEBACK_ENV}=1 shows the traceback)\n")
             sys.stderr.flush()
             return
         previous(exc_type, exc_value, exc_tb)
