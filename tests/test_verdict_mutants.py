@@ -62,6 +62,24 @@ def _notes(v):
     return [v[k] for k in sorted(v) if k.endswith("_note") and v[k]]
 
 
+def test_the_verdict_does_not_depend_on_the_order_of_the_cells():
+    """The analysis's lists are data, not an index: reversing the cells gives the same verdict."""
+    rows = _paper_grid()
+    an = findings.analyze(rows)
+    flipped = dict(an, cells=list(reversed(an["cells"])))
+    for a in (an, flipped):
+        v = findings.verdict(a)
+        assert v["recommended"] == [0.1, 1.0]
+    assert findings.verdict(flipped)["sentence"] == findings.verdict(an)["sentence"]
+    # and a tie, where every tied cell is described by its own numbers
+    tie = findings.analyze([dict(r, value=r["value"] - (1.0 if r["alpha"] else 0.0)) for r in rows if r["T"] <= 2.0])
+    v, vf = findings.verdict(tie), findings.verdict(dict(tie, cells=list(reversed(tie["cells"]))))
+    assert vf["sentence"] == v["sentence"] and len(v["indistinguishable"]) >= 2
+    for cell in v["indistinguishable"]:
+        x = _values(rows, *cell) - (1.0 if cell[0] else 0.0)
+        assert f"{findings._cell_name(cell)} ({x.mean():.2f} points" in v["sentence"]
+
+
 def test_lines_are_the_sentence_the_flags_and_the_caveats_in_order():
     rows = _paper_grid()
     v = findings.verdict(findings.analyze(rows))
@@ -163,6 +181,8 @@ def test_two_temperatures_one_seed_say_there_is_no_interval():
     assert "-4.00 points; no interval with 2 student run(s) (the spread is unknown)" in trend["text"]
     assert "-3.00 points; no interval with 4 student run(s)" in inter["text"]  # (-4) - (-1)
     assert "p = " not in trend["text"]
+    # the "teachers trained here" caveat qualifies a claim (clear / opposite), never a "not shown"
+    assert "student seeds only" not in trend["text"] and "student seeds only" not in inter["text"]
     # two temperatures are enough for both ends of the compatibility comparison
     assert {"compatible_at_lowest_T", "incompatible_at_highest_T"} <= set(flags)
     assert "T = 4 (point estimate: yes)" in flags["incompatible_at_highest_T"]["text"]  # 78 < 79
@@ -173,6 +193,9 @@ def test_a_single_temperature_has_no_trend_to_report():
     flag = findings.verdict(findings.analyze(rows))["flags"]["higher_T_hurts_ls"]
     assert flag["level"] == st.NOT_SHOWN and flag["evidence"] is None
     assert "not enough cells to test it" in flag["text"] and "fitted change" not in flag["text"]
+    # one T: one compatibility comparison, not the same T read as both the lowest and the highest
+    flags = findings.verdict(findings.analyze(rows))["flags"]
+    assert "compatible_at_lowest_T" in flags and "incompatible_at_highest_T" not in flags
 
 
 def test_the_suggestive_lean_names_the_80_percent_level():
