@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	@touch $(STAMP)
 
-# the demo preset with 6 teachers per alpha and the entropy-matched students (issue 23, docs/study.md)
+# the demo preset with 3 teachers per alpha and the entropy-matched students (issue 23, docs/study.md)
 demo: setup
 	$(PY) -m lskd_core.study --preset demo-teachers --out runs/demo
 

@@ -73,7 +73,9 @@ def test_make_demo_preset_is_the_demo_preset_plus_teachers_and_matched_students(
 
     base, demo = read_preset("demo"), read_preset("demo-teachers")
     changed = {k for k in base.keys() | demo.keys() if base.get(k) != demo.get(k)}
-    assert changed == {"seeds", "teacher_seeds", "matched_temperatures"}
+    assert changed == {"seeds", "teacher_seeds", "matched_temperatures", "teacher_args"}
+    # the teachers only skip their per-epoch evaluations (training is unchanged; a CPU saving)
+    assert demo["teacher_args"] == base["teacher_args"] + ["--eval-every", "0"]
     cfg = S.load_config("demo-teachers")
     assert cfg.teacher_seeds >= 3 and len(cfg.seed_list) % cfg.teacher_seeds == 0  # every teacher has students
     assert cfg.matched_temperatures == [max(cfg.temperatures)]  # App. H at the high T
