@@ -31,22 +31,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
+from lskd_core.advise.signals import pooled_sum_of_squares
+
 __all__ = ["prob_best", "DRAWS"]
 
 Cell = Tuple[float, float]
 DRAWS = 20000
 #: the prior on the spread of the cell means is uniform on [0, TAU_SPAN x (seed sd + range of the means)]
 TAU_SPAN = 5.0
-
-
-def _pooled(values: Mapping[Cell, Sequence[float]]) -> Tuple[float, int]:
-    ss, df = 0.0, 0
-    for v in values.values():
-        a = np.asarray(v, dtype=float)
-        if a.size >= 2:
-            ss += float(np.sum((a - a.mean()) ** 2))
-            df += a.size - 1
-    return ss, df
 
 
 def _draw_grid_means(means: np.ndarray, n: np.ndarray, ss: float, df: int, total: Optional[int], prior: str,
@@ -101,7 +93,7 @@ def prob_best(values: Mapping[Cell, Sequence[float]], total_seeds: Optional[int]
             raise ValueError("target 'grid' needs total_seeds (the study's seed count)")
         if np.any(n > total_seeds):
             raise ValueError(f"a cell has more seeds ({int(n.max())}) than the grid ({total_seeds})")
-    ss, df = _pooled(values)
+    ss, df = pooled_sum_of_squares(values)
     if df == 0:
         return None
     means = np.array([float(np.mean(values[c])) for c in cells])

@@ -32,7 +32,7 @@ import numpy as np
 
 from lskd_core.diffusion import eta_over_targets
 
-__all__ = ["teacher_entropies", "reference_sets", "early_eta", "pooled_seed_std", "rank_cells"]
+__all__ = ["teacher_entropies", "reference_sets", "early_eta", "pooled_seed_std", "pooled_sum_of_squares", "rank_cells"]
 
 
 def teacher_entropies(logits: np.ndarray, temperatures: Sequence[float]) -> Dict[float, float]:
@@ -67,14 +67,20 @@ def reference_sets(features: np.ndarray, labels: np.ndarray, num_classes: int, t
 early_eta = eta_over_targets
 
 
-def pooled_seed_std(finals: Mapping[Any, Sequence[float]]) -> Optional[float]:
-    """sqrt of the pooled within-cell variance of the final accuracies over cells with >= 2 seeds."""
+def pooled_sum_of_squares(finals: Mapping[Any, Sequence[float]]) -> Tuple[float, int]:
+    """Within-cell sum of squares and its degrees of freedom, over cells with >= 2 seeds."""
     ss, df = 0.0, 0
     for values in finals.values():
         v = np.asarray(values, dtype=float)
         if v.size >= 2:
             ss += float(np.sum((v - v.mean()) ** 2))
             df += v.size - 1
+    return ss, df
+
+
+def pooled_seed_std(finals: Mapping[Any, Sequence[float]]) -> Optional[float]:
+    """sqrt of the pooled within-cell variance of the final accuracies over cells with >= 2 seeds."""
+    ss, df = pooled_sum_of_squares(finals)
     return math.sqrt(ss / df) if df > 0 else None
 
 
