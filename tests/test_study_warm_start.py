@@ -272,8 +272,10 @@ def script_env(tmp_path, probe_env):
 def test_warm_target_knows_modules_and_python_console_scripts(script_env):
     _, bin_dir = script_env
     py = sys.executable
-    assert warm_target([py, "-m", "vision_plugin.train", "--epochs", "1"]) == (py, {"module": "vision_plugin.train"})
-    assert warm_target([str(bin_dir / "lskd-probe"), "3"]) == (py, {"script": str(bin_dir / "lskd-probe")})
+    assert warm_target([py, "-m", "vision_plugin.train", "--epochs", "1"]) == (
+        py, {"module": "vision_plugin.train"}, ["--epochs", "1"])
+    assert warm_target([str(bin_dir / "lskd-probe"), "3"]) == (py, {"script": str(bin_dir / "lskd-probe")}, ["3"])
+    assert warm_target([py, "-m", "m"]) == (py, {"module": "m"}, [])
     assert warm_target([str(bin_dir / "lskd-shell")]) is None  # a shell script: never forked from Python
     assert warm_target([str(bin_dir / "no-such-script")]) is None
     assert warm_target([]) is None

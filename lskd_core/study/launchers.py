@@ -26,18 +26,30 @@ import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from lskd_core.study.lock import process_alive
 from lskd_core.study.plan import Run
 from lskd_core.study.registry import LAUNCHERS, launcher_class, launcher_spec
 from lskd_core.study.warm_start import WarmServer, read_exit_file, warm_target
 
-__all__ = ["Handle", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
+__all__ = ["Handle", "Launch", "Launcher", "LocalLauncher", "SubprocessLauncher", "LAUNCHERS", "make_launcher", "launcher_spec"]
 
 #: A started run as the launcher describes it (JSON-serialisable).
 Handle = Dict[str, Any]
+
+
+@dataclass
+class Launch:
+    """One run to start: what :meth:`Launcher.start` takes, as one item of :meth:`Launcher.start_many`."""
+
+    run: Run
+    argv: List[str]
+    log_path: Path
+    cwd: Optional[Path] = None
+    after: Sequence[Handle] = ()
 
 
 class Launcher(ABC):
@@ -52,6 +64,19 @@ class Launcher(ABC):
               cwd: Optional[Path] = None, after: Sequence[Handle] = ()) -> Handle:
         """Start ``argv`` for ``run`` with output appended to ``log_path``. ``after``: handles of the
         runs it depends on that are still in flight (only when ``queues_dependencies``)."""
+
+    def start_many(self, launches: Sequence[Launch], env: Mapping[str, str],
+                   state_dir: Optional[Path] = None) -> List[Handle]:
+        """Start several runs that are ready together (a queueing launcher gets every run of a stage
+        at once); their handles, in order. ``state_dir``: a directory of the study where the launcher
+        may keep its own files (a batch launcher's array scripts). By default one :meth:`start` each."""
+        return [self.start(x.run, x.argv, env, x.log_path, x.cwd, x.after) for x in launches]
+
+    def never_ran(self, handle: Handle) -> bool:
+        """True for an ended run that never started because a run it waited for failed (a batch
+        scheduler cancels a whole array behind one failed task): the runner starts it again once
+        its own inputs are done."""
+        return False
 
     @abstractmethod
     def poll(self, handle: Handle) -> Optional[int]:
@@ -145,7 +170,7 @@ class LocalLauncher(Launcher):
         target = warm_target(argv) if self.warm_start else None
         if target is None or self.warm_note:
             return None
-        python, what = target
+        python, what, args = target
         server = self._server
         if server is not None and (server.python != python or server.env != dict(env)):
             server.close()  # another interpreter or environment: a server must match the runs'
@@ -154,7 +179,6 @@ class LocalLauncher(Launcher):
             server = self._server = WarmServer(python, env, cwd=cwd)
         exit_path = Path(f"{log_path}.exit.json")
         exit_path.unlink(missing_ok=True)  # a record from an earlier attempt must not answer for this one
-        args = argv[3:] if "module" in what else argv[1:]
         pid = server.spawn(what.get("module"), args, log_path, exit_path, cwd, script=what.get("script"))
         if pid is None:
             if server.failed:

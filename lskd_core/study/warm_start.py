@@ -87,18 +87,18 @@ def _shebang_python(path: str) -> Optional[str]:
     return words[0] if re.fullmatch(r"python[0-9.]*", os.path.basename(words[0])) else None
 
 
-def warm_target(argv: Sequence[str]) -> Optional[Tuple[str, Dict[str, str]]]:
-    """For a run that may start warm: (the server's interpreter, what the server runs) -- a module
-    for ``python -m MODULE ...``, a script for a console script naming its interpreter; else None.
-    Whether a script really is an entry point's wrapper is the server's to check (it has the
-    interpreter's metadata)."""
+def warm_target(argv: Sequence[str]) -> Optional[Tuple[str, Dict[str, str], List[str]]]:
+    """For a run that may start warm: (the server's interpreter, what the server runs, the run's
+    arguments) -- a module and the arguments after ``python -m MODULE``, or a console script naming
+    its interpreter and the arguments after the script; else None. Whether a script really is an
+    entry point's wrapper is the server's to check (it has the interpreter's metadata)."""
     if not argv:
         return None
     module = warm_module(argv, argv[0])
     if module is not None:
-        return argv[0], {"module": module}
+        return argv[0], {"module": module}, list(argv[3:])
     python = _shebang_python(argv[0])
-    return (python, {"script": os.path.abspath(argv[0])}) if python else None
+    return (python, {"script": os.path.abspath(argv[0])}, list(argv[1:])) if python else None
 
 
 def read_exit_file(path: Path) -> Optional[Dict[str, Any]]:
