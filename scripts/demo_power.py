@@ -417,6 +417,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--student-epochs", type=int, default=2)
     p.add_argument("--export-images", type=int, default=4000, help="train + val images per feature export")
     p.add_argument("--json", type=Path, help="write the whole estimate here")
+    p.add_argument("--variant-arms", nargs="*", default=[], metavar="ARM",
+                   help="price these variant arms (variant_arms, e.g. teacher_only_T logit_standardization) on the "
+                        "--variant-base design; the pilots' students of these arms, if any, give the pair sd")
+    p.add_argument("--variant-seeds", type=int, nargs="*", default=[2, 3, 4, 6], metavar="N",
+                   help="candidate variant_seeds for --variant-arms")
+    p.add_argument("--variant-base", default="6,3", metavar="SEEDS,TEACHER_SEEDS",
+                   help="the design the arms are added to, at T {1, 64} (default: the demo's 6,3)")
+    p.add_argument("--variant-base-wall", type=float, default=None, metavar="S",
+                   help="measured study wall of --variant-base (s): the arms' wall is added to it instead of to "
+                        "the model's estimate (CPU / cores + --serial-s)")
     args = p.parse_args(argv)
     pilots: List[List[Rec]] = []
     matched: List[List[Rec]] = []
@@ -467,10 +477,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 for k, (a, b, c) in cost.items()},
               "teachers": teachers, "delta": args.delta, "best": best, "best_paper_temperatures": best_paper,
               "best_teachers": best_teachers}
+    if args.variant_arms:
+        got = _variants(args, var, cost, table)
+        if isinstance(got, str):
+            print(f"error: {got}", file=sys.stderr)
+            return 2
+        report["variants"] = got
     _print(report)
     if args.json:
         args.json.write_text(json.dumps({**report, "designs": table}, indent=1) + "\n")
     return 0
+
+
+def _variants(args: argparse.Namespace, var: Mapping[str, Any], cost: Mapping[str, Tuple[float, float, float]],
+              table: Sequence[Mapping[str, Any]]) -> Any:
+    """The variant arms' prices on the --variant-base design (a message string on bad input)."""
+    import demo_power_variants as dv
+
+    try:
+        seeds, teachers = (int(v) for v in args.variant_base.split(","))
+    except ValueError:
+        return f"--variant-base takes SEEDS,TEACHER_SEEDS (e.g. 6,3), got {args.variant_base!r}"
+    base = next((r for r in table if (r["seeds"], r["teacher_seeds"], r["temperatures"]) == (seeds, teachers,
+                                                                                            [1.0, 64.0])), None)
+    if base is None:
+        return f"--variant-base {args.variant_base} is not a candidate design (seeds a multiple of teacher seeds, >= 2 each)"
+    design = Design(seeds, teachers, (1.0, 64.0), args.train, args.val, args.teacher_epochs, args.student_epochs,
+                    args.export_images, args.matched)
+    grid = [r for study in args.pilots for r in read_students(study, args.eval_name)]
+    arm_recs = [r for study in args.pilots for arm in args.variant_arms for r in read_students(study, args.eval_name,
+                                                                                               arm=arm)]
+    comp = dv.pair_components(grid, arm_recs) if arm_recs else dv.prior_components(var["cell_sd"])
+    if comp["sigma_pair"] is None:
+        return "the pilots' arm students pair with no grid student of the same cell and seed"
+    if args.variant_base_wall is not None:
+        base = dict(base, wall_estimate_s=args.variant_base_wall)
+    rows = dv.variant_rows(base, design, comp, len(args.variant_arms), args.variant_seeds, cost, args.cores,
+                           args.budget_s)
+    return {"arms": list(args.variant_arms), "base": {"seeds": seeds, "teacher_seeds": teachers,
+                                                      "wall_estimate_s": base["wall_estimate_s"],
+                                                      "cpu_total_s": base["cpu_total_s"]},
+            "pair": comp, "rows": rows}
+
+
+def _print_variants(v: Mapping[str, Any]) -> None:
+    c = v["pair"]
+    src = ("prior: sqrt(2) x the within-cell sd, teacher sd unknown (0)" if c.get("prior") else
+           f"{c['pairs']} pilot pairs in {c['cells']} cells, {c['df']} df"
+           + ("" if c["split"] else ", one pair per teacher: total sd"))
+    print(f"variant arms {', '.join(v['arms'])} on {v['base']['seeds']} seeds x {v['base']['teacher_seeds']} teachers "
+          f"(wall ~{v['base']['wall_estimate_s']:.0f} s): arm - grid pair sd {c['sigma_pair']:.3f}, teacher sd "
+          f"{c['tau_pair']:.3f} ({src})")
+    for r in v["rows"]:
+        print(f"  variant_seeds {r['variant_seeds']}: {r['arm_students']} arm students, +{r['added_cpu_s']:.0f} CPU s, "
+              f"wall ~{r['wall_estimate_s']:.0f} s{'' if r['fits'] else ' (over the budget)'}; per cell +-"
+              f"{r['halfwidth']:.2f} points over {r['units']} {r['unit']}s ({r['students_per_unit']:g} pair(s) each)")
 
 
 def _print(r: Mapping[str, Any]) -> None:
@@ -502,6 +563,8 @@ def _print(r: Mapping[str, Any]) -> None:
               f"{b['p_decide_at_delta']:.2f} at delta = {r['delta']}; CPU {b['cpu_total_s']:.0f} s, "
               f"wall ~{b['wall_estimate_s']:.0f} s; claims +-"
               + ", ".join(f"{k} {h:.2f}" for k, h in b["claim_halfwidths"].items()))
+    if r.get("variants"):
+        _print_variants(r["variants"])
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ class Rec:
 
 
 def read_students(study: Path, eval_name: Optional[str] = None,
-                  matched: Optional[Tuple[float]] = None) -> List[Rec]:
+                  matched: Optional[Tuple[float]] = None, arm: Optional[str] = None) -> List[Rec]:
     """Finished grid students of a study directory as :class:`Rec` (top-1 accuracy, percent); a run's
     ``eval_name`` file (a re-evaluation) is preferred over its result.json when present. With
     ``matched = (ls_alpha,)``: the entropy-matched students of that LS alpha instead (App. H), as
-    records of the plain alpha at the LS cell's temperature."""
+    records of the plain alpha at the LS cell's temperature. With ``arm``: the students of that
+    variant arm (``variant_arms``) instead; the grid's own records never include an arm's students."""
     recs = []
     for rc in sorted(study.glob("runs/*/run_config.json")):
         cfg = json.loads(rc.read_text())
@@ -37,6 +38,8 @@ def read_students(study: Path, eval_name: Optional[str] = None,
         if value is None or (matched is None) != ("matched_key" not in info):
             continue
         if matched is not None and float(info["matched_to_alpha"]) != matched[0]:
+            continue
+        if info.get("arm") != arm:
             continue
         temp = float(info["matched_to_temperature"] if matched is not None else info["temperature"])
         recs.append(Rec(float(info["alpha"]), temp, int(info["seed"]), int(info.get("teacher_seed", 0)),
