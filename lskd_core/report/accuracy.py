@@ -59,29 +59,45 @@ def _cell(view: StudyView, alpha: float, temperature: float) -> dict:
             "top5_mean": m5, "top5_std": s5, "compatible": None}
 
 
-def accuracy_grid(view: StudyView) -> dict:
-    """Table 2 (vision: val top-1/top-5) or Table 5 (translation: test BLEU)."""
-    task = view.task
+def _teachers(view: StudyView) -> List[dict]:
+    """The teachers' row: each alpha's teacher run and its task fields (None before it finished)."""
     teachers = []
     for a in view.alphas:
         tid = view.teacher(a)
         res = view.score(tid)
         teachers.append({"alpha": a, "run_id": tid,
-                         **{f: (res.get(k) if res else None) for f, k in task.teacher_fields.items()}})
-    cells = [_cell(view, a, t) for t in view.temperatures for a in view.alphas]
-    # compatibility: LS teacher's student >= alpha=0 teacher's student at the same T (Sec. 5)
-    base_alpha = 0.0 if 0.0 in view.alphas else None
+                         **{f: (res.get(k) if res else None) for f, k in view.task.teacher_fields.items()}})
+    return teachers
+
+
+def mark_compatible(cells: List[dict], base_alpha: Optional[float]) -> None:
+    """Set each LS cell's ``compatible`` (its student mean >= the ``base_alpha`` teacher's student mean
+    at the same T, Sec. 5) and ``vs_alpha0`` (the comparison); cells without both means keep None."""
+    if base_alpha is None:
+        return
     for c in cells:
-        if base_alpha is None or c["alpha"] == base_alpha:
+        if c["alpha"] == base_alpha:
             continue
         base = next(b for b in cells if b["alpha"] == base_alpha and b["temperature"] == c["temperature"])
         if c["top1_mean"] is not None and base["top1_mean"] is not None:
             c["compatible"] = bool(c["top1_mean"] >= base["top1_mean"])
             c["vs_alpha0"] = compare_cells(c["top1"], base["top1"])
+
+
+def _grid_status(cells: List[dict], teachers: List[dict], main_field: str) -> str:
     filled = sum(1 for c in cells if c["n"] > 0)
-    complete = filled == len(cells) and all(t[task.teacher_main_field] is not None for t in teachers)
-    status = "ok" if complete else ("partial" if filled else "missing")
-    return {"status": status, "metric": task.grid_metric, "teachers": teachers, "cells": cells,
+    complete = filled == len(cells) and all(t[main_field] is not None for t in teachers)
+    return "ok" if complete else ("partial" if filled else "missing")
+
+
+def accuracy_grid(view: StudyView) -> dict:
+    """Table 2 (vision: val top-1/top-5) or Table 5 (translation: test BLEU)."""
+    teachers = _teachers(view)
+    cells = [_cell(view, a, t) for t in view.temperatures for a in view.alphas]
+    base_alpha = 0.0 if 0.0 in view.alphas else None
+    mark_compatible(cells, base_alpha)
+    return {"status": _grid_status(cells, teachers, view.task.teacher_main_field), "metric": view.task.grid_metric,
+            "teachers": teachers, "cells": cells,
             "baseline_alpha": base_alpha, "smallest_effect": view.config.get("smallest_effect")}
 
 
