@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -36,6 +37,13 @@ _COPY = ("lskd_core", "vision_plugin", "fairseq_plugin", "tests", "pyproject.tom
 def _tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
+
+
+#: cosmic-ray with lskd's two extra operators (removed calls, swapped arguments): mutation/cr_lskd.py
+_COSMIC_RAY = [sys.executable, str(REPO / "mutation" / "cr_lskd.py")]
+#: part of every session's digest: a change of the operator set re-initialises the sessions on --resume
+#: (outcomes of the mutants that are unchanged are carried over), so new operators reach old sessions
+OPERATORS_VERSION = "cosmic-ray core + lskd/RemoveCall + lskd/SwapArguments (1)"
 
 
 def _copy_tree(dest: Path) -> None:
@@ -72,7 +80,7 @@ def _module_files(config: Path) -> List[str]:
 def _module_digest(config: Path) -> str:
     """sha256 over the mutated modules' source: a session whose modules changed must be re-initialised
     (cosmic-ray's mutants are positions in the old text)."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(OPERATORS_VERSION.encode() + b"\0")
     for name in _module_files(config):
         h.update(name.encode() + b"\0" + (REPO / name).read_bytes())
     return h.hexdigest()
@@ -99,6 +107,9 @@ def _mutant_keys(session: Path, source: Path) -> Dict[str, tuple]:
     return out
 
 
+UNSAMPLED = "lskd: not in the sample"
+
+
 def _carry_over(old_session: Path, old_source: Path, session: Path, source: Path) -> int:
     """Copy the outcomes of the mutants that are unchanged (same text, operator and columns) from a session
     of an earlier version of the modules into a fresh one; returns how many were carried."""
@@ -106,7 +117,7 @@ def _carry_over(old_session: Path, old_source: Path, session: Path, source: Path
     con = sqlite3.connect(str(old_session))
     done = {old_keys[job]: row for job, *row in con.execute(
         "SELECT job_id, worker_outcome, output, test_outcome, diff FROM work_results "
-        "WHERE lower(worker_outcome) != 'skipped'") if job in old_keys}
+        "WHERE lower(worker_outcome) != 'skipped' OR output = ?", (UNSAMPLED,)) if job in old_keys}
     con.close()
     con = sqlite3.connect(str(session))
     n = 0
@@ -117,9 +128,6 @@ def _carry_over(old_session: Path, old_source: Path, session: Path, source: Path
     con.commit()
     con.close()
     return n
-
-
-UNSAMPLED = "lskd: not in the sample"
 
 
 def _sample(session: Path, keep: int, seed: int = 0) -> int:
@@ -155,46 +163,55 @@ def _forget_survivors(session: Path) -> int:
     return n
 
 
+def _reinit(config: Path, out: Path, tree: Path, stale: bool) -> None:
+    """A fresh cosmic-ray session (init, operator filter); when ``stale`` (the modules or the operators
+    changed since the old one began), the outcomes of its unchanged mutants are carried over."""
+    name = config.stem
+    session, source = out / name / "session.sqlite", out / name / "source"
+    old_session, old_source = session.with_suffix(".old"), source.with_suffix(".old")
+    carry = stale and source.is_dir()
+    if carry:  # keep what is done for every mutant whose line is unchanged; the rest are run afresh
+        session.replace(old_session)
+        shutil.rmtree(old_source, ignore_errors=True)
+        source.replace(old_source)
+    session.unlink(missing_ok=True)
+    for cmd in ([*_COSMIC_RAY, "init", "cosmic-ray.toml", str(session)],
+                [_tool("cr-filter-operators"), str(session), "cosmic-ray.toml"]):
+        subprocess.run(cmd, cwd=tree, env=_env(), check=True, capture_output=True)
+    _snapshot(config, source)
+    (out / name / "modules.sha256").write_text(_module_digest(config) + "\n")
+    if carry:
+        n = _carry_over(old_session, old_source, session, source)
+        print(f"[mutants] {name}: the mutated source or the operators changed since the session began: "
+              f"re-initialised, {n} outcomes of unchanged mutants carried over", flush=True)
+        old_session.unlink()
+        shutil.rmtree(old_source)
+    elif stale:
+        print(f"[mutants] {name}: the mutated source changed since the session began: re-initialised", flush=True)
+
+
 def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool = False,
                   sample: int = 0) -> subprocess.Popen:
+    """Start ``cosmic-ray exec`` of one session in its private tree (returns the process)."""
     name = config.stem
     tree, session = out / name / "tree", out / name / "session.sqlite"
     digest_file = out / name / "modules.sha256"
-    digest = _module_digest(config)
     # A fresh copy every time, also on --resume: a killed cosmic-ray can leave its last mutant in the
     # tree (the session database, outside it, keeps what is done). The copy carries the current tests,
     # so pending mutants meet the newest tests; --rerun-survivors re-tests the recorded survivors too.
     _copy_tree(tree)
     shutil.copy2(config, tree / "cosmic-ray.toml")
-    source = out / name / "source"  # the modules' text the session's positions refer to
-    stale = resume and session.exists() and (not digest_file.exists() or digest_file.read_text().strip() != digest)
-    if stale and source.is_dir():
-        # keep what is done for every mutant whose line is unchanged; the rest are run afresh
-        session.replace(session.with_suffix(".old"))
-        shutil.rmtree(source.with_suffix(".old"), ignore_errors=True)
-        source.replace(source.with_suffix(".old"))
+    stale = resume and session.exists() and (not digest_file.exists()
+                                             or digest_file.read_text().strip() != _module_digest(config))
     if not (resume and session.exists()) or stale:
-        session.unlink(missing_ok=True)
-        for cmd in ([_tool("cosmic-ray"), "init", "cosmic-ray.toml", str(session)],
-                    [_tool("cr-filter-operators"), str(session), "cosmic-ray.toml"]):
-            subprocess.run(cmd, cwd=tree, env=_env(), check=True, capture_output=True)
-        _snapshot(config, source)
-        digest_file.write_text(digest + "\n")
-        if sample:
-            print(f"[mutants] {name}: {_sample(session, sample)} mutants set aside (a sample of {sample} is run)",
-                  flush=True)
-        if stale and session.with_suffix(".old").exists():
-            n = _carry_over(session.with_suffix(".old"), source.with_suffix(".old"), session, source)
-            print(f"[mutants] {name}: the mutated source changed since the session began: re-initialised, "
-                  f"{n} outcomes of unchanged mutants carried over", flush=True)
-            session.with_suffix(".old").unlink()
-            shutil.rmtree(source.with_suffix(".old"))
-        elif stale:
-            print(f"[mutants] {name}: the mutated source changed since the session began: re-initialised", flush=True)
+        _reinit(config, out, tree, stale)
     if resume and rerun_survivors:
         print(f"[mutants] {name}: {_forget_survivors(session)} survivors to re-test", flush=True)
+    if sample:
+        print(f"[mutants] {name}: {_sample(session, sample)} pending mutants set aside (at most {sample} pending, "
+              "a seeded uniform random choice)", flush=True)
     log = open(out / name / "exec.log", "a", encoding="utf-8")
-    return subprocess.Popen([_tool("cosmic-ray"), "exec", "cosmic-ray.toml", str(session)], cwd=tree, env=_env(),
+    return subprocess.Popen([*_COSMIC_RAY, "exec", "cosmic-ray.toml", str(session)], cwd=tree, env=_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -249,7 +266,22 @@ def session_results(session: Path) -> List[dict]:
     return out
 
 
+def _score(counts: Dict[str, Any]) -> None:
+    """Score = killed / (killed + survived) over the non-equivalent mutants run, with its exact binomial
+    95 % interval (Clopper-Pearson): where only a random sample ran, the interval is for the whole module."""
+    killed, decided = counts.get("killed", 0), counts.get("killed", 0) + counts.get("survived", 0)
+    counts["run"] = sum(counts.get(k, 0) for k in ("killed", "survived", "equivalent", "incompetent"))
+    counts["score_percent"] = round(100.0 * killed / decided, 1) if decided else None
+    counts["ci95_percent"] = None
+    if decided:
+        from scipy.stats import binomtest
+
+        ci = binomtest(killed, decided).proportion_ci(0.95)
+        counts["ci95_percent"] = [round(100.0 * ci.low, 1), round(100.0 * ci.high, 1)]
+
+
 def summarize(out: Path, configs: Sequence[Path], equivalent: Sequence[dict], wall_s: float) -> dict:
+    """Write ``summary.json`` and ``summary.md`` over the sessions of ``configs``; returns the summary."""
     modules: Dict[str, Dict[str, Any]] = {}
     survivors: List[dict] = []
     for config in configs:
@@ -264,18 +296,22 @@ def summarize(out: Path, configs: Sequence[Path], equivalent: Sequence[dict], wa
             if kind == "survived":
                 survivors.append(row)
     for counts in modules.values():
-        decided = counts.get("killed", 0) + counts.get("survived", 0)
-        counts["score_percent"] = round(100.0 * counts.get("killed", 0) / decided, 1) if decided else None
+        _score(counts)
     summary = {"modules": modules, "survivors": survivors, "wall_s": round(wall_s, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     lines = ["# Mutation testing (cosmic-ray)", "",
-             "| module | killed | survived | equivalent | incompetent | skipped (filtered) | unsampled | pending | score |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Score: killed / (killed + survived) over the mutants run; equivalent ones (mutation/equivalent.json) "
+             "are not scored. 95 % interval: exact binomial (Clopper-Pearson), for the whole module where a "
+             "uniform random sample of its mutants ran (the rest: unsampled).", "",
+             "| module | run | killed | survived | equivalent | incompetent | skipped (filtered) | unsampled | pending "
+             "| score | 95 % interval |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for module, c in sorted(modules.items()):
         score = "n/a" if c["score_percent"] is None else f"{c['score_percent']} %"
-        lines.append(f"| {module} | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | "
-                     f"{c.get('incompetent', 0)} | {c.get('skipped', 0)} | {c.get('unsampled', 0)} | {c.get('pending', 0)} | "
-                     f"{score} |")
+        ci = "n/a" if c["ci95_percent"] is None else f"{c['ci95_percent'][0]}-{c['ci95_percent'][1]} %"
+        lines.append(f"| {module} | {c['run']} | {c.get('killed', 0)} | {c.get('survived', 0)} | "
+                     f"{c.get('equivalent', 0)} | {c.get('incompetent', 0)} | {c.get('skipped', 0)} | "
+                     f"{c.get('unsampled', 0)} | {c.get('pending', 0)} | {score} | {ci} |")
     lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} min.", "", "## Survivors", ""]
     for row in survivors:
         lines += [f"### {row['module']}:{row['line']} {row['operator']}", "", "```diff", row["diff"].strip(), "```", ""]
@@ -293,7 +329,8 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="with --resume: test the recorded survivors again (after adding tests)")
     parser.add_argument("--sample", type=int, default=0,
-                        help="when a session starts: run only this many of its mutants (seeded random choice)")
+                        help="leave at most this many pending mutants per session (a seeded uniform random "
+                             "choice; the rest are set aside as unsampled): an estimate of a large module's score")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop the sessions after this long (what is done is kept: continue with --resume)")
     args = parser.parse_args(list(argv) or None)
@@ -302,7 +339,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if missing:
         print(f"error: no such cosmic-ray config: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if shutil.which(_tool("cosmic-ray")) is None and not Path(_tool("cosmic-ray")).exists():
+    if importlib.util.find_spec("cosmic_ray") is None:
         print("error: cosmic-ray is not installed: pip install 'lskd[mutation]' (or make mutants)", file=sys.stderr)
         return 2
     out = (REPO / args.out) if not Path(args.out).is_absolute() else Path(args.out)
@@ -335,8 +372,8 @@ def main(argv: Sequence[str] = ()) -> int:
                     p.wait()
     summary = summarize(out, configs, _equivalent(REPO / "mutation" / "equivalent.json"), time.time() - start)
     for module, c in sorted(summary["modules"].items()):
-        print(f"[mutants] {module}: {c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "
-              f"{c.get('equivalent', 0)} equivalent, score {c['score_percent']} %")
+        print(f"[mutants] {module}: {c['run']} run, {c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "
+              f"{c.get('equivalent', 0)} equivalent, score {c['score_percent']} % (95 % interval {c['ci95_percent']})")
     print(f"[mutants] summary: {out / 'summary.md'}")
     return 0
 

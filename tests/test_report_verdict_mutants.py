@@ -166,3 +166,95 @@ def test_the_diffusion_flag_names_what_eta_measured(task, sets, token_scope):
     # another split's tables are not read
     other = verdict(_grid(_paper()), eta, eta_sets=sets, eta_split="train", task=task)
     assert "not enough cells" in other["flags"]["ls_diffusion_high_T"]["text"]
+
+
+def test_compare_cells_p_of_exactly_005_is_not_clear(monkeypatch):
+    """The documented rule is strict, as in lskd_core.statistics: p < 0.05 is clear, p = 0.05 is not (and p =
+    0.2 is not suggestive). scipy's Welch p is pinned to the boundary values here: no data reach them exactly."""
+    from types import SimpleNamespace
+
+    import scipy.stats
+
+    for p, level in ((0.05, "suggestive"), (0.2, "inconclusive")):
+        monkeypatch.setattr(scipy.stats, "ttest_ind", lambda a, b, equal_var=True, _p=p: SimpleNamespace(pvalue=_p))
+        assert compare_cells([1.0, 2.0, 3.0], [0.0, 1.5, 2.0])["level"] == level
+
+
+def _cell_means(grid, alpha):
+    return {c["temperature"]: float(np.mean(c["top1"])) for c in grid["cells"] if c["alpha"] == alpha}
+
+
+def test_ls_degrades_with_t_is_the_sign_of_the_fitted_slope():
+    """holds = (OLS slope of the LS students' values on ln T) < 0, from scipy's linregress: a small positive
+    slope and an exactly flat trend are not degradation."""
+    for ls_slope in (0.5, -0.5):
+        g = _grid(_paper(ls_slope=ls_slope, plain_slope=0.0))
+        xs = [math.log(c["temperature"]) for c in g["cells"] if c["alpha"] == 0.1 for _ in c["top1"]]
+        ys = [v for c in g["cells"] if c["alpha"] == 0.1 for v in c["top1"]]
+        slope = sps.linregress(xs, ys).slope
+        assert bool(slope < 0) is (ls_slope < 0)
+        assert verdict(g)["trends"]["ls_teacher_degrades_with_T"]["holds"] is bool(slope < 0)
+    flat = _grid(lambda a, t, s: 80.0 if a else 79.0 + 0.1 * s - 0.2 * math.log(t))
+    assert verdict(flat)["trends"]["ls_teacher_degrades_with_T"]["holds"] is False
+
+
+def test_incompatible_at_high_t_reads_the_highest_t():
+    """The LS students lead at T = 1 and 8 and trail at T = 64: incompatibility is about T = 64 only, read here
+    off the cells' means."""
+    g = _grid(lambda a, t, s: 80.0 + 0.1 * s + (1.0 - 0.35 * math.log(t) if a else 0.0))
+    ls, plain = _cell_means(g, 0.1), _cell_means(g, 0.0)
+    assert ls[8.0] >= plain[8.0] and ls[64.0] < plain[64.0]
+    tr = verdict(g)["trends"]
+    assert tr["incompatible_at_high_T"]["holds"] is True and tr["compatible_at_low_T"]["holds"] is True
+
+
+def _matched_rows():
+    """Rows of an entropy-matched section: every (alpha, T) around the verdict's (0.1, highest T = 64), the
+    wanted one last, each with a distinct vs_matched estimate."""
+    rows = []
+    for k, (a, t) in enumerate([(0.2, 64.0), (0.05, 64.0), (0.1, 1.0), (0.1, 8.0), (0.1, 128.0), (0.1, 64.0)]):
+        rows.append({"ls_alpha": float(str(a)), "ls_temperature": float(str(t)), "matched_temperatures": {"0": 60.0},
+                     "vs_matched": _est_of([k + 1.0, k + 1.2, k + 1.1]), "vs_grid": None, "k": k})
+    return rows
+
+
+def _est_of(values):
+    from lskd_core import statistics as st
+
+    return st.mean_estimate(values, "teacher", teacher_variance_sampled=True)
+
+
+def test_matched_row_is_the_ls_alpha_at_the_highest_t():
+    from lskd_core.report.verdict import _matched_row
+
+    analysis = {"alpha_ls": 0.1, "temperatures": [1.0, 8.0, 64.0]}
+    rows = _matched_rows()
+    got = _matched_row({"rows": rows}, analysis)
+    assert got is not None and (got["ls_alpha"], got["ls_temperature"], got["k"]) == (0.1, 64.0, 5)
+    assert _matched_row({"rows": rows[:-1]}, analysis) is None  # (0.1, 64) did not run: nothing else stands in
+    assert _matched_row({"rows": rows}, {"alpha_ls": 0.1, "temperatures": []}) is None
+    assert _matched_row(None, analysis) is None
+
+
+def test_the_smoothness_line_needs_a_finished_matched_section():
+    g = _grid(_paper())
+    rows = _matched_rows()
+    plain = verdict(g)
+    for section in (None, {"status": "missing", "rows": rows}, {"status": "not configured"}):
+        out = verdict(g, matched=section)
+        assert "smoothness" not in out and "Smoothness alone" not in out["text"]
+        assert out["text"] == plain["text"]
+    for status in ("ok", "partial"):
+        out = verdict(g, matched={"status": status, "rows": rows})
+        lo, hi = rows[-1]["vs_matched"]["ci"]
+        assert out["smoothness"]["text"].startswith("Smoothness alone explains the high-T result at T = 64")
+        assert f"{lo:+.2f} to {hi:+.2f}" in out["smoothness"]["text"]
+        assert out["lines"][-1] == out["smoothness"]["text"] and f"- {out['smoothness']['text']}" in out["text"]
+
+
+def test_the_token_eta_scope_compares_the_set_name_by_value():
+    """A set name read from a config is an equal string, not the literal itself."""
+    eta = _eta_section(-3 - 0.1 * np.arange(5), -0.2 + 0.01 * np.arange(5), sets="feature", split="valid")
+    sets = "".join(["fea", "ture"])
+    out = verdict(_grid(_paper()), eta, eta_sets=sets, eta_split="valid", task="translation")
+    assert "decoder states of target tokens" in out["flags"]["ls_diffusion_high_T"]["text"]
