@@ -4,8 +4,8 @@ directory.
 
 Nothing is read from or written to /etc or /var: munged gets its own key, socket, pid, log and seed
 paths; the daemons get ``-f <tmp>/slurm.conf`` and every SLURM command run by the tests gets
-``SLURM_CONF`` pointing at it. Ports are picked free at start, so two test sessions on one machine
-do not collide. The daemons run in the foreground (``-D``) as children of the test process and are
+``SLURM_CONF`` pointing at it. Ports are drawn at random and the daemons' own bind decides: a pair
+that is taken is replaced (:func:`start_cluster`), so two test sessions on one machine do not collide. The daemons run in the foreground (``-D``) as children of the test process and are
 stopped by pid at the end.
 
 Use it from a test module as::
@@ -20,11 +20,11 @@ Use it from a test module as::
 from __future__ import annotations
 
 import os
+import random
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -106,10 +106,31 @@ def _which(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Ports: binding port 0 to learn a free port and releasing it races with every other process on the
+# machine (the port can be taken before slurmctld binds it). Instead the daemons are given a random
+# pair below the kernel's ephemeral range (which connect() draws from) and, if either daemon cannot
+# bind its port, the cluster is started again with another pair: the daemon's own bind is the test.
+PORT_RANGE = (12000, 30000)
+START_ATTEMPTS = 6
+
+
+class PortTaken(RuntimeError):
+    """A daemon could not bind its port (someone else holds it): start again on other ports."""
+
+
+def _ephemeral_range() -> tuple:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def pick_ports(rng: random.Random, n: int = 2) -> List[int]:
+    """``n`` distinct ports in PORT_RANGE outside the ephemeral range."""
+    lo_e, hi_e = _ephemeral_range()
+    pool = [p for p in range(*PORT_RANGE) if not lo_e <= p <= hi_e]
+    return rng.sample(pool, n)
 
 
 def node_hardware() -> Dict[str, str]:
@@ -187,11 +208,28 @@ def _node_state(cluster: SlurmCluster) -> str:
     return r.stdout.strip() if r.returncode == 0 else ""
 
 
-def start_cluster(timeout_s: float = START_TIMEOUT_S) -> SlurmCluster:
-    """Start munged, slurmctld and slurmd; return once ``sinfo`` shows the node idle.
+def start_cluster(timeout_s: float = START_TIMEOUT_S, attempts: int = START_ATTEMPTS) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd on a random pair of ports, again on another pair when a
+    daemon finds its port taken; return once ``sinfo`` shows the node idle.
 
     Raises RuntimeError (with the daemons' last log lines) when the node does not come up.
     """
+    rng = random.Random()  # seeded from the OS: two test sessions draw different pairs
+    for attempt in range(attempts):
+        try:
+            return _start_cluster(pick_ports(rng), timeout_s)
+        except PortTaken:
+            if attempt == attempts - 1:
+                raise RuntimeError(f"every port pair tried ({attempts}) was taken") from None
+    raise AssertionError("unreachable")
+
+
+def _port_taken(cluster: SlurmCluster) -> bool:
+    logs = " ".join(cluster.log_tail(n, 40) + _read(cluster.root / f"{n}.out") for n in ("slurmctld", "slurmd"))
+    return "Address already in use" in logs
+
+
+def _start_cluster(ports: List[int], timeout_s: float) -> SlurmCluster:
     root = Path(tempfile.mkdtemp(prefix="lskd-slurm-"))
     os.chmod(root, 0o700)
     for d in ("state", "spool"):
@@ -204,7 +242,7 @@ def start_cluster(timeout_s: float = START_TIMEOUT_S) -> SlurmCluster:
     hw = node_hardware()
     node = hw["NodeName"]
     conf = root / "slurm.conf"
-    conf.write_text(render_conf(root, node, hw, _free_port(), _free_port(), munge_socket))
+    conf.write_text(render_conf(root, node, hw, ports[0], ports[1], munge_socket))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["SLURM_CONF"] = str(conf)
     cluster = SlurmCluster(root=root, conf=conf, env=env, node=node, cpus=int(hw["CPUs"]),
@@ -221,6 +259,12 @@ def start_cluster(timeout_s: float = START_TIMEOUT_S) -> SlurmCluster:
                                          root / "slurmd.out", env)
         _wait_for(lambda: _node_state(cluster) == "idle", timeout_s,
                   f"node {node} did not become idle", cluster, "slurmctld")
+    except RuntimeError:
+        taken = _port_taken(cluster)
+        stop_cluster(cluster)
+        if taken:
+            raise PortTaken(f"ports {ports} taken") from None
+        raise
     except BaseException:
         stop_cluster(cluster)
         raise

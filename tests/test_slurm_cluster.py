@@ -71,3 +71,43 @@ def test_failed_parent_never_starts_afterok_child(slurm: slurm_cluster.SlurmClus
     assert parent["JobState"] == "FAILED" and parent["ExitCode"] == "3:0", parent
     assert slurm_cluster.job_info(slurm, child_id)["JobState"] == "CANCELLED"
     assert not (tmp_path / "child.ran").exists()
+
+
+@pytest.mark.slurm
+def test_a_taken_port_is_replaced_by_another_pair(monkeypatch) -> None:
+    """The fixture never learns a port by binding and releasing it: the daemon's own bind decides,
+    and a pair with a port someone holds is replaced by a new draw."""
+    if slurm_cluster.why_unavailable():
+        pytest.skip(slurm_cluster.why_unavailable())
+    import random
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    rng = random.Random(7)
+    taken = slurm_cluster.pick_ports(rng, 1)[0]
+    holder.bind(("0.0.0.0", taken))
+    holder.listen()
+    draws: list = []
+    real_pick = slurm_cluster.pick_ports
+
+    def pick(r, n=2):
+        pair = [taken, real_pick(r, 1)[0]] if not draws else real_pick(r, n)
+        draws.append(pair)
+        return pair
+
+    monkeypatch.setattr(slurm_cluster, "pick_ports", pick)
+    try:
+        cluster = slurm_cluster.start_cluster()
+    finally:
+        holder.close()
+    try:
+        assert len(draws) >= 2 and draws[0][0] == taken
+        conf = cluster.conf.read_text()
+        assert f"SlurmctldPort={taken}\n" not in conf and f"SlurmctldPort={draws[-1][0]}\n" in conf
+        assert cluster.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle"
+    finally:
+        slurm_cluster.stop_cluster(cluster)
+    # the ports drawn stay below the kernel's ephemeral range
+    lo, hi = slurm_cluster._ephemeral_range()
+    assert all(not lo <= p <= hi for p in slurm_cluster.pick_ports(random.Random(1), 50))

@@ -4,7 +4,8 @@ A tiny Fashion-MNIST study is submitted and the runner exits; a later invocation
 writes the report, whose accuracy grid and eta tables equal those of the same study run by the
 local launcher (CPU runs are deterministic: one thread each). SLURM's own start/end times show that
 no run started before the runs it reads had finished. A student cancelled with scancel mid-run is
-resubmitted by the next invocation and resumes from its checkpoint to the uninterrupted result.
+resubmitted by the next invocation, alone in a new array, and resumes from its checkpoint to the
+uninterrupted result. Each stage and run kind is one job array (issue 22 item 3).
 Bad settings are refused with one line each and nothing reaches the queue.
 """
 
@@ -86,6 +87,7 @@ def slurm_study(one_thread, slurm, tmp_path_factory) -> Tuple[S.StudyConfig, Pat
     facts["submit_s"] = time.time() - t0
     facts["first"] = first
     facts["queued"] = slurm.queue()
+    facts["queued_arrays"] = slurm.run("squeue", "-h", "-o", "%F").stdout.split()  # array job ids
     facts["report_after_first"] = (study / "report").exists()
     facts["status"] = study_status(cfg, study)
     messages: List[str] = []
@@ -106,7 +108,16 @@ def test_submit_and_exit_then_a_later_invocation_collects_and_reports(slurm, slu
     assert first.report_dir is None and not facts["report_after_first"]
     jobs = _jobs(study)
     assert sorted(jobs) == ids and len({h["job_id"] for h in jobs.values()}) == len(ids)
-    assert set(facts["queued"]) <= {h["job_id"] for h in jobs.values()} and facts["queued"]
+    # one job array per stage and run kind: runs of one array share kind and inputs' stage
+    arrays: Dict[str, List[str]] = {}
+    for run_id, h in jobs.items():
+        arrays.setdefault(h["array_job"], []).append(run_id)
+        assert h["job_id"] == f"{h['array_job']}_{h['array_task']}"
+    kinds = {r.run_id: r.kind for r in plan}
+    assert all(len({kinds[r] for r in members}) == 1 for members in arrays.values()), arrays
+    stage_kinds = {(_stage(plan, r), kinds[r]) for r in ids}
+    assert len(arrays) == len(stage_kinds) < len(ids) / 3, arrays
+    assert set(facts["queued_arrays"]) <= set(arrays) and facts["queued_arrays"]
     status = facts["status"]
     assert any("student_a0.1_T3_s0" in ln and "PENDING (Dependency)" in ln for ln in status), status
     # 2. the next invocation submitted nothing: it followed the queued jobs, collected them, reported
@@ -140,6 +151,12 @@ def test_same_grid_and_eta_tables_as_the_local_launcher(local_reference, slurm_s
             assert a.get(key) == b.get(key), (run.name, key)
 
 
+def _stage(plan: List[S.Run], run_id: str) -> int:
+    """How many links the longest chain of inputs behind a run has (teachers: 0)."""
+    by_id = {r.run_id: r for r in plan}
+    return 1 + max((_stage(plan, d) for d in by_id[run_id].deps), default=-1)
+
+
 def _iso(t: str) -> float:
     return time.mktime(time.strptime(t, "%Y-%m-%dT%H:%M:%S"))
 
@@ -153,9 +170,12 @@ def test_no_run_started_before_the_runs_it_reads_had_finished(slurm, slurm_study
         info = slurm_cluster.job_info(slurm, h["job_id"])
         assert info["JobState"] == "COMPLETED", (run_id, info)
         times[run_id] = (_iso(info["StartTime"]), _iso(info["EndTime"]))
-    for run in S.build_plan(cfg):
-        # queued behind exactly the jobs of the runs it reads ...
-        assert sorted(jobs[run.run_id]["after"]) == sorted(jobs[d]["job_id"] for d in run.deps), run.run_id
+    plan = S.build_plan(cfg)
+    for run in plan:
+        # its array is queued behind exactly the array tasks that the array's runs read ...
+        members = [r for r in plan if jobs[r.run_id]["array_job"] == jobs[run.run_id]["array_job"]]
+        reads = {jobs[d]["job_id"] for r in members for d in r.deps}
+        assert set(jobs[run.run_id]["after"]) == reads, run.run_id
         for d in run.deps:
             # ... and started only once they had ended (SLURM's clock, one-second resolution)
             assert times[run.run_id][0] >= times[d][1], (run.run_id, d, times[run.run_id], times[d])
@@ -208,7 +228,11 @@ def test_student_cancelled_mid_run_is_resubmitted_and_resumes(one_thread, slurm,
     relaunch = [x for x in _launches(study) if x["run_id"] == student]
     assert [x["resume"] for x in relaunch] == [False, True]
     assert relaunch[1]["argv"][-2:] == ["--resume", str(sdir.resolve() / "checkpoint.pth")]
-    assert _jobs(study)[student]["job_id"] != job
+    # submitted again alone: a new array of one task, the other runs untouched
+    again_handle = _jobs(study)[student]
+    assert again_handle["job_id"] != job and again_handle["array_job"] != job.split("_")[0]
+    assert "#SBATCH --array=0\n" in Path(again_handle["script"]).read_text()
+    assert slurm_cluster.job_info(slurm, again_handle["array_job"])["ArrayTaskId"] == "0"
     # the resumed run equals the uninterrupted one, epoch by epoch
     got, want = _epochs(sdir), _epochs(tmp_path / "local" / "runs" / student)
     assert [r["epoch"] for r in got] == list(range(RESUME["student_epochs"]))

@@ -1,4 +1,4 @@
-"""The SLURM launcher: each run of the study becomes one batch job.
+"""The SLURM launcher: the runs of each stage of the study become one job array.
 
 Settings: the study config's ``[launcher]`` table (``kind = "slurm"``), defaults for every run kind
 at the top level and one table per run kind (``[launcher.teacher]``, ``[launcher.cache]``,
@@ -17,12 +17,20 @@ at the top level and one table per run kind (``[launcher.teacher]``, ``[launcher
     gpus_per_node = 8
     cpus_per_task = 64
     mem = "480G"
+    array_parallelism = 2          # at most 2 teachers at once (sbatch --array=...%2)
 
-A run is submitted with ``--dependency=afterok:`` on the jobs of the runs it reads that are still
-queued or running, and ``--kill-on-invalid-dep=yes`` (a failed teacher cancels its students). Its
-handle (job id, log, batch script) is recorded in the run dir's launch.json by the runner; the job
-writes to the run's stdout.log, the same log the local launcher uses. A job requeued by SLURM
-(preemption, node failure) runs the same script again, which resumes from the run's checkpoint.
+The runner hands over every run that is ready at once (:meth:`Launcher.start_many`); the runs of
+one kind (teachers, caches, students, ...) become one ``sbatch --array`` (one job, which is what
+MaxSubmitJobs counts), whose task ``i`` runs the i-th of them; its script is kept in
+``<study>/launcher/<kind>-<n>.sbatch``. The array is submitted with ``--dependency=afterok:`` on the
+array tasks its runs read that are still queued or running, and ``--kill-on-invalid-dep=yes``: a
+failed teacher cancels the array behind it, and the runs of that array whose own inputs are done are
+submitted again (:meth:`SlurmLauncher.never_ran`), so they lose only time. Each run's handle (its
+task's job id ``<array>_<i>``, log, script) is recorded in the run dir's launch.json by the runner; the
+task writes to the run's stdout.log, the same log the local launcher uses. A run that failed or was
+cancelled is submitted again on the next invocation in a new array of only the failed runs. A task
+requeued by SLURM (preemption, node failure) runs the same script again, which resumes from the
+run's checkpoint.
 """
 
 from __future__ import annotations
@@ -33,19 +41,23 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from lskd_core.study.launchers import Handle, Launcher
+from lskd_core.study.launchers import Handle, Launch, Launcher
 from lskd_core.study.plan import Run
 from lskd_core.study.slurm import (
     ACTIVE,
+    MAX_ARRAY_TASKS,
+    ArrayTask,
     JobState,
     Partition,
     Resources,
     SlurmClient,
     SlurmError,
+    array_spec,
     check_resources,
     launch_command,
+    render_array_script,
     render_script,
     sbatch_options,
     tasks_per_node,
@@ -183,27 +195,59 @@ class SlurmLauncher(Launcher):
         return []
 
     # ------------------------------------------------------------------ launcher interface
-    def script_for(self, run: Run, argv: Sequence[str], log_path: Path, cwd: Optional[Path] = None) -> str:
+    def array_task(self, index: int, launch: Launch) -> ArrayTask:
+        """One run as a task of its kind's array: the command inside the job and its resume rule."""
+        run, argv = launch.run, list(launch.argv)
         res = self.settings.for_kind(run.kind)
-        dist = _distributed(run, argv)
-        command = launch_command(argv, res, dist)
-        rdir = log_path.parent
+        rdir = launch.log_path.parent
         resume_arg = resume_if = None
         if run.resume_flag and run.resume_flag not in argv:
-            # a requeued job runs this script again: it resumes from the checkpoint it has written
+            # a requeued task runs this script again: it resumes from the checkpoint it has written
             resume_if = str(rdir / "checkpoint.pth")
             resume_arg = [run.resume_flag, resume_if]
-        options = sbatch_options(res, f"lskd-{run.run_id}", str(log_path), str(cwd) if cwd else str(rdir),
+        return ArrayTask(index, run.run_id, launch_command(argv, res, _distributed(run, argv)), str(launch.log_path),
+                         str(launch.cwd or rdir), resume_arg, resume_if)
+
+    def array_script(self, kind: str, dist: str, launches: Sequence[Launch], state_dir: Path) -> str:
+        """The batch script of one array: every run in ``launches`` (one kind, one launch mode)."""
+        res = self.settings.for_kind(kind)
+        tasks = [self.array_task(i, x) for i, x in enumerate(launches)]
+        options = sbatch_options(res, f"lskd-{kind}", str(state_dir / "%x-%A_%a.out"), None,
                                  tasks_per_node(res, dist))
-        return render_script(command, options, res.setup, resume_arg, resume_if,
-                             header=f"lskd study run {run.run_id} ({run.kind})")
+        options.append(f"--array={array_spec(range(len(tasks)), res.array_parallelism)}")
+        listing = "\n".join(f"task {t.index}: {t.name}" for t in tasks)
+        return render_array_script(tasks, options, res.setup,
+                                   header=f"lskd study: {len(tasks)} {kind} run(s)\n{listing}")
 
     def start(self, run: Run, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
               cwd: Optional[Path] = None, after: Sequence[Handle] = ()) -> Handle:
-        script = self.script_for(run, argv, log_path, cwd)
-        path = log_path.parent / "slurm.sbatch"
-        path.write_text(script, encoding="utf-8")
-        deps = [str(h["job_id"]) for h in after if h.get("launcher") == self.name and h.get("job_id")]
+        return self.start_many([Launch(run, list(argv), log_path, cwd, after)], env)[0]
+
+    def start_many(self, launches: Sequence[Launch], env: Mapping[str, str],
+                   state_dir: Optional[Path] = None) -> List[Handle]:
+        """One ``sbatch --array`` per run kind and launch mode (what clusters' MaxSubmitJobs counts
+        is jobs, and an array is one), throttled by ``array_parallelism``. The array waits
+        (afterok) for the jobs of every run its tasks read."""
+        groups: Dict[Tuple[str, str], List[int]] = {}
+        for i, x in enumerate(launches):
+            groups.setdefault((x.run.kind, _distributed(x.run, x.argv)), []).append(i)
+        handles: List[Handle] = [{} for _ in launches]
+        for (kind, dist), members in groups.items():
+            for lo in range(0, len(members), MAX_ARRAY_TASKS):
+                chunk = members[lo:lo + MAX_ARRAY_TASKS]
+                got = self._submit_array(kind, dist, [launches[i] for i in chunk], env, state_dir)
+                for i, h in zip(chunk, got):
+                    handles[i] = h
+        return handles
+
+    def _submit_array(self, kind: str, dist: str, launches: Sequence[Launch], env: Mapping[str, str],
+                      state_dir: Optional[Path]) -> List[Handle]:
+        state_dir = state_dir or launches[0].log_path.parent
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = _unused(state_dir, kind)
+        path.write_text(self.array_script(kind, dist, launches, state_dir), encoding="utf-8")
+        deps = list(dict.fromkeys(str(h["job_id"]) for x in launches for h in x.after
+                                  if h.get("launcher") == self.name and h.get("job_id")))
         if deps:
             # afterok on a job SLURM has already forgotten is refused by sbatch: keep the live ones
             states = self.client.states(deps)
@@ -213,12 +257,22 @@ class SlurmLauncher(Launcher):
             # the runner divides the local machine's cores between local runs; a job uses its
             # own allocation (the script sets OMP_NUM_THREADS from SLURM_CPUS_PER_TASK)
             env.pop("OMP_NUM_THREADS", None)
-        job_id = self.client.with_env(env).submit(str(path), after=deps)
-        self.submitted.append(job_id)
-        self._watched.add(job_id)
-        self._polled_at = 0.0  # see the new job at the next poll
-        return {"launcher": self.name, "job_id": job_id, "log": str(log_path), "script": str(path),
-                "after": deps, "started": time.time(), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        array_job = self.client.with_env(env).submit(str(path), after=deps)
+        self.submitted.append(array_job)
+        self._polled_at = 0.0  # see the new jobs at the next poll
+        now, stamp = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S")
+        handles = []
+        for i, x in enumerate(launches):
+            job_id = f"{array_job}_{i}"
+            self._watched.add(job_id)
+            handles.append({"launcher": self.name, "job_id": job_id, "array_job": array_job, "array_task": i,
+                            "log": str(x.log_path), "script": str(path), "after": deps, "started": now,
+                            "submitted": stamp})
+        return handles
+
+    def never_ran(self, handle: Handle) -> bool:
+        st = self.state(handle)
+        return st.state == "CANCELLED" and st.reason.startswith("Dependency")
 
     def state(self, handle: Handle) -> JobState:
         """SLURM's state of the run's job (one squeue call for every watched job per poll interval)."""
@@ -281,6 +335,15 @@ class SlurmLauncher(Launcher):
         else:
             echo(f"[study] left {len(ids)} SLURM job(s) queued or running ({' '.join(ids)}); re-run the same "
                  f"command (or --status) to follow them, or `scancel {' '.join(ids)}`")
+
+
+def _unused(state_dir: Path, kind: str) -> Path:
+    """``<state_dir>/<kind>-<n>.sbatch`` with the first n not yet taken (every submitted script is
+    kept: it shows what each array ran)."""
+    n = 0
+    while (state_dir / f"{kind}-{n}.sbatch").exists():
+        n += 1
+    return state_dir / f"{kind}-{n}.sbatch"
 
 
 def _note(handle: Handle, text: str) -> None:

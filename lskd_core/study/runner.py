@@ -24,11 +24,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from lskd_core.jsonio import BadJson, read_json_object
 from lskd_core.study.config import StudyConfig
-from lskd_core.study.launchers import LOST, Handle, Launcher, make_launcher
+from lskd_core.study.launchers import LOST, Handle, Launch, Launcher, make_launcher
 from lskd_core.study.lock import StudyLock
 from lskd_core.study.plan import Run, build_plan, run_command, run_dir
 from lskd_core.study.progress import make_bar, running_postfix
@@ -54,7 +54,10 @@ from lskd_core.study.state import (
     write_run_config,
 )
 
-__all__ = ["StudyOutcome", "run_study", "child_env"]
+__all__ = ["StudyOutcome", "run_study", "child_env", "LAUNCHER_DIR"]
+
+#: ``<study>/<LAUNCHER_DIR>/``: the launcher's own files (a batch launcher's array scripts).
+LAUNCHER_DIR = "launcher"
 
 
 @dataclass
@@ -130,21 +133,48 @@ class _Loop:
 
     def start_ready(self) -> bool:
         """Start every ready run, up to ``jobs`` at a time; True when anything changed."""
+        if self.launcher.queues_dependencies:
+            return self._start_waves()
         progressed = False
         for run in list(self.pending):
-            if len(self.running) >= self.cfg.jobs and not self.launcher.queues_dependencies:
-                break  # a queueing launcher hands every run to its scheduler, which shares the machines
-            if any(d in self.failed or d in self.blocked for d in run.deps):
-                self.pending.remove(run)
-                self._block(run.run_id)
-                progressed = True
-                continue
-            if not self._ready(run):
-                continue
-            self.pending.remove(run)
-            progressed = True
-            self._start(run)
+            if len(self.running) >= self.cfg.jobs:
+                break
+            taken = self._take(run)
+            progressed = progressed or taken is not None
+            item = self._prepare(run) if taken == "ready" else None
+            if item is not None:
+                self._launch([item])
         return progressed
+
+    def _take(self, run: Run) -> Optional[str]:
+        """Take a pending run that can be decided now: "blocked" (an input failed), "ready", or
+        None (it stays pending)."""
+        if any(d in self.failed or d in self.blocked for d in run.deps):
+            self.pending.remove(run)
+            self._block(run.run_id)
+            return "blocked"
+        if not self._ready(run):
+            return None
+        self.pending.remove(run)
+        return "ready"
+
+    def _start_waves(self) -> bool:
+        """A queueing launcher (it shares the machines itself) gets every ready run at once, one
+        wave per stage: the runs behind a wave become ready once it is in flight."""
+        progressed = False
+        while True:
+            wave, taken = [], False
+            for run in list(self.pending):
+                how = self._take(run)
+                taken = taken or how is not None
+                item = self._prepare(run) if how == "ready" else None
+                if item is not None:
+                    wave.append(item)
+            if wave:
+                self._launch(wave)
+            progressed = progressed or taken
+            if not taken:
+                return progressed
 
     def _state(self, run: Run) -> RunState:
         in_flight = [d for d in run.deps if d in self.running]
@@ -158,7 +188,10 @@ class _Loop:
             return RunState("stale", f"its input run(s) {in_flight} are being re-run")
         return state
 
-    def _start(self, run: Run) -> None:
+    def _prepare(self, run: Run) -> Optional[Tuple[Launch, bool]]:
+        """Everything before a run is handed to the launcher (its dir checked, moved aside when it
+        cannot be trusted, its command and run config written): the launch and whether it resumes;
+        None when it needs no start (found done, or an input was damaged)."""
         state = self._state(run)
         rdir = run_dir(self.study, run.run_id)
         if state.status == "done":
@@ -167,14 +200,14 @@ class _Loop:
             self.done.add(run.run_id)
             self.skipped.append(run.run_id)
             self.bar.update(1)
-            return
+            return None
         damaged = self._damaged_input(run)
         if damaged:
             self.failed[run.run_id] = damaged
             log_event(self.study, "failed", run_id=run.run_id, reason=damaged)
             self.echo(f"[study] {run.run_id} not started: {damaged}")
             self.bar.update(1)
-            return
+            return None
         if state.status in ("corrupt", "stale"):
             moved = move_aside(rdir, state.status)
             self.problems.append(log_event(self.study, state.status, run_id=run.run_id, reason=state.reason,
@@ -192,11 +225,16 @@ class _Loop:
         append_jsonl(self.study / LAUNCH_LOG, {"time": time.time(), "run_id": run.run_id, "resume": resume,
                                                "argv": argv})
         after = [self.running[d].handle for d in run.deps if d in self.running]
-        handle = self.launcher.start(run, argv, self.env, log_path, after=after)
+        return Launch(run, argv, log_path, after=after), resume
+
+    def _launch(self, items: List[Tuple[Launch, bool]]) -> None:
+        """Hand prepared runs to the launcher together, and record their handles."""
+        handles = self.launcher.start_many([x for x, _ in items], self.env, self.study / LAUNCHER_DIR)
         self._note_cold_start()
-        write_launch(rdir, handle)
-        self.running[run.run_id] = _InFlight(handle, time.time(), resume)
-        self.launched.append(run.run_id)
+        for (item, resume), handle in zip(items, handles):
+            write_launch(item.log_path.parent, handle)
+            self.running[item.run.run_id] = _InFlight(handle, time.time(), resume)
+            self.launched.append(item.run.run_id)
 
     def _note_cold_start(self) -> None:
         note = getattr(self.launcher, "warm_note", None)
@@ -280,6 +318,9 @@ class _Loop:
             if self.launcher.detached and fl.handle.get("launcher") == self.launcher.name:
                 # collected: a later invocation does not collect it again
                 write_launch(run_dir(self.study, run_id), dict(fl.handle, ended=time.time(), exit_status=rc))
+            if err is not None and self.launcher.never_ran(fl.handle):
+                self._retry_unstarted(run)
+                continue
             if err is not None and fl.adopted:
                 self._retry_earlier_failure(run, err)
                 continue
@@ -297,6 +338,19 @@ class _Loop:
             self._stop_orphans()
         return progressed
 
+    def _retry_unstarted(self, run: Run) -> None:
+        """Cancelled before it started, behind a failed run that its array waited for (not one of
+        its own inputs, or it is blocked now): start it again once its own inputs are done."""
+        log_event(self.study, "cancelled-unstarted", run_id=run.run_id, action="re-run")
+        if not any(d in self.failed for d in run.deps):
+            self.echo(f"[study] {run.run_id}: cancelled before it started (a run its job array waited for "
+                      "failed); submitting it again")
+        self._requeue(run)
+
+    def _requeue(self, run: Run) -> None:
+        order = {r.run_id: i for i, r in enumerate(self.plan)}
+        self.pending = sorted(self.pending + [run], key=lambda r: order[r.run_id])
+
     def _retry_earlier_failure(self, run: Run, err: str) -> None:
         """A run an earlier invocation started ended unfinished (failed, cancelled, preempted):
         show why, then start it again (from its checkpoint when it has one)."""
@@ -304,8 +358,7 @@ class _Loop:
         log_event(self.study, "ended-unfinished", run_id=run.run_id, reason=err, log=str(log_path), action="re-run")
         self.echo(f"[study] {run.run_id}: its earlier start ended unfinished ({err}); last lines of {log_path}:\n"
                   f"{_tail(log_path)}\n[study] {run.run_id}: starting it again")
-        order = {r.run_id: i for i, r in enumerate(self.plan)}
-        self.pending = sorted(self.pending + [run], key=lambda r: order[r.run_id])
+        self._requeue(run)
 
     def _stop_orphans(self) -> None:
         """Queued runs whose dependency failed will never start: stop them and count them blocked."""

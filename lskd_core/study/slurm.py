@@ -44,7 +44,7 @@ __all__ = ["ACTIVE", "FINISHED_BAD", "FINISHED_OK", "JobState", "SlurmError", "g
 # resources
 # ------------------------------------------------------------------------------------------------
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "partition", "account", "qos",
-                 "setup", "extra_sbatch")
+                 "setup", "extra_sbatch", "array_parallelism")
 
 
 
@@ -53,7 +53,8 @@ class Resources:
     """What one run asks SLURM for. ``mem`` per node as SLURM writes it (``16G``); ``time`` in any
     SLURM form (``90``, ``1:30:00``, ``2-00:00:00``); ``setup``: shell lines run before the command
     (``module load cuda``, ``source venv/bin/activate``); ``extra_sbatch``: further ``#SBATCH``
-    options (``--constraint=a100``)."""
+    options (``--constraint=a100``); ``array_parallelism``: at most this many tasks of the kind's job
+    array run at once (``sbatch --array=...%N``; None: as many as SLURM schedules)."""
 
     nodes: int = 1
     gpus_per_node: int = 0
@@ -65,6 +66,7 @@ class Resources:
     qos: Optional[str] = None
     setup: List[str] = field(default_factory=list)
     extra_sbatch: List[str] = field(default_factory=list)
+    array_parallelism: Optional[int] = None
 
     @classmethod
     def from_mapping(cls, d: Mapping, where: str = "launcher") -> "Resources":
@@ -72,7 +74,7 @@ class Resources:
         if unknown:
             raise SlurmError(f"[{where}]: unknown key(s) {unknown}; known: {', '.join(RESOURCE_KEYS)}")
         r = cls()
-        for k in ("nodes", "gpus_per_node", "cpus_per_task"):
+        for k in ("nodes", "gpus_per_node", "cpus_per_task", "array_parallelism"):
             if k in d:
                 v = d[k]
                 if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k != "gpus_per_node" else 0):
@@ -219,21 +221,11 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def render_script(command: Sequence[str], options: Sequence[str], setup: Sequence[str] = (),
-                  resume_arg: Optional[Sequence[str]] = None, resume_if: Optional[str] = None,
-                  header: str = "") -> str:
-    """A bash batch script. ``resume_arg`` is appended when the file ``resume_if`` exists when the job
-    starts: a job requeued after preemption (same script, same run dir) resumes from its checkpoint.
-    A one-process command gets ``OMP_NUM_THREADS`` = its CPUs unless the environment sets it
-    (torchrun and srun launches leave it to torchrun, which gives each process one thread)."""
-    lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH {o}" for o in options]
-    if header:
-        lines += [f"# {ln}" for ln in header.splitlines()]
-    lines += ["set -eo pipefail",
-              'echo "# $(date +%Y-%m-%dT%H:%M:%S) job $SLURM_JOB_ID on $(hostname)'
-              ' (restart count ${SLURM_RESTART_COUNT:-0})"']
-    lines += list(setup)
+def _command_lines(command: Sequence[str], resume_arg: Optional[Sequence[str]] = None,
+                   resume_if: Optional[str] = None) -> List[str]:
+    """The lines that start one run inside a job: its thread count, the rendezvous host, and the
+    ``exec`` (with ``resume_arg`` appended when ``resume_if`` exists when the job starts)."""
+    lines = []
     if command[0] != "srun" and "torch.distributed.run" not in command:
         lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"')
     if any("$LSKD_MASTER_ADDR" in a for a in command):
@@ -245,6 +237,85 @@ def render_script(command: Sequence[str], options: Sequence[str], setup: Sequenc
                   f'exec {cmd} "${{RESUME[@]}}"']
     else:
         lines.append(f"exec {cmd}")
+    return lines
+
+
+def _prologue(options: Sequence[str], header: str) -> List[str]:
+    lines = ["#!/bin/bash"] + [f"#SBATCH {o}" for o in options]
+    lines += [f"# {ln}" for ln in header.splitlines()] if header else []
+    return lines + ["set -eo pipefail"]
+
+
+def render_script(command: Sequence[str], options: Sequence[str], setup: Sequence[str] = (),
+                  resume_arg: Optional[Sequence[str]] = None, resume_if: Optional[str] = None,
+                  header: str = "") -> str:
+    """A bash batch script for one command. ``resume_arg`` is appended when the file ``resume_if``
+    exists when the job starts: a job requeued after preemption (same script, same run dir) resumes
+    from its checkpoint. A one-process command gets ``OMP_NUM_THREADS`` = its CPUs unless the
+    environment sets it (torchrun and srun launches leave it to torchrun, which gives each process
+    one thread)."""
+    lines = _prologue(options, header)
+    lines.append('echo "# $(date +%Y-%m-%dT%H:%M:%S) job $SLURM_JOB_ID on $(hostname)'
+                 ' (restart count ${SLURM_RESTART_COUNT:-0})"')
+    lines += list(setup) + _command_lines(command, resume_arg, resume_if)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ArrayTask:
+    """One run of a job array: its task index, command, log, working directory and resume rule."""
+
+    index: int
+    name: str
+    command: List[str]
+    log: str
+    cwd: str
+    resume_arg: Optional[List[str]] = None
+    resume_if: Optional[str] = None
+
+
+#: Task indices per array: SLURM's default MaxArraySize is 1001 (indices 0-1000).
+MAX_ARRAY_TASKS = 1000
+
+
+def array_spec(indices: Sequence[int], parallelism: Optional[int] = None) -> str:
+    """``sbatch --array`` of these task indices, runs of consecutive ones as ranges, and the
+    throttle: ``[0, 1, 2, 5] , 2`` -> ``0-2,5%2``."""
+    idx = sorted(set(int(i) for i in indices))
+    if not idx:
+        raise ValueError("a job array needs at least one task")
+    parts, start = [], idx[0]
+    for prev, cur in zip(idx, idx[1:] + [None]):
+        if cur is not None and cur == prev + 1:
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = cur if cur is not None else start
+    return ",".join(parts) + (f"%{parallelism}" if parallelism else "")
+
+
+def render_array_script(tasks: Sequence[ArrayTask], options: Sequence[str], setup: Sequence[str] = (),
+                        header: str = "") -> str:
+    """A bash batch script for a job array: ``$SLURM_ARRAY_TASK_ID`` picks the task's run, whose
+    output is appended to its own log (the run dir's ``stdout.log``, as a single job's is) and which
+    starts in its own directory. A requeued task runs the same script with the same index, so it
+    resumes from its run's checkpoint like a single job. ``options`` carry ``--array``."""
+    lines = _prologue(options, header)
+    lines.append('case "${SLURM_ARRAY_TASK_ID:-}" in')
+    for t in tasks:
+        lines.append(f"  {t.index}) LSKD_RUN={shlex.quote(t.name)}; LSKD_LOG={shlex.quote(t.log)}; "
+                     f"LSKD_DIR={shlex.quote(t.cwd)} ;;")
+    lines += ['  *) echo "array task ${SLURM_ARRAY_TASK_ID:-?} has no run in this script" >&2; exit 2 ;;', "esac",
+              'exec >> "$LSKD_LOG" 2>&1',
+              'cd "$LSKD_DIR"',
+              'echo "# $(date +%Y-%m-%dT%H:%M:%S) job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} ($LSKD_RUN) on'
+              ' $(hostname) (restart count ${SLURM_RESTART_COUNT:-0})"']
+    lines += list(setup)
+    lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+    for t in tasks:
+        body = _command_lines(t.command, t.resume_arg, t.resume_if)
+        lines.append(f"  {t.index})")
+        lines += [f"    {ln}" for ln in body] + ["    ;;"]
+    lines.append("esac")
     return "\n".join(lines) + "\n"
 
 
@@ -392,8 +463,9 @@ class SlurmClient:
         self._run(["sbatch", "--test-only", script_path])
 
     def submit(self, script_path: str, after: Sequence[str] = ()) -> str:
-        """Queue the batch script; its job id. ``after``: job ids it waits for (afterok); if one of
-        them fails, SLURM cancels this job too."""
+        """Queue the batch script; its job id (an array's job id for a script with ``--array``).
+        ``after``: job ids it waits for (afterok; array tasks as ``123_4``); if one of them fails,
+        SLURM cancels this job too."""
         argv = ["sbatch", "--parsable"]
         if after:
             argv += [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"]
@@ -405,7 +477,9 @@ class SlurmClient:
         ids = [str(j) for j in job_ids]
         if not ids:
             return {}
-        out = self._run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"], check=False).stdout
+        # -r: one line per array task ("123_4"), pending ones too (not "123_[4-7]")
+        out = self._run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"],
+                        check=False).stdout
         found = {k: v for k, v in parse_squeue(out).items() if k in ids}
         for jid in ids:
             if jid in found and found[jid].active:
@@ -413,7 +487,8 @@ class SlurmClient:
             r = self._run(["scontrol", "show", "job", "-o", jid], check=False)
             st = parse_scontrol_job(r.stdout) if r.returncode == 0 else None
             if st is not None:
-                found[jid] = st
+                # an array task's record names its own internal JobId: keep the id we asked for
+                found[jid] = dataclasses.replace(st, job_id=jid)
         rest = [j for j in ids if j not in found]
         if rest and shutil.which("sacct", path=self._path()):
             r = self._run(["sacct", "-n", "-P", "-X", "-j", ",".join(rest), "-o", "JobID,State,ExitCode,Start,End"],
