@@ -205,11 +205,12 @@ def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool =
                                              or digest_file.read_text().strip() != _module_digest(config))
     if not (resume and session.exists()) or stale:
         _reinit(config, out, tree, stale)
-    if resume and rerun_survivors:
-        print(f"[mutants] {name}: {_forget_survivors(session)} survivors to re-test", flush=True)
     if sample:
         print(f"[mutants] {name}: {_sample(session, sample)} pending mutants set aside (at most {sample} pending, "
               "a seeded uniform random choice)", flush=True)
+    # after the sample: the survivors to re-test are never set aside
+    if resume and rerun_survivors:
+        print(f"[mutants] {name}: {_forget_survivors(session)} survivors to re-test", flush=True)
     log = open(out / name / "exec.log", "a", encoding="utf-8")
     return subprocess.Popen([*_COSMIC_RAY, "exec", "cosmic-ray.toml", str(session)], cwd=tree, env=_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -287,3 +287,17 @@ def test_without_eta_for_the_grids_t_range_there_is_no_diffusion_finding(pair):
     eta = _eta_rows(0.1, -3 - 0.1 * np.arange(5), 3 + 0.1 * np.arange(5), *pair)
     flag = findings.verdict(findings.analyze(_paper_grid(), eta))["flags"]["ls_diffusion_high_T"]
     assert flag["level"] == st.NOT_SHOWN and flag["evidence"] is None and "not enough cells" in flag["text"]
+
+
+def test_a_matched_interval_that_excludes_zero_is_a_no_even_inside_delta():
+    """App. H: the LS - matched interval excludes 0 (here 0.2 to 0.8, computed by hand with scipy's t quantile)
+    so the students still differ at equal entropy: "no", although the interval also lies within +-1."""
+    vals = [0.4, 0.5, 0.6, 0.5]
+    est = st.mean_estimate(vals, "teacher", teacher_variance_sampled=True)
+    half = sps.t.ppf(0.975, 3) * np.std(vals, ddof=1) / 2
+    assert est["ci"] == pytest.approx([0.5 - half, 0.5 + half]) and 0 < 0.5 - half and 0.5 + half < 1
+    row = {"ls_alpha": 0.1, "ls_temperature": 64.0, "matched_temperatures": {"0": 60.0}, "vs_matched": est,
+           "vs_grid": st.mean_estimate([2.0, 2.5, 2.2, 2.4], "teacher", teacher_variance_sampled=True)}
+    assert findings.smoothness_flag(row, delta=1.0)["level"] == "no"
+    mirrored = dict(row, vs_matched=st.mean_estimate([-v for v in vals], "teacher", teacher_variance_sampled=True))
+    assert findings.smoothness_flag(mirrored, delta=1.0)["level"] == "no"
