@@ -25,12 +25,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lskd_core.cli_groups import given_dests, group_dests
 from lskd_core.features_io import save_features
 from vision_plugin import __version__
 from vision_plugin.batching import bad_image_error, collate
@@ -42,34 +43,52 @@ from vision_plugin.checkpoint import (
     load_checkpoint,
 )
 from vision_plugin.cli_errors import run_and_summarize
+from vision_plugin.cli_groups import accept_carried_flags, add_data_flags, add_device_flags, ignored_flags
 from vision_plugin.datasets import DATASETS, SPLITS, build_dataset, filter_classes
 from vision_plugin.models import build_model, find_final_linear
 
 PROG = "python -m vision_plugin.export_features"
+DATA_DESTS = group_dests(add_data_flags)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    """The exporter's parser: its own flags, the shared data and device/threads groups
+    (``vision_plugin.cli_groups``; a data flag not given defaults to the checkpoint's), and every
+    other trainer flag accepted (hidden, ignored with a note) so that a trainer command line can be
+    copied here."""
+    from vision_plugin.train_args import get_args_parser as trainer_parser
+
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                epilog="Data flags not given default to the checkpoint's training arguments; "
+                                       "trainer flags that an export does not use are accepted and ignored.")
     p.add_argument("--ckpt", required=True, help="checkpoint (ours, torchvision reference, or state dict)")
     p.add_argument("--model", default=None, help="architecture (default: the checkpoint's --model)")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the checkpoint's --dataset")
-    p.add_argument("--data-path", default=None, help="default: the checkpoint's --data-path")
     p.add_argument("--split", default="val", choices=SPLITS, help="train or val (no augmentation either way)")
-    p.add_argument("--train-samples", default=None, type=int, help="cap (default: the checkpoint's)")
-    p.add_argument("--val-samples", default=None, type=int, help="cap (default: the checkpoint's)")
     p.add_argument("--seed", default=None, type=int,
-                   help="subset seed (default: the checkpoint's --subset-seed, else its --seed, else 0)")
+                   help="subset seed when --subset-seed is not given, as for the trainer (default: the "
+                        "checkpoint's --subset-seed, else its --seed, else 0)")
     p.add_argument("--classes", nargs="+", type=int, default=None, help="keep only these class ids")
-    p.add_argument("--crop-size", default=None, type=int, help="default: the checkpoint's")
-    p.add_argument("--val-resize-size", default=None, type=int, help="default: the checkpoint's")
     p.add_argument("--save-logits", action="store_true", help="also store logits [N, K] (float32)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="features dtype (float16 halves ImageNet-size files)")
-    p.add_argument("--batch-size", default=256, type=int)
-    p.add_argument("-j", "--workers", default=None, type=int, help="default: 0 for fashion-mnist, 8 otherwise")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("-b", "--batch-size", default=256, type=int, help="images per step (default 256)")
     p.add_argument("--out", required=True, help="output .npz")
+    add_data_flags(p)
+    add_device_flags(p)
+    accept_carried_flags(p, trainer_parser(add_help=False))
     return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line; the data flags it does not give are None (then the checkpoint's)."""
+    parser = get_args_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    given = given_dests(parser, argv)
+    for dest in DATA_DESTS:
+        if dest not in given:
+            setattr(args, dest, None)
+    return args
 
 
 def _pick(explicit, train_args: Dict[str, Any], key: str, default=None):
@@ -93,7 +112,7 @@ def resolve_args(args: argparse.Namespace, ckpt: Any) -> argparse.Namespace:
     out.val_samples = _pick(args.val_samples, train_args, "val_samples")
     out.crop_size = _pick(args.crop_size, train_args, "crop_size")
     out.val_resize_size = _pick(args.val_resize_size, train_args, "val_resize_size")
-    seed = args.seed
+    seed = args.subset_seed if args.subset_seed is not None else args.seed
     if seed is None:
         seed = train_args.get("subset_seed")
     if seed is None:
@@ -173,6 +192,8 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
     check_fits(model, state, args.model, args.ckpt, what="--ckpt")
     model.load_state_dict(state)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model.to(device).eval()
     layer_name, layer = find_final_linear(model)
 
@@ -241,8 +262,10 @@ def export(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the export; bad input and user-caused OS errors -> one ``error:`` line, exit 2
     (``vision_plugin.cli_errors``); genuine bugs keep their traceback."""
-    args = get_args_parser().parse_args(argv)
-
+    args = parse_args(argv)
+    ignored = ignored_flags(args)
+    if ignored:
+        print(f"note: {', '.join(ignored)}: trainer flag(s) that an export does not use; ignored", file=sys.stderr)
     return run_and_summarize(PROG, lambda: export(args),
                              "wrote {rows} x {dim} features ({feature_layer} input) to {out}")
 

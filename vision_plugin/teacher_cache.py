@@ -38,15 +38,25 @@ from lskd_core.teacher_cache import CacheMismatch, CacheWriter, TeacherCache, de
 from vision_plugin import __version__
 from vision_plugin.aug_stream import AugStream, RowView, dataset_identity, indices_sha256
 from vision_plugin.batching import bad_image_error, collate
+from vision_plugin.cli_groups import (
+    TEACHER_DESTS,
+    accept_carried_flags,
+    add_data_flags,
+    add_device_flags,
+    add_progress_group,
+    carried_value,
+    ignored_flags,
+)
 from vision_plugin.kd import CachedTeacher, build_teacher
 
 PROG = "python -m vision_plugin.teacher_cache"
 BUILD_INFO = "vision.json"  # builder flags that the trainer takes its defaults from (not the fingerprint)
 
-# The trainer's flags the builder shares (same names, defaults and help).
-_SHARED_FLAGS = ("data_path", "dataset", "crop_size", "val_resize_size", "extra_augment", "train_samples",
-                 "subset_seed", "workers", "device", "batch_size", "threads", "teacher", "teacher_ckpt",
-                 "teacher_weights", "no_progress")
+# Trainer flags the builder takes from the trainer's parser (same objects); the data, device/threads
+# and progress flags are the shared groups of vision_plugin.cli_groups.
+_FROM_TRAINER = ("extra_augment", "batch_size", *TEACHER_DESTS)
+# Shared group flags the builder accepts but does not use (named in its one-line note).
+_UNUSED = ("val_samples",)
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -134,15 +144,21 @@ def stream_epoch_params(teacher: Any, epoch: int, num_samples: int) -> Optional[
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """The builder's parser: the shared data, device/threads and progress groups, the trainer's
+    augmentation, batch and teacher flags, the cache's own flags, and every other trainer flag
+    accepted (hidden, ignored with a note) so that a trainer command line can be copied here."""
     from vision_plugin.train_args import get_args_parser as trainer_parser
 
     parser = argparse.ArgumentParser(prog=PROG, description="vision teacher-output cache")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="run the teacher on every (epoch, sample) view and store its logits",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_flags(build, unused=_UNUSED)
+    add_device_flags(build)
+    add_progress_group(build)
     trainer = trainer_parser(add_help=False)
     for action in trainer._actions:  # the trainer's own flag objects
-        if action.dest in _SHARED_FLAGS:
+        if action.dest in _FROM_TRAINER:
             build._add_action(action)
     build.add_argument("--epochs", type=int, required=True, help="epochs to record (>= the students' --epochs)")
     build.add_argument("--seed", type=int, required=True, help="augmentation seed (the students' --aug-seed)")
@@ -154,29 +170,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-temperatures", type=float, nargs="+", default=[],
                        help="temperatures a top-K cache serves")
     build.add_argument("--rows-per-shard", type=int, default=8192, help="rows per shard file set")
-    _accept_carried_trainer_flags(build, trainer)
+    accept_carried_flags(build, trainer, skip=_FROM_TRAINER)
     return parser
 
 
-_CARRIED = "carried__"  # dest prefix of trainer flags the builder accepts but does not use
-
-
-def _accept_carried_trainer_flags(build: argparse.ArgumentParser, trainer: argparse.ArgumentParser) -> None:
-    """Every other trainer flag (``--val-samples``, ``--lr``, ...) is accepted, so that a trainer
-    command line can be copied here; ``main`` names the ones given as ignored in one line."""
-    for action in trainer._actions:
-        if action.dest in _SHARED_FLAGS or action.dest == "help" or not action.option_strings:
-            continue
-        if any(flag in build._option_string_actions for flag in action.option_strings):
-            continue  # the builder's own flag of that name (e.g. --epochs, --seed) wins
-        action.dest, action.default, action.required = _CARRIED + action.dest, argparse.SUPPRESS, False
-        action.help = argparse.SUPPRESS
-        build._add_action(action)
-
-
 def ignored_trainer_flags(args: argparse.Namespace) -> List[str]:
-    """The carried-over trainer flags given on the command line (as ``--flag-name``)."""
-    return sorted("--" + key[len(_CARRIED):].replace("_", "-") for key in vars(args) if key.startswith(_CARRIED))
+    """The accepted-but-unused trainer flags given on the command line (as ``--flag-name``)."""
+    return ignored_flags(args)
 
 
 def _build_args_check(args: argparse.Namespace) -> None:
@@ -251,12 +251,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    carried_aug_seed = getattr(args, _CARRIED + "aug_seed", None)
+    carried_aug_seed = carried_value(args, "aug_seed")
     if carried_aug_seed is not None and carried_aug_seed != args.seed:
         parser.error(f"--aug-seed {carried_aug_seed} differs from --seed {args.seed}: the cache's --seed is the "
                      f"students' --aug-seed; give one value")
     for dest in ("amp", "skip_bad_images"):
-        if getattr(args, _CARRIED + dest, False):
+        if carried_value(args, dest, False):
             parser.error(f"--{dest.replace('_', '-')} is not supported by the cache builder (the cached views and "
                          f"logits would differ from the students'); drop it here")
     ignored = [flag for flag in ignored_trainer_flags(args) if flag != "--aug-seed"]

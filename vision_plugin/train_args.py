@@ -1,15 +1,14 @@
 """The trainer's command-line flags: torchvision's classification-reference flags plus datasets,
 subset caps, KD, feature KD and the eta monitor. One definition, used by the trainer
 (``vision_plugin/train.py``) and by the tools that take the trainer's flags (the teacher-cache
-builder), so that neither imports the entry script of the other."""
+builder, the feature exporter), so that neither imports the entry script of the other. The data,
+device/threads and progress flags are the shared groups of ``vision_plugin.cli_groups``."""
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
-from vision_plugin.datasets import DATASETS
+from vision_plugin.cli_groups import add_data_flags, add_device_flags, add_progress_group
 from vision_plugin.eta_monitor import add_eta_arguments
 from vision_plugin.feature_kd import add_feature_kd_args
 from vision_plugin.kd import add_kd_args
@@ -25,19 +24,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="lskd image-classification trainer (LS teachers, KD students)", add_help=add_help
     )
-    parser.add_argument("--data-path", default=None, help="dataset root (fashion-mnist: default Debian location)")
-    parser.add_argument("--dataset", default="imagefolder", choices=DATASETS, help="dataset layout")
     parser.add_argument("--model", default="resnet18",
                         help="lskd model (lskd_cnn_t, lskd_cnn_m, lskd_cnn_s) or any torchvision classifier")
     parser.add_argument("--weights", default=None, help="torchvision weights to start from (e.g. IMAGENET1K_V1)")
     parser.add_argument("--student-init", default=None, metavar="PATH",
                         help="initialise the model from this checkpoint's weights (ignored when resuming)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda or cuda:N (under torchrun cuda -> cuda:LOCAL_RANK)")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process and step")
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
-    parser.add_argument("-j", "--workers", default=None, type=int,
-                        help="data-loading workers (default: 0 for fashion-mnist, 8 otherwise)")
     parser.add_argument("--opt", default="sgd", choices=OPTIMIZERS, help="optimizer")
     parser.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
     parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
@@ -62,21 +55,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed", default=0, type=int, help="seed for init, sampling and augmentation")
     parser.add_argument("--channels-last", action="store_true",
                         help="NHWC memory format for student and teacher (1.2-1.8x faster small CNNs on CPU)")
-    parser.add_argument("--threads", default=None, type=int,
-                        help="torch intra-op CPU threads per process (default: torch's, i.e. OMP_NUM_THREADS or all "
-                             "cores); use 1 when several runs share a small machine")
     parser.add_argument("--deterministic", action="store_true",
                         help="torch.use_deterministic_algorithms(True), no cudnn benchmarking")
-    parser.add_argument("--crop-size", default=None, type=int,
-                        help="input size (default: 28 for fashion-mnist, 224 otherwise)")
-    parser.add_argument("--val-resize-size", default=None, type=int,
-                        help="validation resize before the centre crop (default crop*256/224)")
     parser.add_argument("--extra-augment", action="store_true",
                         help="imagefolder/cub training: + random rotation and colour jitter (paper's CUB recipe)")
-    parser.add_argument("--train-samples", default=None, type=int, help="stratified seeded cap on training samples")
-    parser.add_argument("--val-samples", default=None, type=int, help="stratified seeded cap on validation samples")
-    parser.add_argument("--subset-seed", default=None, type=int, help="seed of the subset caps (default: --seed)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines every --print-freq steps)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip unreadable/undecodable images (warned once per file, counted as "
                              "train_skipped_images/val_skipped_images) instead of stopping")
@@ -89,6 +71,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--aug-seed", default=None, type=int,
                         help="draw each training view from (aug seed, epoch, sample index) only, as a teacher cache "
                              "records them (set from the cache with --teacher-cache; default: global RNG per --seed)")
+    add_data_flags(parser)  # the groups the cache builder and the exporter share (vision_plugin.cli_groups)
+    add_device_flags(parser)
+    add_progress_group(parser)
     add_kd_args(parser)
     parser.add_argument("--teacher-cache", default=None, metavar="DIR",
                         help="KD from a teacher cache built by `python -m vision_plugin.teacher_cache build` "

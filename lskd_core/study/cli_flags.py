@@ -1,9 +1,10 @@
 """The flag groups that ``python -m lskd_core.study`` and ``python -m lskd_core.advise`` share.
 
 Users copy a study's command line to the advisor and back, so each shared flag is defined once,
-here: the settings source (``--preset``, ``--config``, ``--out``), progress (``--no-progress``) and
-the settings group that overrides the preset and the config file. ``tests/test_cli_flags.py`` walks
-both parsers and checks that these groups are identical (names, types, defaults, help).
+here: the settings source (``--preset``, ``--config``, ``--out``), progress (``--no-progress``, the
+one definition of every lskd command: :mod:`lskd_core.cli_groups`) and the settings group that
+overrides the preset and the config file. ``tests/test_cli_flags.py`` walks every CLI's parser and
+checks that these groups are identical (names, types, defaults, help).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
+from lskd_core.cli_groups import add_progress_flag, group_dests
 from lskd_core.study.config import add_set_argument, available_presets, parse_set_items
 from lskd_core.study.tasks import task_names
 
@@ -29,10 +31,6 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="study config file (.json or .toml) with StudyConfig settings")
     p.add_argument("--out", help="study directory (default runs/<preset>); finished teachers and caches in it "
                                  "are reused")
-
-
-def add_progress_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (messages still go to stderr)")
 
 
 def add_settings(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -84,11 +82,5 @@ def settings_overrides(ns: argparse.Namespace) -> Dict[str, Any]:
     return o
 
 
-def _dests(adder) -> tuple:
-    probe = argparse.ArgumentParser(add_help=False)
-    adder(probe)
-    return tuple(a.dest for a in probe._actions)
-
-
 #: dest names of every shared flag (the parser test's list)
-SHARED_DESTS = _dests(add_source_flags) + _dests(add_progress_flag) + _dests(add_settings)
+SHARED_DESTS = group_dests(add_source_flags) + group_dests(add_progress_flag) + group_dests(add_settings)
