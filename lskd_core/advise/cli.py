@@ -13,6 +13,7 @@ from lskd_core.advise.allocation import allocate
 from lskd_core.advise.runner import (
     ADVISE_DIR,
     StudentRunner,
+    advisor_launcher,
     ensure_teachers,
     install_sigterm,
     segments,
@@ -28,6 +29,7 @@ from lskd_core.study.config import (
     check_models,
     load_config,
 )
+from lskd_core.study.launchers import LocalLauncher
 from lskd_core.study.lock import StudyLock
 from lskd_core.study.plan import build_plan
 
@@ -102,61 +104,75 @@ def _check_class_counts(counts: Dict[str, Optional[int]]) -> None:
 
 def advise(cfg: StudyConfig, study: Path, teachers: Dict[float, str], opts: argparse.Namespace,
            echo=print) -> Dict[str, Any]:
-    """Teachers and caches (reused or made), the allocation, the signals, the advice files."""
+    """Teachers and caches (reused or made), the allocation, the signals, the advice files. The
+    runs start warm through one launcher (:func:`lskd_core.advise.runner.advisor_launcher`),
+    closed (its warm server ended) when the advisor is done, interrupted or not."""
+    root = study / ADVISE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    launcher = advisor_launcher(cfg)  # warm start: one server for every run of this invocation
+    try:
+        with StudyLock(root):
+            return _advise(cfg, study, teachers, opts, echo, launcher)
+    finally:
+        if launcher.warm_note:
+            echo(f"[advise] runs started cold: {launcher.warm_note}")
+        launcher.close()
+
+
+def _advise(cfg: StudyConfig, study: Path, teachers: Dict[float, str], opts: argparse.Namespace, echo,
+            launcher: LocalLauncher) -> Dict[str, Any]:
     from lskd_core.advise.evidence import Exporter, cell_signals, export_totals
     from lskd_core.advise.report import markdown, plot_eta, plot_trajectories, summarize
 
     root = study / ADVISE_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    with StudyLock(root):
-        if teachers or not teachers_ready(cfg, study):
-            with StudyLock(study):  # the study's own runs: locked only while teachers/caches are installed or made
-                _check_class_counts(install_external_teachers(cfg, study, teachers))
-                ensure_teachers(cfg, study, echo=echo)
-        plan = build_plan(cfg)
-        counts = teacher_class_counts(plan, study)
-        _check_class_counts(counts)
-        runner = StudentRunner(cfg, study, plan, echo=echo)
-        log_path = root / LOG
-        if log_path.exists():
-            os.replace(log_path, root / "allocation.previous.jsonl")
-        invocation = time.time()
+    if teachers or not teachers_ready(cfg, study):
+        with StudyLock(study):  # the study's own runs: locked only while teachers/caches are installed or made
+            _check_class_counts(install_external_teachers(cfg, study, teachers))
+            ensure_teachers(cfg, study, echo=echo, launcher=launcher)
+    plan = build_plan(cfg)
+    counts = teacher_class_counts(plan, study)
+    _check_class_counts(counts)
+    runner = StudentRunner(cfg, study, plan, echo=echo, launcher=launcher)
+    log_path = root / LOG
+    if log_path.exists():
+        os.replace(log_path, root / "allocation.previous.jsonl")
+    invocation = time.time()
 
-        def log(event: dict) -> None:
-            with open(log_path, "a", encoding="utf-8") as fh:
-                import json
+    def log(event: dict) -> None:
+        with open(log_path, "a", encoding="utf-8") as fh:
+            import json
 
-                fh.write(json.dumps(dict(event, time=round(time.time(), 3))) + "\n")
+            fh.write(json.dumps(dict(event, time=round(time.time(), 3))) + "\n")
 
-        cells = [(a, t) for a in cfg.alphas for t in cfg.temperatures]
-        alloc = allocate(cells, runner, cfg.student_epochs, cfg.seed_list, eta=opts.reduction_factor,
-                         min_epochs=opts.min_epochs, budget=opts.budget, seed=opts.order_seed, log=log)
-        tiebreak = settle(alloc, runner, cfg.student_epochs, cfg.seed_list, target=opts.target_probability,
-                          max_seeds=opts.tie_seeds, log=log)
-        num_classes = next((v for v in counts.values() if v), None) or 0
-        signals: Dict[Any, Any] = {}
-        exporter = Exporter(cfg, study, runner.env, echo=echo)
-        if not opts.no_signals and num_classes:
-            signals = cell_signals(cfg, study, alloc, runner, exporter, num_classes)
-        segs = segments(study)
-        cpu = {"cpu_s_train": round(sum(s.get("cpu_s", 0.0) for s in segs), 3),
-               "wall_s_train": round(sum(s.get("wall_s", 0.0) for s in segs), 3),
-               **export_totals(study),
-               "exports_this_invocation": exporter.count, "segments": len(segs),
-               "segments_this_invocation": sum(1 for s in segs if _seg_time(s) >= invocation - 1)}
-        summary = summarize(alloc, signals, cfg.student_epochs, runner.train_samples or _cap(cfg), cpu,
-                            tiebreak=tiebreak)
-        summary["settings"] = {"budget": opts.budget, "reduction_factor": opts.reduction_factor,
-                               "min_epochs": alloc.levels[0].epochs,
-                               "min_epochs_option": "auto" if opts.min_epochs is None else opts.min_epochs,
-                               "order_seed": opts.order_seed, "target_probability": opts.target_probability,
-                               "tie_seeds": tiebreak["max_seeds"],
-                               "alphas": cfg.alphas, "temperatures": cfg.temperatures, "seeds": cfg.seed_list,
-                               "student_epochs": cfg.student_epochs}
-        write_json(root / "advice.json", summary)
-        (root / "advice.md").write_text(markdown(summary), encoding="utf-8")
-        plot_trajectories(alloc, cfg.student_epochs, root / "trajectories.png")
-        plot_eta(signals, root / "eta_over_epochs.png")
+    cells = [(a, t) for a in cfg.alphas for t in cfg.temperatures]
+    alloc = allocate(cells, runner, cfg.student_epochs, cfg.seed_list, eta=opts.reduction_factor,
+                     min_epochs=opts.min_epochs, budget=opts.budget, seed=opts.order_seed, log=log)
+    tiebreak = settle(alloc, runner, cfg.student_epochs, cfg.seed_list, target=opts.target_probability,
+                      max_seeds=opts.tie_seeds, log=log)
+    num_classes = next((v for v in counts.values() if v), None) or 0
+    signals: Dict[Any, Any] = {}
+    exporter = Exporter(cfg, study, runner.env, echo=echo)
+    if not opts.no_signals and num_classes:
+        signals = cell_signals(cfg, study, alloc, runner, exporter, num_classes)
+    segs = segments(study)
+    cpu = {"cpu_s_train": round(sum(s.get("cpu_s", 0.0) for s in segs), 3),
+           "wall_s_train": round(sum(s.get("wall_s", 0.0) for s in segs), 3),
+           **export_totals(study),
+           "exports_this_invocation": exporter.count, "segments": len(segs),
+           "segments_this_invocation": sum(1 for s in segs if _seg_time(s) >= invocation - 1)}
+    summary = summarize(alloc, signals, cfg.student_epochs, runner.train_samples or _cap(cfg), cpu,
+                        tiebreak=tiebreak)
+    summary["settings"] = {"budget": opts.budget, "reduction_factor": opts.reduction_factor,
+                           "min_epochs": alloc.levels[0].epochs,
+                           "min_epochs_option": "auto" if opts.min_epochs is None else opts.min_epochs,
+                           "order_seed": opts.order_seed, "target_probability": opts.target_probability,
+                           "tie_seeds": tiebreak["max_seeds"],
+                           "alphas": cfg.alphas, "temperatures": cfg.temperatures, "seeds": cfg.seed_list,
+                           "student_epochs": cfg.student_epochs}
+    write_json(root / "advice.json", summary)
+    (root / "advice.md").write_text(markdown(summary), encoding="utf-8")
+    plot_trajectories(alloc, cfg.student_epochs, root / "trajectories.png")
+    plot_eta(signals, root / "eta_over_epochs.png")
     return summary
 
 

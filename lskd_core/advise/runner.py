@@ -10,6 +10,14 @@ advisor itself once epoch K is in its metrics.jsonl (its checkpoint is written b
 which wastes at most the start of one epoch. Each advisor run directory records the study run's
 hash and its inputs' fingerprints (``advise_run.json``); a directory made for another hash or from
 another teacher cache is moved aside, never reused.
+
+Every run (teacher, cache, student segment) is started by the study's local launcher
+(:class:`lskd_core.study.launchers.LocalLauncher`): with warm start on (the default; the config's
+``[launcher] warm_start = false`` turns it off) it is a fork of one warm server that imported torch
+once (:mod:`lskd_core.study.warm_start`), saving the ~2-3 CPU seconds of imports per run. The
+advisor closes the server when it is done. Its runs lead their own sessions, so the launcher's
+handle is recorded in the run directory (``launch.json``, as the study does): a run left running by
+a killed advisor is stopped (its checkpoint kept) before the directory is used again.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lskd_core.jsonio import BadJson, read_json_object, write_json
 from lskd_core.study.config import StudyConfig
+from lskd_core.study.launchers import Handle, LocalLauncher
 from lskd_core.study.plan import Run, build_plan, run_command, run_dir
+from lskd_core.study.registry import launcher_spec
 from lskd_core.study.run_exec import child_env, finish_run
 from lskd_core.study.state import (
     RESULT,
@@ -34,16 +44,83 @@ from lskd_core.study.state import (
     dep_fingerprints,
     inspect_run,
     move_aside,
+    orphan_process,
+    write_launch,
     write_run_config,
 )
+from lskd_core.study.warm_start import read_exit_file
 
-__all__ = ["StudentRunner", "ensure_teachers", "teachers_ready", "teacher_class_counts", "ADVISE_DIR", "SEGMENTS", "RUN_RECORD"]
+__all__ = ["StudentRunner", "ensure_teachers", "teachers_ready", "teacher_class_counts", "advisor_launcher",
+           "run_to_end", "ADVISE_DIR", "SEGMENTS", "RUN_RECORD"]
 
 ADVISE_DIR = "advise"
 SEGMENTS = "segments.jsonl"
 RUN_RECORD = "advise_run.json"
 STOP_FLAG = "--stop-after-epoch"
 Cell = Tuple[float, float]
+
+
+# ------------------------------------------------------------------------------------------------
+# starting runs: the study's local launcher (warm start)
+# ------------------------------------------------------------------------------------------------
+def advisor_launcher(cfg: StudyConfig) -> LocalLauncher:
+    """The launcher of the advisor's runs: local processes whatever launcher the study uses (the
+    advisor waits for each run), warm-started unless the config says ``[launcher] warm_start = false``."""
+    _, options = launcher_spec(cfg.launcher)
+    return LocalLauncher.from_options({"warm_start": options.get("warm_start", True)})
+
+
+def _stop_orphan(launcher: LocalLauncher, rdir: Path, echo: Callable[[str], None]) -> None:
+    """Stop a run that a killed advisor (or study runner) left running in ``rdir``: two processes
+    must never train in one directory. Its checkpoint stays, so the next start resumes from it."""
+    handle = orphan_process(rdir)
+    if handle is None:
+        return
+    echo(f"[advise] {rdir.name}: stopping pid {handle.get('pid')}, left running by an earlier invocation")
+    launcher.stop(handle)
+    write_launch(rdir, dict(handle, ended=time.time(), exit_status=None))
+
+
+def _record_cpu(handle: Handle, wait_s: float = 2.0) -> float:
+    """CPU seconds of a warm-forked run from the server's exit record (written within ~0.2 s of
+    its end); 0 for a cold run (its CPU time is in this process's RUSAGE_CHILDREN)."""
+    path = handle.get("exit_file")
+    if not path:
+        return 0.0
+    deadline = time.time() + wait_s
+    record = read_exit_file(Path(path))
+    while record is None and time.time() < deadline:
+        time.sleep(0.05)
+        record = read_exit_file(Path(path))
+    return float(record.get("cpu_user_s", 0.0)) + float(record.get("cpu_system_s", 0.0)) if record else 0.0
+
+
+def run_to_end(launcher: LocalLauncher, run: Run, argv: Sequence[str], env: Mapping[str, str], rdir: Path,
+               echo: Callable[[str], None] = print, done: Optional[Callable[[], bool]] = None) -> Tuple[int, float]:
+    """Run ``argv`` with its output appended to ``rdir/stdout.log`` and wait for it: (exit status,
+    CPU seconds of the run, cold or warm). ``done()`` true: the run has done what was asked, so it
+    is stopped and counts as exit status 0. Ctrl-C or SIGTERM (KeyboardInterrupt) stops the run."""
+    _stop_orphan(launcher, rdir, echo)
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    handle = launcher.start(run, argv, env, rdir / "stdout.log")
+    write_launch(rdir, handle)
+    rc: Optional[int] = None
+    try:
+        while rc is None:
+            rc = launcher.poll(handle)
+            if rc is None and done is not None and done():
+                launcher.stop(handle)
+                rc = 0
+            elif rc is None:
+                time.sleep(0.2)
+    except BaseException:
+        launcher.stop(handle)  # a killed advisor leaves no trainer behind
+        raise
+    finally:
+        write_launch(rdir, dict(handle, ended=time.time(), exit_status=rc))
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cold = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return rc, cold + _record_cpu(handle)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -54,9 +131,21 @@ def _needed_runs(plan: Sequence[Run]) -> List[Run]:
     return [r for r in plan if r.kind in ("teacher", "cache")]
 
 
-def ensure_teachers(cfg: StudyConfig, study: Path, echo=print) -> List[Run]:
+def ensure_teachers(cfg: StudyConfig, study: Path, echo=print,
+                    launcher: Optional[LocalLauncher] = None) -> List[Run]:
     """Train the study's teachers and build their caches where they are not done (one at a time,
-    the study's commands, run dirs and records; done runs are reused as they are)."""
+    the study's commands, run dirs and records; done runs are reused as they are). ``launcher``:
+    the advisor's (:func:`advisor_launcher`; one is made and closed here when not given)."""
+    own = launcher is None
+    launcher = launcher or advisor_launcher(cfg)
+    try:
+        return _ensure_teachers(cfg, study, echo, launcher)
+    finally:
+        if own:
+            launcher.close()
+
+
+def _ensure_teachers(cfg: StudyConfig, study: Path, echo, launcher: LocalLauncher) -> List[Run]:
     plan = build_plan(cfg)
     env = child_env(cfg)
     for run in _needed_runs(plan):
@@ -73,8 +162,7 @@ def ensure_teachers(cfg: StudyConfig, study: Path, echo=print) -> List[Run]:
         write_run_config(run, study, cfg, argv, dep_fingerprints(run, study), launched_by="study")
         echo(f"[advise] {run.run_id}: {'resuming' if resume else 'running'}")
         t0 = time.time()
-        with open(rdir / "stdout.log", "a", encoding="utf-8") as log:
-            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        rc, _ = run_to_end(launcher, run, argv, env, rdir, echo)
         err = finish_run(run, study, cfg.task, rc, time.time() - t0)
         if err is not None:
             raise RuntimeError(f"{run.run_id} failed ({err}); see {rdir / 'stdout.log'}")
@@ -140,8 +228,10 @@ class StudentRunner:
     """``runner(cell, seed, epochs)`` -> the student's val top-1 after each epoch 1..epochs, training
     only what is not on disk yet. Usable as the allocation's trainer."""
 
-    def __init__(self, cfg: StudyConfig, study: Path, plan: Sequence[Run], echo=print) -> None:
+    def __init__(self, cfg: StudyConfig, study: Path, plan: Sequence[Run], echo=print,
+                 launcher: Optional[LocalLauncher] = None) -> None:
         self.cfg, self.study, self.echo = cfg, study, echo
+        self.launcher = launcher or advisor_launcher(cfg)  # the caller closes it (advise() does)
         self.root = study / ADVISE_DIR
         self.students: Dict[Tuple[float, float, int], Run] = {
             (float(r.info["alpha"]), float(r.info["temperature"]), int(r.info["seed"])): r
@@ -193,15 +283,12 @@ class StudentRunner:
         resume = (rdir / "checkpoint.pth").exists()
         argv = self._argv(run, rdir, epochs, resume)
         self.echo(f"[advise] {run.run_id}: epochs {len(curve)} -> {epochs}")
-        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
-        rc = self._train(argv, rdir, epochs)
-        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rc, cpu = self._train(run, argv, rdir, epochs)
         after = read_curve(rdir)
         if len(after) < epochs:
             raise RuntimeError(f"{run.run_id}: the student stopped at epoch {len(after)} of {epochs} "
                                f"(exit status {rc}); see {rdir / 'stdout.log'}")
-        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
         append_jsonl(self.root / SEGMENTS, {"run_id": run.run_id, "alpha": cell[0], "temperature": cell[1],
                                             "seed": seed, "from_epoch": len(curve), "to_epoch": len(after),
                                             "cpu_s": round(cpu, 3), "wall_s": round(time.time() - t0, 3),
@@ -210,24 +297,13 @@ class StudentRunner:
             self.train_samples = _train_images(rdir)
         return after[:epochs]
 
-    def _train(self, argv: List[str], rdir: Path, epochs: int) -> int:
-        """Run the trainer; without --stop-after-epoch support, stop it once epoch ``epochs`` is logged."""
+    def _train(self, run: Run, argv: List[str], rdir: Path, epochs: int) -> Tuple[int, float]:
+        """Run the trainer: (exit status, CPU seconds); without --stop-after-epoch support it is
+        stopped once epoch ``epochs`` is logged (a warm-forked trainer as a cold one)."""
         with open(rdir / "stdout.log", "a", encoding="utf-8") as log:
             log.write(f"\n# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n")
-            log.flush()
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-            try:
-                while proc.poll() is None:
-                    if not self._stop_flag and len(read_curve(rdir)) >= epochs:
-                        proc.send_signal(signal.SIGTERM)
-                        proc.wait()
-                        return 0
-                    time.sleep(0.2)
-            except BaseException:
-                proc.terminate()  # a killed advisor leaves no trainer behind
-                proc.wait()
-                raise
-            return proc.returncode
+        done = None if self._stop_flag else (lambda: len(read_curve(rdir)) >= epochs)
+        return run_to_end(self.launcher, run, argv, self.env, rdir, self.echo, done=done)
 
 
 def _train_images(rdir: Path) -> Optional[int]:

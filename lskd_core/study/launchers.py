@@ -219,10 +219,11 @@ class LocalLauncher(Launcher):
             except subprocess.TimeoutExpired:
                 _kill_group(pid, signal.SIGKILL)
                 proc.wait()
-        elif pid in self._warm:
-            if not _wait_gone(pid, 20):
+        elif pid in self._warm or handle.get("host") == socket.gethostname():
+            # forked by our server, or a handle read back from disk (an orphan of a killed runner)
+            if not _wait_gone(pid, 20, handle.get("proc_start")):
                 _kill_group(pid, signal.SIGKILL)
-                _wait_gone(pid, 20)
+                _wait_gone(pid, 20, handle.get("proc_start"))
 
     def close(self) -> None:
         if self._server is not None:
@@ -237,10 +238,11 @@ def _kill_group(pid: int, sig: int) -> None:
         pass
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Wait until a process that is not our child has ended (a zombie counts as ended)."""
+def _wait_gone(pid: int, timeout: float, start: Optional[str] = None) -> bool:
+    """Wait until a process that is not our child has ended (a zombie counts as ended; ``start``:
+    its recorded start time, so that a pid reused by another process counts as ended)."""
     deadline = time.time() + timeout
-    while process_alive(pid):
+    while process_alive(pid, start):
         if time.time() > deadline:
             return False
         time.sleep(0.05)
