@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import pytest
 import slurm_cluster
+from test_study_launchers import _fake_execute  # the fake queue's stand-in for training
 
 from lskd_core import study as S
 from lskd_core.study import slurm as sl
@@ -150,19 +150,6 @@ class _ArrayQueue(S.Launcher):
         t = self.tasks[handle["task"]]
         if t["rc"] is None:
             t["rc"] = -15
-
-
-def _fake_execute(run, run_dir, fail):
-    if run.run_id in fail:
-        return 1
-    if run.kind in ("teacher", "student"):
-        (run_dir / "checkpoint.pth").write_bytes(b"w")
-        (run_dir / "result.json").write_text(json.dumps({"status": "done", "val_acc1": 80.0, "val_acc5": 99.0}))
-    else:
-        from lskd_core.features_io import save_features
-
-        save_features(run_dir / "features.npz", np.zeros((4, 2), np.float32), np.array([0, 0, 1, 1]))
-    return 0
 
 
 def _cfg() -> S.StudyConfig:
