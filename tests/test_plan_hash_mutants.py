@@ -1,0 +1,157 @@
+"""Run hashes and the plan's bookkeeping (lskd_core.study.plan, lskd_core.study.provenance) against
+known answers written out here: the defining form of a command with every execution-only flag, the
+hash recomputed from its documented parts with hashlib, the teacher-seed pairing by hand, the exact
+argv of a run. Written to kill cosmic-ray survivors of issue 20 (docs/testing.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from lskd_core import study as S
+from lskd_core.study import plan as PL
+from lskd_core.study import provenance as P
+
+
+def _run(args, distributed=False, program=("module", "vision_plugin.train")):
+    return PL.Run(run_id="r", kind="student", program=program, args=list(args), distributed=distributed)
+
+
+def test_the_defining_form_drops_every_execution_flag_with_its_values():
+    args = ["--lr", "0.1", "--device", "cuda", "--cpu", "--epochs", "3", "--workers", "4", "--print-freq", "10",
+            "--resume", "ckpt", "--output-dir", "{run}", "--out", "{run}/o", "--save-dir", "{run}/s",
+            "--num-workers", "2", "--results-path", "{run}/r", "--no-progress", "--data-buffer-size", "8",
+            "--kd-temperature", "4", "{study}/runs/teacher/checkpoint.pth"]
+    by_hand = ["--lr", "0.1", "--epochs", "3", "--kd-temperature", "4", "{study}/runs/teacher/checkpoint.pth"]
+    assert _run(args).defining(1) == {"program": ["module", "vision_plugin.train"], "args": by_hand}
+    # a flag's value that looks like a flag is still its value; a zero-argument flag takes none
+    assert _run(["--device", "--lr", "--cpu", "--lr", "1"]).defining(1)["args"] == ["--lr", "1"]
+    assert _run(["--no-progress", "--epochs", "2"]).defining(1)["args"] == ["--epochs", "2"]
+
+
+def test_the_world_size_is_defining_only_for_a_distributed_run_on_several_processes():
+    assert "nproc" not in _run(["--lr", "1"], distributed=True).defining(1)
+    assert _run(["--lr", "1"], distributed=True).defining(2)["nproc"] == 2
+    assert "nproc" not in _run(["--lr", "1"], distributed=False).defining(4)
+
+
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_a_run_hash_is_its_command_its_dependencies_hashes_and_its_provenance():
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "cache": False})
+    plan = S.build_plan(cfg)
+    by_id = {r.run_id: r for r in plan}
+    for r in plan:
+        want = _sha256_json({"run": r.defining(cfg.nproc), "deps": {d: by_id[d].hash for d in r.deps},
+                             "provenance": P.run_provenance(r, cfg)})
+        assert r.hash == want, r.run_id
+    assert len({r.hash for r in plan}) == len(plan)  # every run is a different computation
+
+
+def test_a_duplicate_or_unordered_plan_is_refused(monkeypatch):
+    from lskd_core.study.registry import get_task
+
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1]})
+    backend = get_task(cfg.task)
+    runs = backend.build_runs(cfg)
+    monkeypatch.setattr(type(backend), "build_runs", lambda self, c: runs + [runs[0]])
+    with pytest.raises(ValueError, match="duplicate run id"):
+        S.build_plan(cfg)
+    later = next(r for r in runs if r.deps)
+    monkeypatch.setattr(type(backend), "build_runs", lambda self, c: [later] + [r for r in runs if r is not later])
+    with pytest.raises(AssertionError, match="not planned before it"):
+        S.build_plan(cfg)
+
+
+def test_teacher_seeds_and_their_pairing_by_hand():
+    cfg = S.load_config(overrides={"seeds": [5, 6, 7, 8, 9], "teacher_seed": 3, "teacher_seeds": 2})
+    assert PL.teacher_seed_list(cfg) == [3, 4]
+    assert [PL.paired_teacher_seed(cfg, s) for s in (5, 6, 7, 8, 9)] == [3, 4, 3, 4, 3]
+    assert PL.teacher_run_id(cfg, 0.1, 4) == "teacher_a0.1_ts4"
+    one = dataclasses.replace(cfg, teacher_seeds=1)
+    assert PL.teacher_seed_list(one) == [3] and PL.teacher_run_id(one, 0.1, 3) == "teacher_a0.1"
+
+
+def test_the_ids_spell_their_cell():
+    assert PL.student_id(0.1, 4.0, 2) == "student_a0.1_T4_s2"
+    assert PL.teacher_id(0.0) == "teacher_a0" and PL.teacher_id(0.2, 0) == "teacher_a0.2_ts0"
+    assert PL.export_id("student_a0_T1_s0", "val") == "export_student_a0_T1_s0_val"
+    assert PL.match_id() == "match" and PL.match_id(1) == "match_ts1"
+    assert PL.matched_id(0.0, 0.1, 64.0, 3) == "matched_a0_for_a0.1_T64_s3"
+
+
+def test_the_exact_command_of_a_run(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1]})
+    run = _run(["--out", "{run}", "--teacher", "{study}/runs/t/checkpoint.pth", "{run}{study}"])
+    study = tmp_path / "st"
+    rdir = study / "runs" / "r"
+    argv = PL.run_command(run, study, dataclasses.replace(cfg, python="/py/bin/python"))
+    assert argv == ["/py/bin/python", "-m", "vision_plugin.train", "--out", str(rdir), "--teacher",
+                    f"{study}/runs/t/checkpoint.pth", f"{rdir}{study}"]
+    resumed = PL.run_command(run, study, dataclasses.replace(cfg, python="/py/bin/python"), resume=True)
+    assert resumed[-2:] == ["--resume", str(rdir / "checkpoint.pth")]
+    no_flag = dataclasses.replace(run, resume_flag=None)
+    assert PL.run_command(no_flag, study, dataclasses.replace(cfg, python="/py/bin/python"), resume=True) == argv
+    dist = dataclasses.replace(run, distributed=True)
+    multi = PL.run_command(dist, study, dataclasses.replace(cfg, python="/py/bin/python", nproc=2))
+    assert multi[:9] == ["/py/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                         "-m", "vision_plugin.train", "--out"]
+    single = PL.run_command(dist, study, dataclasses.replace(cfg, python="/py/bin/python", nproc=1))
+    assert single == argv
+    exe = PL.run_command(_run(["x"], program=("exe", "no-such-tool-lskd")), study,
+                         dataclasses.replace(cfg, python="/py/bin/python"))
+    assert exe == ["no-such-tool-lskd", "x"]  # neither next to the interpreter nor on PATH: the bare name
+
+
+def test_a_console_script_next_to_the_interpreter_is_preferred(tmp_path):
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "fairseq-train"
+    tool.write_text("")
+    assert PL._executable("fairseq-train", str(tmp_path / "bin" / "python")) == str(tool)
+
+
+def test_the_plugin_a_run_executes():
+    assert P.run_plugin(_run([])) == "vision_plugin"
+    assert P.run_plugin(_run([], program=("module", "fairseq_plugin.prepare"))) == "fairseq_plugin"
+    assert P.run_plugin(_run([], program=("module", "lskd_core.study.match"))) is None
+    assert P.run_plugin(_run([], program=("exe", "fairseq-generate"))) == "fairseq_plugin"
+    assert P.run_plugin(_run([], program=("exe", "sacrebleu"))) is None
+
+
+def test_provenance_names_the_frameworks_of_the_plugin_and_the_code_unless_versions_only():
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1]})
+    prov = P.run_provenance(_run([]), cfg)
+    assert set(prov) == {"lskd_version", "code", "frameworks"} and set(prov["frameworks"]) == {"torch", "torchvision"}
+    assert prov["code"] == P.source_digest("vision_plugin") != P.source_digest(None)
+    core = P.run_provenance(_run([], program=("module", "lskd_core.study.match")), cfg)
+    assert set(core) == {"lskd_version", "code"} and core["code"] == P.source_digest(None)
+    versions = P.run_provenance(_run([]), dataclasses.replace(cfg, provenance="version"))
+    assert set(versions) == {"lskd_version", "frameworks"}
+
+
+def test_the_source_digest_is_the_documented_json_of_its_parts():
+    root = Path(P.__file__).resolve().parent.parent
+    core = P._dir_digest(str(root), P._ANALYSIS_ONLY)
+    plugin = P._dir_digest(str(root.parent / "vision_plugin"))
+    assert P.source_digest(None) == hashlib.sha256(json.dumps({"lskd_core": core}, sort_keys=True).encode()).hexdigest()
+    both = json.dumps({"lskd_core": core, "vision_plugin": plugin}, sort_keys=True).encode()
+    assert P.source_digest("vision_plugin") == hashlib.sha256(both).hexdigest()
+    absent = json.dumps({"lskd_core": core, "no_such_plugin_lskd": "absent"}, sort_keys=True).encode()
+    assert P.source_digest("no_such_plugin_lskd") == hashlib.sha256(absent).hexdigest()
+
+
+def test_a_top_level_skip_only(tmp_path):
+    """Only top-level folders named in ``skip`` are left out: a nested ``report/`` still counts."""
+    for sub in ("report", "study/report"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "m.py").write_text("x = 1\n")
+    P._dir_digest.cache_clear()
+    by_hand = hashlib.sha256(b"study/report/m.py\0x = 1\n\0").hexdigest()
+    assert P._dir_digest(str(tmp_path), ("report",)) == by_hand
+    P._dir_digest.cache_clear()
