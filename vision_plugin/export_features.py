@@ -1,7 +1,7 @@
 """Export penultimate-layer features (and optionally logits) of a trained model to an .npz.
 
     python -m vision_plugin.export_features --model M --ckpt PATH --dataset D --data-path P \\
-        --split train|val [--train-samples N --val-samples N --seed S] [--classes 0 1 2] \\
+        --split train|val [--train-samples N --val-samples N --subset-seed S] [--classes 0 1 2] \\
         [--save-logits] --out feats.npz
 
 The penultimate representation is the *input* of the classifier's final ``nn.Linear`` (paper
@@ -16,6 +16,10 @@ packaged with ``lskd_core.features_io.save_features``, so an ImageNet-size expor
 needs memory for one batch, not for the whole array. Defaults for ``--model``, ``--dataset``,
 ``--data-path``, ``--crop-size`` and the subset caps/seed come from the checkpoint's training
 arguments, so by default the exported samples are exactly the ones the run trained/validated on.
+The data flags (``--data-path`` ... ``--subset-seed``, ``--crop-size``) and the device/threads flags
+(``--device``, ``-j/--workers``, ``--threads``) are the trainer's own (``vision_plugin.cli_groups``);
+every other trainer flag is accepted, so a trainer command line can be reused, and named in one
+``note:`` line as ignored.
 """
 
 from __future__ import annotations

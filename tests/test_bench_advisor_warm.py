@@ -1,0 +1,40 @@
+"""bench/bench_advisor_warm.py: its config per arm and its summary arithmetic (no advisor runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_advisor_warm.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_advisor_warm", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = load_bench()
+
+
+def test_each_arm_differs_only_in_the_warm_start_setting():
+    settings = {**bench.COMMON, **bench.QUICK}
+    tomllib = pytest.importorskip("tomllib")
+    warm, cold = (tomllib.loads(bench._toml(settings, w)) for w in (True, False))
+    assert warm.pop("launcher") == {"kind": "local", "warm_start": True}
+    assert cold.pop("launcher") == {"kind": "local", "warm_start": False}
+    assert warm == cold == settings
+
+
+def test_summary_line_by_hand():
+    cold = bench.Arm(False, cpu_s=100.0, wall_s=80.0, runs=10)
+    warm = bench.Arm(True, cpu_s=70.0, wall_s=60.0, runs=10)
+    last = bench.report(cold, warm)[-1]
+    # 70/100 = 0.700; (100 - 70) / 10 runs = 3.00 s per run
+    assert "warm/cold = 0.700" in last and "saves 30.0 CPU s (3.00 s per run over 10 runs)" in last
