@@ -37,10 +37,13 @@ test-fast: setup
 bench: setup
 	$(PY) bench/run_all.py --quick
 
-# Mutation testing of the verdict code (cosmic-ray; not in CI, about 40 min on 2 cores; docs/testing.md).
+# Mutation testing of the verdict, statistics, run-hash and teacher-cache code (cosmic-ray; not in CI;
+# docs/testing.md gives the run times). Continues the sessions under runs/mutants; a bounded run:
+# make mutants MUTANTS_ARGS="--sample 100 --max-minutes 30" (a seeded sample of each module's mutants).
+MUTANTS_ARGS ?=
 mutants: setup
 	$(VENV)/bin/pip install -q -e ".[mutation]"
-	$(PY) scripts/mutants.py --jobs 2
+	$(PY) scripts/mutants.py --jobs 2 --resume $(MUTANTS_ARGS)
 
 # No `setup` dependency: the GPU machine gets the working tree only (scripts/gpu_check.py --help).
 gpu-check:
