@@ -132,6 +132,20 @@ def test_the_studys_warm_start_setting_turns_the_advisors_warm_start_off():
     assert advisor_launcher(off).warm_start is False
 
 
+def test_the_trainer_help_probe_starts_warm_and_finds_the_stop_flag(tmp_path):
+    pytest.importorskip("torchvision")
+    from lskd_core.advise.runner import STOP_FLAG, _trainer_supports_stop
+
+    launcher = S.LocalLauncher()
+    try:
+        found = _trainer_supports_stop(load_config("demo", None, {}), subprocess_env(PYTHONPATH=str(ROOT)), launcher,
+                                       tmp_path / "probe")
+    finally:
+        launcher.close()
+    assert found is True and STOP_FLAG in (tmp_path / "probe" / "stdout.log").read_text()
+    assert read_exit_file(tmp_path / "probe" / "stdout.log.exit.json")["returncode"] == 0  # forked, not cold
+
+
 # ------------------------------------------------------------------------------------------------
 # a tiny real advisor run, warm and cold
 # ------------------------------------------------------------------------------------------------

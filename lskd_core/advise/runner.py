@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -214,14 +213,21 @@ def read_curve(rdir: Path, key: str = "val_acc1") -> List[float]:
     return curve
 
 
-def _trainer_supports_stop(cfg: StudyConfig, env: Dict[str, str]) -> bool:
-    python = cfg.python or sys.executable
+def _trainer_supports_stop(cfg: StudyConfig, env: Dict[str, str], launcher: LocalLauncher, where: Path,
+                           timeout: float = 300) -> bool:
+    """Whether the trainer's ``--help`` lists ``--stop-after-epoch`` (run like the advisor's other
+    runs, so warm when they are: one torch import less per invocation). ``where``: its directory."""
+    argv = [cfg.python or sys.executable, "-m", "vision_plugin.train", "--help"]
+    probe = Run("trainer_help", "probe", ("module", "vision_plugin.train"), ["--help"])
+    where.mkdir(parents=True, exist_ok=True)
+    log = where / "stdout.log"
+    log.unlink(missing_ok=True)
+    deadline = time.time() + timeout
     try:
-        out = subprocess.run([python, "-m", "vision_plugin.train", "--help"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired):
+        run_to_end(launcher, probe, argv, env, where, echo=lambda line: None, done=lambda: time.time() > deadline)
+        return STOP_FLAG in log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
         return False
-    return STOP_FLAG in out.stdout
 
 
 class StudentRunner:
@@ -267,7 +273,7 @@ class StudentRunner:
         grid_dir = str(run_dir(self.study, run.run_id))
         argv = [a.replace(grid_dir, str(rdir)) for a in run_command(run, self.study, self.cfg)]
         if self._stop_flag is None:
-            self._stop_flag = _trainer_supports_stop(self.cfg, self.env)
+            self._stop_flag = _trainer_supports_stop(self.cfg, self.env, self.launcher, self.root / "trainer_help")
         if self._stop_flag:
             argv += [STOP_FLAG, str(epochs)]
         if resume:
