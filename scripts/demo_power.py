@@ -505,33 +505,34 @@ def _variants(args: argparse.Namespace, var: Mapping[str, Any], cost: Mapping[st
     design = Design(seeds, teachers, (1.0, 64.0), args.train, args.val, args.teacher_epochs, args.student_epochs,
                     args.export_images, args.matched)
     grid = [r for study in args.pilots for r in read_students(study, args.eval_name)]
-    arm_recs = [r for study in args.pilots for arm in args.variant_arms for r in read_students(study, args.eval_name,
-                                                                                               arm=arm)]
-    comp = dv.pair_components(grid, arm_recs) if arm_recs else dv.prior_components(var["cell_sd"])
-    if comp["sigma_pair"] is None:
-        return "the pilots' arm students pair with no grid student of the same cell and seed"
+    comps = {}
+    for arm in args.variant_arms:  # each arm's own pair variance (the arms' effects and noise differ)
+        recs = [r for study in args.pilots for r in read_students(study, args.eval_name, arm=arm)]
+        comps[arm] = dv.pair_components(grid, {arm: recs}) if recs else dv.prior_components(var["cell_sd"])
+        if comps[arm]["sigma_pair"] is None:
+            return f"the pilots' {arm} students pair with no grid student of the same cell and seed"
     if args.variant_base_wall is not None:
         base = dict(base, wall_estimate_s=args.variant_base_wall)
-    rows = dv.variant_rows(base, design, comp, len(args.variant_arms), args.variant_seeds, cost, args.cores,
-                           args.budget_s)
+    rows = dv.variant_rows(base, design, comps, args.variant_seeds, cost, args.cores, args.budget_s)
     return {"arms": list(args.variant_arms), "base": {"seeds": seeds, "teacher_seeds": teachers,
                                                       "wall_estimate_s": base["wall_estimate_s"],
                                                       "cpu_total_s": base["cpu_total_s"]},
-            "pair": comp, "rows": rows}
+            "pair": comps, "rows": rows}
 
 
 def _print_variants(v: Mapping[str, Any]) -> None:
-    c = v["pair"]
-    src = ("prior: sqrt(2) x the within-cell sd, teacher sd unknown (0)" if c.get("prior") else
-           f"{c['pairs']} pilot pairs in {c['cells']} cells, {c['df']} df"
-           + ("" if c["split"] else ", one pair per teacher: total sd"))
-    print(f"variant arms {', '.join(v['arms'])} on {v['base']['seeds']} seeds x {v['base']['teacher_seeds']} teachers "
-          f"(wall ~{v['base']['wall_estimate_s']:.0f} s): arm - grid pair sd {c['sigma_pair']:.3f}, teacher sd "
-          f"{c['tau_pair']:.3f} ({src})")
+    print(f"variant arms on {v['base']['seeds']} seeds x {v['base']['teacher_seeds']} teachers "
+          f"(base wall ~{v['base']['wall_estimate_s']:.0f} s):")
+    for arm, c in v["pair"].items():
+        src = ("prior: sqrt(2) x the within-cell sd, teacher sd unknown (0)" if c.get("prior") else
+               f"{c['pairs']} pilot pairs in {c['cells']} cells, {c['df']} df"
+               + ("" if c["split"] else ", one pair per teacher: total sd"))
+        print(f"  {arm}: arm - grid pair sd {c['sigma_pair']:.3f}, teacher sd {c['tau_pair']:.3f} ({src})")
     for r in v["rows"]:
+        hw = ", ".join(f"{arm} +-{h:.2f}" for arm, h in r["halfwidth"].items())
         print(f"  variant_seeds {r['variant_seeds']}: {r['arm_students']} arm students, +{r['added_cpu_s']:.0f} CPU s, "
-              f"wall ~{r['wall_estimate_s']:.0f} s{'' if r['fits'] else ' (over the budget)'}; per cell +-"
-              f"{r['halfwidth']:.2f} points over {r['units']} {r['unit']}s ({r['students_per_unit']:g} pair(s) each)")
+              f"wall ~{r['wall_estimate_s']:.0f} s{'' if r['fits'] else ' (over the budget)'}; per cell {hw} points "
+              f"over {r['units']} {r['unit']}s ({r['students_per_unit']:g} pair(s) each)")
 
 
 def _print(r: Mapping[str, Any]) -> None:

@@ -54,9 +54,10 @@ def arm_cpu(arms: int, variant_seeds: int, alphas: int, temperatures: int, cost:
             "export": students * run("export", 0, export_images / 2)}
 
 
-def pair_components(grid: Sequence[Rec], arm: Sequence[Rec]) -> Dict[str, Any]:
+def pair_components(grid: Sequence[Rec], arms: Mapping[str, Sequence[Rec]]) -> Dict[str, Any]:
     """Variance of the arm - grid pair difference (same alpha, T, teacher and seed), each pair taken
-    around its cell's mean (the arm's effect may differ by cell), pooled over cells.
+    around its (arm, cell)'s mean (an arm's effect may differ by cell), pooled over the cells of the
+    arms given (name -> that arm's records; pass one arm to see its own).
 
     Where a cell holds >= 2 pairs of one teacher: ``sigma_pair`` is the within-teacher sd and
     ``tau_pair`` the teacher-level sd (method of moments, demo_power.between_within). Otherwise
@@ -65,11 +66,12 @@ def pair_components(grid: Sequence[Rec], arm: Sequence[Rec]) -> Dict[str, Any]:
     from demo_power import between_within
 
     base = {(r.alpha, r.temperature, r.teacher_seed, r.seed): r.value for r in grid}
-    cells: Dict[Tuple[float, float], Dict[Tuple[int, int], float]] = {}
-    for r in arm:
-        key = (r.alpha, r.temperature, r.teacher_seed, r.seed)
-        if key in base:
-            cells.setdefault((r.alpha, r.temperature), {})[(r.teacher_seed, r.seed)] = r.value - base[key]
+    cells: Dict[Tuple[str, float, float], Dict[Tuple[int, int], float]] = {}
+    for name, recs in arms.items():
+        for r in recs:
+            key = (r.alpha, r.temperature, r.teacher_seed, r.seed)
+            if key in base:
+                cells.setdefault((name, r.alpha, r.temperature), {})[(r.teacher_seed, r.seed)] = r.value - base[key]
     total_ss = total_df = w_ss = w_df = tau_ss = tau_df = 0.0
     for pairs in cells.values():
         vals = list(pairs.values())
@@ -89,7 +91,7 @@ def pair_components(grid: Sequence[Rec], arm: Sequence[Rec]) -> Dict[str, Any]:
             "sigma_pair": sigma, "df": int(w_df if split else total_df),
             "tau_pair": (math.sqrt(tau_ss / tau_df) if tau_df else 0.0) if split else 0.0,
             "total_sd": math.sqrt(total_ss / total_df) if total_df else None,
-            "cell_means": {f"{a:g},{t:g}": sum(p.values()) / len(p) for (a, t), p in sorted(cells.items())}}
+            "cell_means": {f"{n} {a:g},{t:g}": sum(p.values()) / len(p) for (n, a, t), p in sorted(cells.items())}}
 
 
 def prior_components(cell_sd: float) -> Dict[str, Any]:
@@ -98,11 +100,13 @@ def prior_components(cell_sd: float) -> Dict[str, Any]:
             "tau_pair": 0.0, "total_sd": None, "cell_means": {}, "prior": True}
 
 
-def variant_rows(base: Mapping[str, Any], design: Any, comp: Mapping[str, Any], arms: int,
+def variant_rows(base: Mapping[str, Any], design: Any, comps: Mapping[str, Mapping[str, Any]],
                  seed_options: Sequence[int], cost: Costs, cores: int,
                  budget_s: Optional[float] = None) -> List[Dict[str, Any]]:
-    """Per candidate ``variant_seeds``: the arms' CPU, the design's wall with them and the
-    per-cell half-width of arm - grid. ``base``: the design's evaluate_design row."""
+    """Per candidate ``variant_seeds``: the CPU of every arm in ``comps`` (name -> its pair
+    components), the design's wall with them and each arm's per-cell half-width of arm - grid.
+    ``base``: the design's evaluate_design row (its wall possibly the measured one)."""
+    arms = len(comps)
     rows = []
     for k in seed_options:
         if not 1 <= k <= design.seeds:
@@ -117,6 +121,6 @@ def variant_rows(base: Mapping[str, Any], design: Any, comp: Mapping[str, Any], 
                      "arm_students": int(arms * 2 * len(design.temperatures) * k), "added_cpu_s": round(added, 1),
                      "cpu_total_s": round(base["cpu_total_s"] + added, 1), "wall_estimate_s": round(wall, 1),
                      "fits": budget_s is None or wall <= budget_s,
-                     "halfwidth": arm_halfwidth(comp["sigma_pair"], comp["tau_pair"] or 0.0, k,
-                                                design.teacher_seeds)})
+                     "halfwidth": {name: arm_halfwidth(c["sigma_pair"], c["tau_pair"] or 0.0, k, design.teacher_seeds)
+                                   for name, c in comps.items()}})
     return rows

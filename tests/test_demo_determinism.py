@@ -75,6 +75,7 @@ def test_make_demo_preset_is_the_demo_preset_plus_teachers_and_matched_students(
     settings issues 23 (teachers, matched students) and 21 (variant arms) sized changed, so the two
     cannot drift apart."""
     from lskd_core.study.config import read_preset
+    from lskd_core.study.plan import paired_teacher_seed, teacher_seed_list
 
     base, demo = read_preset("demo"), read_preset("demo-teachers")
     changed = {k for k in base.keys() | demo.keys() if base.get(k) != demo.get(k)}
@@ -84,9 +85,10 @@ def test_make_demo_preset_is_the_demo_preset_plus_teachers_and_matched_students(
     cfg = S.load_config("demo-teachers")
     assert cfg.teacher_seeds >= 3 and len(cfg.seed_list) % cfg.teacher_seeds == 0  # every teacher has students
     assert cfg.matched_temperatures == [max(cfg.temperatures)]  # App. H at the high T
-    # issue 21: both temperature variants on every seed, so each cell's arm - grid difference is
-    # paired by seed and taken over every teacher with >= 2 pairs each (docs/study.md)
+    # issue 21: both temperature variants on the first seeds, one per teacher (seed i -> teacher i mod
+    # N), so each cell's arm - grid difference is paired by seed and taken over every teacher
     assert cfg.variant_arms == ["teacher_only_T", "logit_standardization"]
-    assert cfg.variant_seeds == len(cfg.seed_list) and cfg.variant_seeds >= 2 * cfg.teacher_seeds
+    assert cfg.variant_seeds == cfg.teacher_seeds
+    assert {paired_teacher_seed(cfg, s) for s in cfg.seed_list[:cfg.variant_seeds]} == set(teacher_seed_list(cfg))
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     assert "--preset demo-teachers --out runs/demo" in makefile

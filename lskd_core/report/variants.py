@@ -6,7 +6,10 @@ minus the grid's (paired by student seed when both cells hold the same seeds, el
 project's :func:`lskd_core.statistics.cell_difference`), and whether the paper's advice "LS teacher
 + low T" still holds under the arm: the cell (largest alpha, lowest T) is among the cells that cannot
 be told apart from the arm's best (:func:`lskd_core.statistics.could_be_best`), with the LS-minus-plain
-difference at the lowest T beside it.
+difference at the lowest T beside it. That advice is "not decided" when every cell is in the set (the
+data cannot rank the cells), not "holds". Means, differences and intervals are over the same units
+as the accuracy grid's: teachers when every alpha has >= 2 (each teacher's students averaged first),
+else student seeds. :func:`variants_sentence` is the verdict's one sentence about the arms.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from lskd_core.report.markdown import md_table
 from lskd_core.report.seed_stats import _ci
 from lskd_core.report.view import StudyView
 
-__all__ = ["variants_section", "variants_markdown"]
+__all__ = ["variants_section", "variants_markdown", "variants_sentence"]
 
 
 def _rows(view: StudyView, arm: str) -> List[Dict[str, Any]]:
@@ -38,6 +41,18 @@ def _rows(view: StudyView, arm: str) -> List[Dict[str, Any]]:
     return rows
 
 
+def _units(obs: List[st.Obs]) -> str:
+    """'3 teachers' or '6 student seeds': what the intervals of these records are taken over."""
+    by_teacher = all(n >= 2 for n in st.teachers_per_alpha(obs).values())
+    n = len({o.teacher_seed for o in obs}) if by_teacher else len({(o.teacher_seed, o.seed) for o in obs})
+    return f"{n} {'teacher' if by_teacher else 'student seed'}{'' if n == 1 else 's'}"
+
+
+def _interval(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Mean and 95 % interval of one cell's records over its units (as the accuracy grid's cells)."""
+    return st.cell_summaries(st.as_observations(rows))[0]["interval"]
+
+
 def _advice(view: StudyView, rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """Does (largest alpha, lowest T) stay among the could-be-best cells of this grid?"""
     if 0.0 not in view.alphas or len(view.alphas) < 2 or not rows:
@@ -48,8 +63,11 @@ def _advice(view: StudyView, rows: List[Dict[str, Any]]) -> Optional[Dict[str, A
     if (alpha_ls, t_min) not in have:
         return None
     best = st.could_be_best(obs)
-    out: Dict[str, Any] = {"cell": [alpha_ls, t_min], "holds": [alpha_ls, t_min] in best["set"],
-                           "best_set": best["set"], "method": best["method"]}
+    held = [alpha_ls, t_min] in best["set"]
+    undecided = len(best["set"]) == len(have)  # nothing was dropped: the data cannot rank the cells
+    out: Dict[str, Any] = {"cell": [alpha_ls, t_min], "holds": held, "cells": len(have),
+                           "decided": not undecided, "best_set": best["set"], "method": best["method"],
+                           "units": _units(obs)}
     if (0.0, t_min) in have:
         d = st.cell_difference(obs, (alpha_ls, t_min), (0.0, t_min))
         out["ls_minus_plain"] = d
@@ -71,9 +89,8 @@ def _arm_vs_grid(view: StudyView, arm_rows: List[dict], grid_rows: List[dict]) -
                 continue
             obs = st.as_observations(mine + base)
             d = st.cell_difference(obs, (1.0, t), (0.0, t))
-            cells.append({"alpha": a, "temperature": t, "arm": st.mean_estimate([r["value"] for r in mine]),
-                          "grid": st.mean_estimate([r["value"] for r in base]), "difference": d,
-                          "level": st.evidence_level(d, +1)})
+            cells.append({"alpha": a, "temperature": t, "arm": _interval(mine), "grid": _interval(base),
+                          "difference": d, "level": st.evidence_level(d, +1), "units": _units(obs)})
     return cells
 
 
@@ -99,13 +116,69 @@ def variants_section(view: StudyView) -> dict:
 
 
 def _advice_text(adv: Optional[dict], unit: str) -> str:
+    """"holds" / "does not hold" / "not decided", with the could-be-best set's size and the units."""
     if adv is None:
         return "not testable (needs alpha 0, an LS alpha and the lowest T finished)"
     cell = f"(alpha = {num(adv['cell'][0])}, T = {num(adv['cell'][1])})"
-    txt = (f"{'holds' if adv['holds'] else 'does not hold'}: {cell} is "
-           f"{'among' if adv['holds'] else 'not among'} the cells that cannot be told apart from the best")
+    k, n = len(adv["best_set"]), adv.get("cells", len(adv["best_set"]))
+    over = f" (95 %, over {adv['units']})" if adv.get("units") else ""
+    if not adv["holds"]:
+        txt = f"does not hold: {cell} is beaten, not among the {k} of {n} cells that cannot be told apart from the best"
+    elif adv.get("decided", True):
+        txt = f"holds: {cell} is among the {k} of {n} cells that cannot be told apart from the best"
+    else:
+        txt = (f"not decided: all {n} cells, {cell} with them, cannot be told apart from the best, so the data "
+               "neither confirm nor refute it")
+    txt += over
     if adv.get("ls_minus_plain"):
         txt += f"; LS − plain at the lowest T: {_ci(adv['ls_minus_plain'], 2, True)} {unit} ({adv['ls_minus_plain_level']})"
+    return txt
+
+
+#: the per-cell "arm better?" column: statistics.evidence_level of arm - grid (expected +)
+_LEVEL_TEXT = {st.CLEAR: "yes (clear)", st.SUGGESTIVE: "suggestive (80 %)", st.OPPOSITE: "no: worse (clear)",
+               st.NOT_SHOWN: "not shown"}
+
+
+def _direction_cells(cells: List[dict]) -> Dict[str, List[str]]:
+    """Cells where arm − grid's 95 % interval lies above 0, below 0, or covers 0 (or is missing)."""
+    out: Dict[str, List[str]] = {"higher": [], "lower": [], "unclear": []}
+    for c in cells:
+        ci = c["difference"].get("ci")
+        name = f"({num(c['alpha'])}, {num(c['temperature'])})"
+        out["higher" if ci and ci[0] > 0 else "lower" if ci and ci[1] < 0 else "unclear"].append(name)
+    return out
+
+
+def _arm_clause(arm: dict) -> str:
+    """"`arm` − grid: > 0 at ...; < 0 at ...; not distinguishable from 0 at ... (over 3 teachers;
+    "LS teacher + low T" holds)"."""
+    dirs = _direction_cells(arm["cells"])
+    parts = [f"{words} {', '.join(dirs[key])}" for key, words in
+             (("higher", "> 0 at"), ("lower", "< 0 at"), ("unclear", "not distinguishable from 0 at"))
+             if dirs[key]]
+    adv = arm.get("advice")
+    advice = ("is not testable" if adv is None else "does not hold" if not adv["holds"] else
+              "holds" if adv.get("decided", True) else "is not decided")
+    units = next((c.get("units") for c in arm["cells"] if c.get("units")), None)
+    over = f"over {units}; " if units else ""
+    return f"`{arm['arm']}` − grid: {'; '.join(parts) or 'no cell compared'} ({over}\"LS teacher + low T\" {advice})"
+
+
+def variants_sentence(sec: Optional[dict]) -> Optional[str]:
+    """The verdict's sentence about the variant arms, one clause per arm: the (alpha, T) cells where
+    the arm scores above or below the grid with 95 % confidence (paired by seed, over the grid's
+    units), and whether the paper's advice survives it (holds / does not hold / is not decided).
+    None without arms."""
+    if not sec or sec.get("status") not in ("ok", "partial") or not sec.get("arms"):
+        return None
+    arms = [a for a in sec["arms"] if a.get("cells")]
+    if not arms:
+        return None
+    txt = ("Temperature variants (beyond the paper; per (alpha, T) cell, 95 % intervals paired by seed): "
+           + ". ".join(_arm_clause(a) for a in arms) + ".")
+    if sec.get("status") == "partial":
+        txt += " Partial: some students have not finished."
     return txt
 
 
@@ -126,9 +199,11 @@ def variants_markdown(res: dict, unit: str) -> List[str]:
     md.append("")
     for arm in sec["arms"]:
         rows = [[num(c["alpha"]), num(c["temperature"]), _ci(c["arm"]), _ci(c["grid"]),
-                 _ci(c["difference"], 2, True), c["level"]] for c in arm["cells"]]
-        md += [f"`{arm['arm']}` ({unit}):\n",
-               md_table(["teacher alpha", "T", "arm", "grid", "arm − grid [95 %]", "arm better?"], rows) + "\n"]
+                 _ci(c["difference"], 2, True), _LEVEL_TEXT.get(c["level"], c["level"]), c.get("units", "—")]
+                for c in arm["cells"]]
+        md += [f"`{arm['arm']}` ({unit}; mean [95 % interval]):\n",
+               md_table(["teacher alpha", "T", "arm", "grid", "arm − grid [95 %]", "arm better?", "over"], rows)
+               + "\n"]
     if sec.get("status") == "partial":
         md.append("> Partial: some students of the grid or an arm have not finished.\n")
     return md

@@ -33,7 +33,7 @@ from lskd_core.report.projection import projection_section
 from lskd_core.report.render import render
 from lskd_core.report.token_entropy import token_entropy_section
 from lskd_core.report.token_eta import token_eta_section
-from lskd_core.report.variants import variants_section
+from lskd_core.report.variants import variants_section, variants_sentence
 from lskd_core.report.verdict import verdict
 from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import ALL_ANALYSES
@@ -123,10 +123,11 @@ def write_report(study_dir: "os.PathLike[str] | str", out_dir: "Optional[os.Path
                              matched=res.get("matched"))
     res["feature_kd"] = feature_kd_section(view, res)  # Table B.5 (feature_kd studies)
     res["verdict"] = scope_verdict(res["verdict"], view.config)  # says "feature KD + KD" when it is
-    sentence = calibration_sentence(res.get("calibration"))
-    if sentence:
-        res["verdict"]["calibration"] = sentence
-        res["verdict"]["text"] = (res["verdict"].get("text") or "").rstrip() + "\n\n" + sentence
+    for key, sentence in (("calibration", calibration_sentence(res.get("calibration"))),
+                          ("variants", variants_sentence(res.get("variants")))):
+        if sentence:
+            res["verdict"][key] = sentence
+            res["verdict"]["text"] = (res["verdict"].get("text") or "").rstrip() + "\n\n" + sentence
     not_done = [r for r in view.runs if r not in view.results]
     res["runs"] = {"planned": len(view.runs), "done": len(view.runs) - len(not_done), "not_done": not_done}
     res = jsonable(res)
