@@ -258,3 +258,27 @@ def test_the_token_eta_scope_compares_the_set_name_by_value():
     sets = "".join(["fea", "ture"])
     out = verdict(_grid(_paper()), eta, eta_sets=sets, eta_split="valid", task="translation")
     assert "decoder states of target tokens" in out["flags"]["ls_diffusion_high_T"]["text"]
+
+
+def test_no_spread_and_any_non_zero_difference_is_clear_in_either_direction():
+    """The docstring's rule: no spread at all and a non-zero difference is clear (the two-sided Welch test's
+    limit), whichever side is ahead."""
+    for a, b, diff in (([2.0, 2.0], [1.0, 1.0], 1.0), ([1.0, 1.0], [2.0, 2.0], -1.0)):
+        out = compare_cells(a, b)
+        assert out["level"] == "clear" and out["p"] == 0.0 and out["diff"] == diff
+
+
+def test_translation_words_are_bleu_everywhere_with_the_score_key_compared_by_value(monkeypatch):
+    """A translation study's sentences, its smoothness line included, are in BLEU; the score key is compared
+    by value (here an equal string built at run time, as a plugin's or a config's would be)."""
+    from lskd_core.study.tasks import get_task
+
+    monkeypatch.setattr(type(get_task("translation")), "score_key", "".join(["bl", "eu"]))
+    eta = _eta_section(-3 - 0.1 * np.arange(5), -0.2 + 0.01 * np.arange(5), sets="feature", split="valid")
+    out = verdict(_grid(_paper()), eta, eta_sets="".join(["fea", "ture"]), eta_split="valid", task="translation",
+                  matched={"status": "ok", "rows": _matched_rows()})
+    assert " BLEU" in out["sentence"] and " points" not in out["text"]
+    assert " BLEU" in out["smoothness"]["text"] and " points" not in out["smoothness"]["text"]
+    assert "decoder states of target tokens" in out["flags"]["ls_diffusion_high_T"]["text"]
+    vision = verdict(_grid(_paper()), matched={"status": "ok", "rows": _matched_rows()})
+    assert " points" in vision["smoothness"]["text"] and "BLEU" not in vision["text"]
