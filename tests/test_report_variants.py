@@ -111,11 +111,31 @@ def test_the_verdict_says_where_each_arm_differs_with_its_units(report):
     assert '"LS teacher + low T" is not decided)' in text
 
 
+def _cell(alpha, temperature, estimate, p):
+    return {"alpha": alpha, "temperature": temperature,
+            "difference": {"estimate": estimate, "p": p, "ci": [estimate - 1.0, estimate + 1.0]}}
+
+
+def test_the_sentence_adjusts_the_cells_of_an_arm_by_holm():
+    # p 0.001, 0.04, 0.30, 0.50: Holm multiplies the sorted p by 4, 3, 2, 1 (running max) -> 0.004,
+    # 0.12, 0.60, 0.60: only the first cell stays below 0.05, although the second's own 95 % interval
+    # excludes 0 (p = 0.04): at T = 1 TTM's loss equals standard KD's, and such a cell is a false alarm
+    cells = [_cell(0.0, 64.0, -30.0, 0.001), _cell(0.1, 1.0, -0.7, 0.04), _cell(0.0, 1.0, -0.6, 0.30),
+             _cell(0.1, 64.0, 0.5, 0.50)]
+    got = variants_sentence({"status": "ok", "arms": [{"arm": "teacher_only_T", "cells": cells, "advice": None}]})
+    assert got is not None
+    assert "< 0 at (0, 64); not distinguishable from 0 at (0.1, 1), (0, 1), (0.1, 64)" in got
+    # with the first cell's p at 0.02 instead: 0.08 adjusted, nothing is claimed
+    cells[0] = _cell(0.0, 64.0, -30.0, 0.02)
+    got = variants_sentence({"status": "ok", "arms": [{"arm": "teacher_only_T", "cells": cells, "advice": None}]})
+    assert got is not None and "< 0" not in got and "> 0" not in got
+
+
 def test_no_sentence_without_arms_or_results():
     assert variants_sentence(None) is None
     assert variants_sentence({"status": "not-applicable"}) is None
     assert variants_sentence({"status": "missing", "arms": []}) is None
-    cells = [{"alpha": 0.1, "temperature": 1.0, "difference": {"estimate": 1.0, "ci": None}}]
+    cells = [{"alpha": 0.1, "temperature": 1.0, "difference": {"estimate": 1.0, "p": None, "ci": None}}]
     got = variants_sentence({"status": "partial", "arms": [{"arm": "teacher_only_T", "cells": cells, "advice": None}]})
     assert got is not None and "not distinguishable from 0 at (0.1, 1)" in got and "Partial" in got
     assert "is not testable" in got

@@ -141,12 +141,17 @@ _LEVEL_TEXT = {st.CLEAR: "yes (clear)", st.SUGGESTIVE: "suggestive (80 %)", st.O
 
 
 def _direction_cells(cells: List[dict]) -> Dict[str, List[str]]:
-    """Cells where arm − grid's 95 % interval lies above 0, below 0, or covers 0 (or is missing)."""
+    """Cells where arm − grid differs from 0 after Holm's adjustment over the arm's cells (two-sided
+    p of each cell's t; a cell without an interval counts as p = 1), split by the sign of the
+    estimate: 'higher', 'lower', else 'unclear'. Per-cell 95 % intervals would claim a difference
+    in about 1 of 20 null cells; an arm has one claim per cell, so the sentence controls them together."""
     out: Dict[str, List[str]] = {"higher": [], "lower": [], "unclear": []}
-    for c in cells:
-        ci = c["difference"].get("ci")
+    p = [c["difference"].get("p") if c["difference"].get("ci") else None for c in cells]
+    adjusted = st.holm([1.0 if v is None else float(v) for v in p]) if cells else []
+    for c, q in zip(cells, adjusted):
         name = f"({num(c['alpha'])}, {num(c['temperature'])})"
-        out["higher" if ci and ci[0] > 0 else "lower" if ci and ci[1] < 0 else "unclear"].append(name)
+        est = c["difference"]["estimate"]
+        out["higher" if q < st.ALPHA and est > 0 else "lower" if q < st.ALPHA and est < 0 else "unclear"].append(name)
     return out
 
 
@@ -167,15 +172,16 @@ def _arm_clause(arm: dict) -> str:
 
 def variants_sentence(sec: Optional[dict]) -> Optional[str]:
     """The verdict's sentence about the variant arms, one clause per arm: the (alpha, T) cells where
-    the arm scores above or below the grid with 95 % confidence (paired by seed, over the grid's
-    units), and whether the paper's advice survives it (holds / does not hold / is not decided).
-    None without arms."""
+    the arm scores above or below the grid (paired by seed, over the grid's units; Holm over the
+    arm's cells, see :func:`_direction_cells`), and whether the paper's advice survives it (holds /
+    does not hold / is not decided). None without arms."""
     if not sec or sec.get("status") not in ("ok", "partial") or not sec.get("arms"):
         return None
     arms = [a for a in sec["arms"] if a.get("cells")]
     if not arms:
         return None
-    txt = ("Temperature variants (beyond the paper; per (alpha, T) cell, 95 % intervals paired by seed): "
+    txt = ("Temperature variants (beyond the paper; arm − grid per (alpha, T) cell, paired by seed, "
+           "Holm-adjusted over each arm's cells at the 5 % level): "
            + ". ".join(_arm_clause(a) for a in arms) + ".")
     if sec.get("status") == "partial":
         txt += " Partial: some students have not finished."
@@ -190,7 +196,8 @@ def variants_markdown(res: dict, unit: str) -> List[str]:
           f"The grid trains `{sec.get('grid_arm')}`. Variants: `teacher_only_T` = the student's softmax at T = 1 "
           "(TTM, Zheng & Yang, ICLR 2024); `logit_standardization` = teacher and student logits z-scored before "
           "the base temperature T (Sun et al., CVPR 2024). Arm − grid per cell, mean [95 % interval] over units, "
-          "paired by seed where both cells hold the same seeds. Logit std per cell: the calibration section.\n"]
+          "paired by seed where both cells hold the same seeds; the per-cell intervals are not adjusted for the "
+          "number of cells (the verdict's sentence is, by Holm). Logit std per cell: the calibration section.\n"]
     if sec.get("status") == "missing":
         return md + [f"> Not available: {sec.get('reason')}.\n"]
     md.append(f"- grid (`{sec['grid_arm']}`): \"LS teacher + low T\" {_advice_text(sec.get('grid_advice'), unit)}.")
