@@ -279,6 +279,15 @@ def test_warm_target_knows_modules_and_python_console_scripts(script_env):
     assert warm_target([str(bin_dir / "lskd-shell")]) is None  # a shell script: never forked from Python
     assert warm_target([str(bin_dir / "no-such-script")]) is None
     assert warm_target([]) is None
+    # the same wrapper named fairseq-train starts cold (it trains slower as a fork: COLD_SCRIPTS)
+    train = bin_dir / "fairseq-train"
+    train.write_bytes((bin_dir / "lskd-probe").read_bytes())
+    train.chmod(0o755)
+    assert warm_target([str(train), "data"]) is None
+    generate = bin_dir / "fairseq-generate"
+    generate.write_bytes((bin_dir / "lskd-probe").read_bytes())
+    generate.chmod(0o755)
+    assert warm_target([str(generate), "data"]) == (py, {"script": str(generate)}, ["data"])
 
 
 def test_server_runs_a_console_script_as_its_wrapper_would(tmp_path, script_env):
