@@ -24,9 +24,9 @@ from vision_plugin.datasets import (
     stratified_indices,
 )
 from vision_plugin.distributed import ShardSampler
-from vision_plugin.export_features import PenultimateCapture
 from vision_plugin.kd import KDCriterion, LiveTeacher, build_teacher
 from vision_plugin.models import build_model, find_final_linear
+from vision_plugin.penultimate import PenultimateCapture
 from vision_plugin.train import build_lr_scheduler, get_args_parser
 
 # --------------------------------------------------------------------------- IDX / Fashion-MNIST

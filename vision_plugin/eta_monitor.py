@@ -42,8 +42,8 @@ from lskd_core.features_io import FeatureFile, FeaturesFileError, load_features
 from lskd_core.jsonio import file_sha256
 from vision_plugin.batching import collate
 from vision_plugin.datasets import build_dataset
-from vision_plugin.export_features import penultimate_batches
 from vision_plugin.models import find_final_linear
+from vision_plugin.penultimate import penultimate_batches
 from vision_plugin.train_data import num_workers, subset_seed
 
 __all__ = ["add_eta_arguments", "RunSamples", "reference_mismatch", "eta_set_argv", "choose_sets",

@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from lskd_core.cli_groups import given_dests, group_dests
 from lskd_core.features_io import save_features
 from vision_plugin import __version__
-from vision_plugin.batching import bad_image_error, collate
+from vision_plugin.batching import collate
 from vision_plugin.checkpoint import (
     CheckpointError,
     check_fits,
@@ -50,6 +50,7 @@ from vision_plugin.cli_errors import run_and_summarize
 from vision_plugin.cli_groups import accept_carried_flags, add_data_flags, add_device_flags, ignored_flags
 from vision_plugin.datasets import DATASETS, SPLITS, build_dataset, filter_classes
 from vision_plugin.models import build_model, find_final_linear
+from vision_plugin.penultimate import penultimate_batches
 
 PROG = "python -m vision_plugin.export_features"
 DATA_DESTS = group_dests(add_data_flags)
@@ -133,42 +134,6 @@ def resolve_args(args: argparse.Namespace, ckpt: Any) -> argparse.Namespace:
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
     return out
-
-
-class PenultimateCapture:
-    """Forward hook on the final ``nn.Linear``: keeps the last batch's input (the penultimate
-    features) so one forward pass yields both features and logits."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.layer_name, self.layer = find_final_linear(model)
-        self.features: Optional[torch.Tensor] = None
-        self._handle = self.layer.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output) -> None:
-        self.features = inputs[0].detach()
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-def penultimate_batches(model: torch.nn.Module, loader: Iterable[Any], device: torch.device
-                        ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(features [B, D], logits [B, K], target [B])`` per batch of ``loader`` in its order, the
-    features captured at the final ``nn.Linear``'s input. The one features pass of the export and of
-    the trainer's per-epoch eta (``vision_plugin.eta_monitor``); every sample is required, so an
-    unreadable image raises. ``model`` must already be in eval mode on ``device``."""
-    capture = PenultimateCapture(model)
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                if batch.bad:  # a features file must hold every sample: no skipping
-                    raise bad_image_error(batch.bad[0])
-                output = model(batch.images.to(device, non_blocking=True))
-                logits = output if isinstance(output, torch.Tensor) else output[0]
-                assert capture.features is not None  # the hook ran during the forward pass
-                yield capture.features.flatten(1), logits, batch.target
-    finally:
-        capture.remove()
 
 
 def export(args: argparse.Namespace) -> Dict[str, Any]:
