@@ -155,3 +155,17 @@ def test_a_top_level_skip_only(tmp_path):
     by_hand = hashlib.sha256(b"study/report/m.py\0x = 1\n\0").hexdigest()
     assert P._dir_digest(str(tmp_path), ("report",)) == by_hand
     P._dir_digest.cache_clear()
+
+
+def test_another_interpreter_is_asked_for_its_versions(tmp_path):
+    """The python setting names another interpreter: its answer is used, not this process's packages (a
+    stand-in interpreter that prints a fixed answer)."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho \'{"torch": "0.0-stand-in", "torchvision": null}\'\n')
+    fake.chmod(0o755)
+    assert P.framework_versions(str(fake), ("torch", "torchvision")) == {"torch": "0.0-stand-in", "torchvision": None}
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(ValueError, match="could not report its package versions"):
+        P.framework_versions(str(broken), ("torch",))

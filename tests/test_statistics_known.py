@@ -183,3 +183,12 @@ def test_eta_summary_groups_and_units():
     s = one_teacher[0]["summary"]
     assert s["eta_s1"]["unit"] == "student seed" and s["eta_s1"]["n"] == 3
     assert s["eta_s2"]["estimate"] == pytest.approx(np.mean([1.0, -2.0, 3.0]))
+
+
+def test_one_sided_p_without_spread_is_the_sign_of_the_difference():
+    """se = 0 is the limit of the t test: any positive difference is certain (p = 0), none or a negative one
+    cannot be excluded (p = 1); with spread it is scipy's t survival function."""
+    for est, p in ((0.5, 0.0), (1e-9, 0.0), (0.0, 1.0), (-0.5, 1.0)):
+        assert st._one_sided_p({"estimate": est, "se": 0.0, "df": 3}) == p
+    assert st._one_sided_p({"estimate": 0.5, "se": 0.25, "df": 4}) == pytest.approx(sps.t.sf(2.0, 4))
+    assert st._one_sided_p({"estimate": 0.5, "se": None, "df": None}) == 1.0
