@@ -43,6 +43,20 @@ def subprocess_env(*, threads: Optional[str] = "1", **extra: str) -> Dict[str, s
 # ------------------------------------------------------------------------------------------------
 # skip markers for optional offline data
 # ------------------------------------------------------------------------------------------------
+def load_script(path: Path, name: str):
+    """A script of the repository (bench/, scripts/) imported as module ``name``, for testing its
+    functions without running it."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _wordnet_dir() -> str:
     from lskd_core.wordnet import DEFAULT_WORDNET_DIR  # light: no numpy/torch
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_study_cache.py"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_study_cache", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = load_bench()
+bench = load_script(SCRIPT, "bench_study_cache")
 
 
 @pytest.mark.parametrize("argv, message", [
