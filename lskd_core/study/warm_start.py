@@ -60,9 +60,9 @@ DEFAULT_PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "nump
 
 # Modules run through torchrun start several processes with their own rendezvous: never warm.
 _NEVER_WARM = ("torch.distributed.run", "torch.distributed.launch")
-# Console scripts that start cold although they could be forked: fairseq-train ran 8-13 % fewer
+# Console scripts that start cold although they could be forked: fairseq-train ran 6-12 % fewer
 # words/s as a fork of the server than started cold (200 updates of the translation demo's student,
-# one thread, two A/B runs on 2 cores: 2,860 vs 3,260 and 2,690 vs 2,900 words/s; cause not found).
+# one thread, two A/B runs on 2 cores: 2,860 vs 3,260 and 2,690 vs 2,870 words/s; cause not found).
 # A training run lasts minutes, so the ~3 s of imports a fork saves never pays for that.
 COLD_SCRIPTS = ("fairseq-train",)
 
