@@ -133,6 +133,11 @@ def test_provenance_names_the_frameworks_of_the_plugin_and_the_code_unless_versi
     assert set(core) == {"lskd_version", "code"} and core["code"] == P.source_digest(None)
     versions = P.run_provenance(_run([]), dataclasses.replace(cfg, provenance="version"))
     assert set(versions) == {"lskd_version", "frameworks"}
+    # the setting as a config file gives it: an equal string, not the interned literal (compared by value)
+    from_file = json.loads('{"provenance": "version"}')["provenance"]
+    assert from_file == "version" and from_file is not "version"  # noqa: F632 (the point of the check)
+    assert set(P.run_provenance(_run([]), dataclasses.replace(cfg, provenance=from_file))) == {"lskd_version",
+                                                                                               "frameworks"}
 
 
 def test_the_source_digest_is_the_documented_json_of_its_parts():

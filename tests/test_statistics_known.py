@@ -192,3 +192,50 @@ def test_one_sided_p_without_spread_is_the_sign_of_the_difference():
         assert st._one_sided_p({"estimate": est, "se": 0.0, "df": 3}) == p
     assert st._one_sided_p({"estimate": 0.5, "se": 0.25, "df": 4}) == pytest.approx(sps.t.sf(2.0, 4))
     assert st._one_sided_p({"estimate": 0.5, "se": None, "df": None}) == 1.0
+
+
+# --- the trend over a grid that does not start at T = 1, a unit with one T, the paired method text ---
+SEED_SLOPE_NOISE = {0: 0.10, 1: -0.05, 2: 0.02, 3: -0.08}
+
+
+def _linear_grid(temps, slope_ls, slope_plain):
+    """Per seed, values exactly linear in ln T (a seed offset and a seed-specific slope wobble)."""
+    obs = []
+    for s, wobble in SEED_SLOPE_NOISE.items():
+        for t in temps:
+            x = math.log(t)
+            obs.append(st.Obs(0.1, t, s, 70.0 + s + (slope_ls + wobble) * x, 0))
+            obs.append(st.Obs(0.0, t, s, 71.0 - s + (slope_plain - wobble / 2) * x, 0))
+    return obs
+
+
+def test_interaction_change_is_the_slope_times_the_log_span_of_the_grid():
+    temps = [2.0, 4.0, 8.0]  # span ln(8 / 2) = ln 4, not ln 16 or ln 8
+    out = st.interaction(_linear_grid(temps, -1.0, -0.25), 0.1, 0.0)
+    d = [(-1.0 + w) - (-0.25 - w / 2) for w in SEED_SLOPE_NOISE.values()]  # per-seed slope differences
+    assert out["paired"] and out["range"] == [2.0, 8.0]
+    assert out["slope_difference_per_ln_T"]["estimate"] == pytest.approx(np.mean(d))
+    assert out["change_over_range"]["estimate"] == pytest.approx(np.mean(d) * math.log(4.0))
+    half = sps.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d)) * math.log(4.0)
+    lo, hi = out["change_over_range"]["ci"]
+    assert (lo, hi) == (pytest.approx(np.mean(d) * math.log(4.0) - half), pytest.approx(np.mean(d) * math.log(4.0) + half))
+    # the one-alpha trend agrees: its change over the grid is its slope times ln 4
+    tr = st.trend(_linear_grid(temps, -1.0, -0.25), 0.1)
+    assert tr["change_over_range"]["estimate"] == pytest.approx(tr["slope_per_ln_T"]["estimate"] * math.log(4.0))
+
+
+def test_a_unit_seen_at_one_temperature_has_no_slope_and_unpairs_the_interaction():
+    obs = [o for o in _linear_grid([1.0, 4.0], -1.0, -0.25) if not (o.alpha == 0.1 and o.seed == 3 and o.temperature == 4.0)]
+    out = st.interaction(obs, 0.1, 0.0)  # seed 3 of the LS teacher has T = 1 only: it gives no slope
+    assert out["paired"] is False
+    ls, pl = [o for o in obs if o.alpha == 0.1], [o for o in obs if o.alpha == 0.0]
+    ref = (sps.linregress([math.log(o.temperature) for o in ls], [o.value for o in ls]).slope
+           - sps.linregress([math.log(o.temperature) for o in pl], [o.value for o in pl]).slope)
+    assert out["slope_difference_per_ln_T"]["estimate"] == pytest.approx(ref)
+
+
+def test_paired_cell_difference_names_its_method_and_sampling():
+    obs = _cell(0.1, 1.0, [72.0, 73.0, 71.5]) + _cell(0.0, 1.0, [70.0, 71.5, 70.5])
+    d = st.cell_difference(obs, (0.1, 1.0), (0.0, 1.0))
+    assert d["method"] == "paired t over units" and d["teacher_variance_sampled"] is False
+    assert d["estimate"] == pytest.approx(np.mean([2.0, 1.5, 1.0]))
