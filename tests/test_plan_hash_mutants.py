@@ -162,13 +162,20 @@ def test_a_top_level_skip_only(tmp_path):
     P._dir_digest.cache_clear()
 
 
-def test_another_interpreter_is_asked_for_its_versions(tmp_path):
+def test_another_interpreter_is_asked_for_its_versions(tmp_path, monkeypatch):
     """The python setting names another interpreter: its answer is used, not this process's packages (a
     stand-in interpreter that prints a fixed answer)."""
     fake = tmp_path / "python"
     fake.write_text('#!/bin/sh\necho \'{"torch": "0.0-stand-in", "torchvision": null}\'\n')
     fake.chmod(0o755)
     assert P.framework_versions(str(fake), ("torch", "torchvision")) == {"torch": "0.0-stand-in", "torchvision": None}
+    # "another interpreter" means a different path, whichever way the two paths sort
+    for ours in ("/aaa/python", "/zzz/python"):
+        monkeypatch.setattr(P.sys, "executable", ours)
+        P.framework_versions.cache_clear()
+        assert P.framework_versions(str(fake), ("torch",)) == {"torch": "0.0-stand-in"}, ours
+    monkeypatch.undo()
+    P.framework_versions.cache_clear()
     broken = tmp_path / "broken"
     broken.write_text("#!/bin/sh\nexit 3\n")
     broken.chmod(0o755)
