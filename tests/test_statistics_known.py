@@ -239,3 +239,37 @@ def test_paired_cell_difference_names_its_method_and_sampling():
     d = st.cell_difference(obs, (0.1, 1.0), (0.0, 1.0))
     assert d["method"] == "paired t over units" and d["teacher_variance_sampled"] is False
     assert d["estimate"] == pytest.approx(np.mean([2.0, 1.5, 1.0]))
+
+
+def test_a_trend_over_three_runs_has_one_residual_df():
+    temps, vals = [1.0, 2.0, 64.0], [80.0, 78.9, 75.2]
+    obs = [st.Obs(0.1, t, 0, v) for t, v in zip(temps, vals)]
+    est = st.trend(obs, 0.1)["slope_per_ln_T"]
+    x = np.log(temps)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    slope = float(np.sum((x - x.mean()) * (np.array(vals) - np.mean(vals))) / sxx)
+    resid = np.array(vals) - (np.mean(vals) + slope * (x - x.mean()))
+    se = math.sqrt(float(np.sum(resid ** 2)) / (3 - 2) / sxx)  # the textbook slope s.e., n - 2 = 1 df
+    assert est["estimate"] == pytest.approx(slope) and est["se"] == pytest.approx(se) and est["df"] == 1
+    half = sps.t.ppf(0.975, 1) * se
+    assert est["ci"] == pytest.approx([slope - half, slope + half])
+
+
+def test_unpaired_exact_trends_report_the_pooled_residual_df():
+    # LS teacher's student seed 0 at 5 T, the plain teacher's seed 1 at 4 T: no unit in common, so the
+    # slopes are compared unpaired; both fits are exact (constant scores), Welch's df is 0 / 0 and the
+    # difference reports the pooled regressions' residual df, (5 - 2) + (4 - 2) = 5.
+    obs = ([st.Obs(0.1, t, 0, 80.0) for t in (1.0, 2.0, 4.0, 8.0, 16.0)]
+           + [st.Obs(0.0, t, 1, 70.0) for t in (1.0, 2.0, 4.0, 8.0)])
+    inter = st.interaction(obs, 0.1, 0.0)
+    est = inter["slope_difference_per_ln_T"]
+    assert inter["paired"] is False and "unpaired" in est["method"]
+    assert est["estimate"] == 0.0 and est["se"] == 0.0 and est["df"] == 5
+    assert est["ci"] == [0.0, 0.0] and est["p"] == 1.0
+
+
+def test_diffusion_needs_s1_closer_and_s2_farther():
+    assert st.shows_diffusion(-1.0, 0.5)
+    # S1 closer while S2 also moved closer (possible: Eq. 1 weights the two sets differently) is not it
+    assert not st.shows_diffusion(-1.0, -0.2)
+    assert not st.shows_diffusion(0.5, 1.0) and not st.shows_diffusion(0.5, -1.0)
