@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,30 @@ def test_another_interpreter_is_asked_for_its_versions(tmp_path, monkeypatch):
     broken.chmod(0o755)
     with pytest.raises(ValueError, match="could not report its package versions"):
         P.framework_versions(str(broken), ("torch",))
+
+
+def test_an_installed_plugin_outside_the_checkout_is_digested_where_it_lives(tmp_path, monkeypatch):
+    """A package not next to lskd_core is found through importlib (not imported) and digested from its
+    own folder: its files' bytes, by hand."""
+    pkg = tmp_path / "site" / "lskd_elsewhere_plugin"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert P._package_dir("lskd_elsewhere_plugin") == pkg
+    P._dir_digest.cache_clear()
+    by_hand = hashlib.sha256(b"__init__.py\0X = 1\n\0").hexdigest()
+    core = P._dir_digest(str(Path(P.__file__).resolve().parent.parent), P._ANALYSIS_ONLY)
+    parts = json.dumps({"lskd_core": core, "lskd_elsewhere_plugin": by_hand}, sort_keys=True).encode()
+    assert P.source_digest("lskd_elsewhere_plugin") == hashlib.sha256(parts).hexdigest()
+    P._dir_digest.cache_clear()
+
+
+def test_the_runs_get_the_checkout_on_their_path():
+    """plugin_root is the folder holding lskd_core and the plugins; the runs' PYTHONPATH starts with it."""
+    from lskd_core.study import run_exec
+
+    root = Path(PL.__file__).resolve().parent.parent.parent
+    assert (root / "lskd_core").is_dir() and (root / "vision_plugin").is_dir()
+    assert PL.plugin_root() == root
+    cfg = S.load_config("demo")
+    assert run_exec.child_env(cfg)["PYTHONPATH"].split(os.pathsep)[0] == str(root)
