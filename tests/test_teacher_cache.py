@@ -72,6 +72,22 @@ def test_full_fp32_round_trip_is_exact_in_any_row_order_with_aux(tmp_path):
     assert cache.teacher_logits_at(np.array([], dtype=np.int64), 1.0).shape == (0, C)
 
 
+def test_a_batch_inside_one_later_shard_reads_its_own_rows(tmp_path):
+    """The one-shard fast path offsets the global row ids by its shard's first row."""
+    x = _logits()
+    _build(tmp_path / "c", x)
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    for rows in ([12, 15, 19, 12], [36, 30], [29]):  # all in shard 1, all in the short last shard, a last row
+        assert torch.equal(cache.teacher_logits_at(np.array(rows), 1.0), x[rows])
+
+
+def test_open_takes_its_options_by_keyword_only(tmp_path):
+    _build(tmp_path / "c", _logits())
+    assert TeacherCache.open(root=tmp_path / "c", expected_fingerprint=FP).num_rows == ROWS
+    with pytest.raises(TypeError):  # a temperature list in the place of an option is refused, not misread
+        TeacherCache.open(tmp_path / "c", FP, (1.0,))
+
+
 @pytest.mark.parametrize("dtype,torch_dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
 def test_full_low_precision_equals_torchs_own_cast(tmp_path, dtype, torch_dtype):
     x = _logits()
@@ -227,9 +243,11 @@ def test_object_array_in_a_shard_is_refused_without_running_code(tmp_path):
                                    "sha256": file_sha256(shard / "logits.npy")}
     (shard / "shard.json").write_text(json.dumps(mark))
     cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
-    with pytest.raises(CacheMismatch, match="cannot be read safely"):
+    with pytest.raises(CacheMismatch, match="cannot be read safely") as err:
         cache.teacher_logits_at([0], 1.0)
     assert not marker.exists()
+    # the line ends with the remedy: the default one names the cache to delete and rebuild
+    assert str(err.value).endswith(f"; delete {tmp_path / 'c'} and rebuild the teacher cache with this run's settings")
 
 
 # ------------------------------------------------------------------------------------------
