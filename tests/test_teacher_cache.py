@@ -192,6 +192,28 @@ def test_too_few_rows_refused(tmp_path):
     with pytest.raises(CacheMismatch, match="num_rows = 37.*at least 74.*epochs"):
         TeacherCache.open(tmp_path / "c", FP, min_rows=2 * ROWS)
     assert TeacherCache.open(tmp_path / "c", FP, min_rows=ROWS).num_rows == ROWS
+    # more rows than the run needs (a cache built for more epochs) serve it
+    assert TeacherCache.open(tmp_path / "c", FP, min_rows=ROWS - 5).num_rows == ROWS
+
+
+def test_a_shard_array_of_the_wrong_shape_is_refused_naming_both_shapes(tmp_path):
+    _build(tmp_path / "c", _logits())
+    shard = tmp_path / "c" / "shard-00001"
+    np.save(shard / "logits.npy", np.zeros((PER_SHARD - 1, C), dtype=np.float32))  # a row short
+    # sizes and hashes made to match, so only the loader's shape check stands in the way
+    mark = json.loads((shard / "shard.json").read_text())
+    mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
+                                   "sha256": file_sha256(shard / "logits.npy")}
+    (shard / "shard.json").write_text(json.dumps(mark))
+    cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
+    with pytest.raises(CacheMismatch, match=rf"holds float32 \({PER_SHARD - 1}, {C}\), expected float32 \({PER_SHARD}, {C}\)"):
+        cache.teacher_logits_at([12], 1.0)
+
+
+def test_no_rows_from_a_one_shard_cache(tmp_path):
+    _build(tmp_path / "c", _logits(rows=6), rows_per_shard=PER_SHARD)  # 6 rows: a single shard
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    assert cache.teacher_logits_at(np.array([], dtype=np.int64), 1.0).shape == (0, C)
 
 
 def test_truncated_shard_file_refused(tmp_path):
@@ -374,3 +396,16 @@ def test_cache_pickles_without_its_memory_maps(tmp_path):
     data = pickle.dumps(cache)
     assert len(data) < 2000  # no logits inside (37 x 12 float32 alone is 1776 bytes)
     assert torch.equal(pickle.loads(data).teacher_logits_at(ROW_ORDER, 1.0), x[ROW_ORDER])
+
+
+@pytest.mark.parametrize("key,shift", [("row_start", -1), ("row_start", +1), ("row_stop", -1), ("row_stop", +1)])
+def test_a_shard_mark_for_other_rows_is_refused(tmp_path, key, shift):
+    """shard.json must name exactly its shard's rows [10, 20): one row off either end, either way, is refused."""
+    _build(tmp_path / "c", _logits())
+    mark_path = tmp_path / "c" / "shard-00001" / "shard.json"
+    mark = json.loads(mark_path.read_text())
+    assert (mark["row_start"], mark["row_stop"]) == (PER_SHARD, 2 * PER_SHARD)
+    mark[key] += shift
+    mark_path.write_text(json.dumps(mark))
+    with pytest.raises(CacheMismatch, match=r"shard-00001/shard.json does not describe rows \[10, 20\)"):
+        TeacherCache.open(tmp_path / "c", FP)
