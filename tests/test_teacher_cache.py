@@ -409,3 +409,14 @@ def test_a_shard_mark_for_other_rows_is_refused(tmp_path, key, shift):
     mark_path.write_text(json.dumps(mark))
     with pytest.raises(CacheMismatch, match=r"shard-00001/shard.json does not describe rows \[10, 20\)"):
         TeacherCache.open(tmp_path / "c", FP)
+
+
+def test_a_sampled_header_keeps_its_seed_whatever_string_names_the_kind(tmp_path):
+    """The kind usually arrives from a command line (a string built at run time, not the interned
+    literal): the sampled header still records the seed that makes its draws reproducible."""
+    kind = "".join(["sam", "pled"])
+    w = CacheWriter(tmp_path / "c", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, kind=kind, topk=4,
+                    temperatures=(1.0,), fingerprint=FP, sample_seed=3)
+    assert w.header["kind"] == "sampled" and w.header["sample_seed"] == 3
+    full = CacheWriter(tmp_path / "f", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, fingerprint=FP)
+    assert "sample_seed" not in full.header
