@@ -130,10 +130,19 @@ def _carry_over(old_session: Path, old_source: Path, session: Path, source: Path
     return n
 
 
-def _sample(session: Path, keep: int, seed: int = 0) -> int:
+def _sample(session: Path, keep: int, seed: int = 0, widen: bool = False) -> int:
     """Leave ``keep`` pending mutants (a seeded random choice) and set the rest aside as unsampled:
-    an estimate of the score for a module too large to run whole. Returns how many were set aside."""
+    an estimate of the score for a module too large to run whole. Returns how many were set aside.
+
+    ``widen``: first return the mutants set aside by an earlier sample to the pool, so that ``keep``
+    more are drawn from every mutant not yet run. A uniform draw from what an earlier uniform draw left
+    makes the union a uniform sample too (sampling without replacement in two stages), so the score
+    and its interval stay an estimate for the whole module."""
     con = sqlite3.connect(str(session))
+    if widen:
+        con.execute("DELETE FROM work_results WHERE output = ?", (UNSAMPLED,))
+        # a new seed per widening (the count of mutants already run), so it is not the first draw again
+        seed += con.execute("SELECT count(*) FROM work_results").fetchone()[0]
     pending = [j for (j,) in con.execute("SELECT m.job_id FROM mutation_specs m LEFT JOIN work_results w "
                                          "ON m.job_id = w.job_id WHERE w.job_id IS NULL ORDER BY m.job_id")]
     drop = random.Random(seed).sample(pending, max(0, len(pending) - keep)) if keep < len(pending) else []
@@ -191,7 +200,7 @@ def _reinit(config: Path, out: Path, tree: Path, stale: bool) -> None:
 
 
 def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool = False,
-                  sample: int = 0) -> subprocess.Popen:
+                  sample: int = 0, widen: bool = False) -> subprocess.Popen:
     """Start ``cosmic-ray exec`` of one session in its private tree (returns the process)."""
     name = config.stem
     tree, session = out / name / "tree", out / name / "session.sqlite"
@@ -206,7 +215,7 @@ def start_session(config: Path, out: Path, resume: bool, rerun_survivors: bool =
     if not (resume and session.exists()) or stale:
         _reinit(config, out, tree, stale)
     if sample:
-        print(f"[mutants] {name}: {_sample(session, sample)} pending mutants set aside (at most {sample} pending, "
+        print(f"[mutants] {name}: {_sample(session, sample, widen=widen)} pending mutants set aside (at most {sample} pending, "
               "a seeded uniform random choice)", flush=True)
     # after the sample: the survivors to re-test are never set aside
     if resume and rerun_survivors:
@@ -332,6 +341,9 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--sample", type=int, default=0,
                         help="leave at most this many pending mutants per session (a seeded uniform random "
                              "choice; the rest are set aside as unsampled): an estimate of a large module's score")
+    parser.add_argument("--widen", action="store_true",
+                        help="with --resume --sample N: draw N more from every mutant not yet run (the ones an "
+                             "earlier sample set aside included), widening the sample")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop the sessions after this long (what is done is kept: continue with --resume)")
     args = parser.parse_args(list(argv) or None)
@@ -359,7 +371,8 @@ def main(argv: Sequence[str] = ()) -> int:
                 while pending and len(running) < max(1, args.jobs):
                     config = pending.pop(0)
                     (out / config.stem).mkdir(parents=True, exist_ok=True)
-                    running.append(start_session(config, out, args.resume, args.rerun_survivors, args.sample))
+                    running.append(start_session(config, out, args.resume, args.rerun_survivors, args.sample,
+                                                 args.widen))
                     print(f"[mutants] {config.stem}: started (log {out / config.stem / 'exec.log'})", flush=True)
                 time.sleep(2)
                 if deadline is not None and time.time() > deadline:

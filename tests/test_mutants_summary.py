@@ -114,3 +114,27 @@ def test_an_equivalent_mutant_is_found_by_its_mutated_line_after_lines_moved(tmp
     assert mutants._is_equivalent(row, [dict(by_text[0], mutated="if not y:")]) == ""
     by_line = [{"module": "lskd_core/findings.py", "operator": "core/AddNot", "line": 40, "reason": "r"}]
     assert mutants._is_equivalent(row, by_line) == "r"
+
+
+def test_a_widened_sample_keeps_what_ran_and_draws_from_every_mutant_not_run(tmp_path):
+    mutants = _load()
+    db = tmp_path / "session.sqlite"
+    _session(db, [(10 + i, "core/AddNot", None, None) for i in range(20)])
+    assert mutants._sample(db, 5) == 15
+    first = {r["line"] for r in mutants.session_results(db) if r["outcome"] == "pending"}
+    assert len(first) == 5
+    con = sqlite3.connect(str(db))  # two of the sample ran: one killed, one survived
+    ran = sorted(first)[:2]
+    for line, test in zip(ran, ("KILLED", "SURVIVED")):
+        con.execute("INSERT INTO work_results VALUES ('NORMAL', '', ?, '', ?)", (test, f"j{line - 10}"))
+    con.commit()
+    con.close()
+    # not widened: only the 3 left of the first sample stay pending, nothing set aside returns
+    assert mutants._sample(db, 10) == 0
+    assert sum(r["outcome"] == "pending" for r in mutants.session_results(db)) == 3
+    # widened: 10 pending drawn from the 18 not run; the two that ran keep their outcomes
+    assert mutants._sample(db, 10, widen=True) == 8
+    results = {r["line"]: r["outcome"] for r in mutants.session_results(db)}
+    assert (results[ran[0]], results[ran[1]]) == ("killed", "survived")
+    assert sum(o == "pending" for o in results.values()) == 10
+    assert sum(o == "unsampled" for o in results.values()) == 8
