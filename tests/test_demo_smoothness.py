@@ -82,6 +82,10 @@ def test_smoothness_flag_without_matched_students_or_teachers():
     got = findings.smoothness_flag(_row(one, None, t_prime=63.0), delta=1.0)
     assert got["level"] == "no" and "student seeds only" in got["text"]
     assert "within 10 % of T" in got["text"]  # T' = 63, 64 vs T = 64: the matching barely moved T
+    far = findings.smoothness_flag(_row(one, None, t_prime=140.0), delta=1.0)  # T' = 140, 141: 2.2x T
+    assert "T' = 140, 141" in far["text"] and "within 10 %" not in far["text"]
+    edge = findings.smoothness_flag(_row(one, None, t_prime=71.0), delta=1.0)  # 71, 72: 10.9 % and 12.5 % above T
+    assert "within 10 %" not in edge["text"]
 
 
 def test_report_verdict_has_the_smoothness_sentence_and_teacher_units(tmp_path):

@@ -282,3 +282,29 @@ def test_translation_words_are_bleu_everywhere_with_the_score_key_compared_by_va
     assert "decoder states of target tokens" in out["flags"]["ls_diffusion_high_T"]["text"]
     vision = verdict(_grid(_paper()), matched={"status": "ok", "rows": _matched_rows()})
     assert " points" in vision["smoothness"]["text"] and "BLEU" not in vision["text"]
+
+
+def test_a_task_scored_in_other_units_than_bleu_speaks_in_points(monkeypatch):
+    """Tasks are registered by name (lskd_core.study.registry): one whose score key is not "bleu" -- here a
+    key that sorts before it -- has its sentences in points and its eta over target classes."""
+    from lskd_core.study.tasks import get_task
+
+    monkeypatch.setattr(type(get_task("vision")), "score_key", "acc1")
+    eta = _eta_section(-3 - 0.1 * np.arange(5), -0.2 + 0.01 * np.arange(5), sets="feature", split="valid")
+    out = verdict(_grid(_paper()), eta, eta_sets="feature", eta_split="valid", task="vision")
+    assert " points" in out["sentence"] and "BLEU" not in out["text"]
+    assert "mean over target classes" in out["flags"]["ls_diffusion_high_T"]["text"]
+
+
+def test_the_trend_keys_find_the_ls_alpha_by_value_after_a_json_round_trip():
+    """results.json's older trend keys are read off an analysis that may come back from JSON, where every
+    alpha is a new float object: the LS teacher's trend is found by value."""
+    import json
+
+    from lskd_core.report.verdict import _compat_trends
+
+    out = verdict(_grid(_paper()))
+    analysis = json.loads(json.dumps(out["analysis"]))
+    assert analysis["alpha_ls"] is not analysis["trends"][-1]["alpha"]
+    assert _compat_trends(analysis, out["flags"]) == out["trends"]
+    assert "ls_teacher_degrades_with_T" in out["trends"]

@@ -228,6 +228,9 @@ def test_the_diffusion_flag_counts_the_runs_that_show_it():
     assert f"plain teacher's students for comparison: eta_S1 {plain_s1.mean():+.2f} %" in flag["text"]
     assert "T = 1 -> 64" in flag["text"]
     assert flag["evidence"]["estimate"] == pytest.approx(s1.mean())
+    # eta is in percent, after its estimate; the remarks close the sentence
+    assert f" — {s1.mean():+.2f} %, 95 % interval " in flag["text"]
+    assert flag["text"].endswith(f"plain teacher's students for comparison: eta_S1 {plain_s1.mean():+.2f} %.")
 
 
 def test_the_diffusion_flag_reads_the_grids_lowest_to_highest_T_pair():
