@@ -121,6 +121,9 @@ def test_report_verdict_has_the_smoothness_sentence_and_teacher_units(tmp_path):
             {"key": "a0.1_T64", "matched_temperature": 63.0 + k, "ls_entropy": 2.3, "plain_entropy": 2.3}]}))
     res = json.loads((write_report(tmp_path) / "results.json").read_text())
     (row,) = res["matched"]["rows"]
+    # each teacher seed's T' and entropies from its own match run, once
+    assert row["matched_temperatures"] == {"0": 63.0, "1": 64.0, "2": 65.0}
+    assert row["ls_entropy"] == row["plain_entropy"] == [2.3, 2.3, 2.3]
     per_teacher = [np.mean([values[(0.1, 64, s)] - matched[s] for s in SEEDS if s % 3 == k]) for k in TEACHERS]
     mean, lo, hi = _t_interval(per_teacher)
     assert row["vs_matched"]["estimate"] == pytest.approx(mean) and row["vs_matched"]["ci"] == pytest.approx([lo, hi])

@@ -1,0 +1,124 @@
+"""App. H's entropy pairing end to end: the match run's command line (lskd_core.study.match) and the
+report's matched table (lskd_core.report.matched), against entropies computed here with scipy and cells
+written out by hand. Written for the cosmic-ray session mutation/entropy_matching.toml (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from scipy.stats import entropy
+
+from lskd_core.features_io import save_features
+from lskd_core.report.matched import matched_markdown
+from lskd_core.study.match import FORMAT, main as match_main, match_pairs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mean_entropy(logits: np.ndarray, t: float) -> float:
+    return float(np.mean(entropy(softmax(logits.astype(np.float64) / t, axis=1), axis=1)))
+
+
+def _teacher(rng, n, k, sharp):
+    z = rng.normal(size=(n, k))
+    z[np.arange(n), rng.integers(0, k, n)] += sharp
+    return z.astype(np.float32)
+
+
+def _export(path: Path, logits: np.ndarray) -> str:
+    n = logits.shape[0]
+    save_features(path, np.zeros((n, 2), np.float32), np.zeros(n, np.int64), logits=logits)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- the match run ---
+def test_a_wide_vocabulary_is_matched_and_the_plain_alpha_is_recorded(tmp_path):
+    """300 classes on both sides (ints above CPython's small-int cache: compared by value), the
+    matched plain entropy equals the LS teacher's, and the plain teacher's alpha is what was given."""
+    rng = np.random.default_rng(1)
+    plain, ls = _teacher(rng, 80, 300, 8.0), 0.5 * _teacher(rng, 80, 300, 8.0)
+    pairs = match_pairs(plain, [(0.1, ls)], [2.0])
+    (p,) = pairs
+    assert p["plain_alpha"] == 0.0 and p["ls_alpha"] == 0.1 and p["samples"] == 80
+    assert p["ls_entropy"] == pytest.approx(_mean_entropy(ls, 2.0), rel=1e-9)
+    assert _mean_entropy(plain, p["matched_temperature"]) == pytest.approx(p["ls_entropy"], rel=1e-6)
+    out = tmp_path / "m.json"
+    rc = match_main(["--plain", _export(tmp_path / "p.npz", plain), "--plain-alpha", "0.05",
+                     "--ls", "0.1", _export(tmp_path / "l.npz", ls), "--at", "2", "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert rc == 0 and got["format"] == FORMAT == "lskd-matched-temperatures" and got["version"] == 1
+    assert got["pairs"][0]["plain_alpha"] == 0.05
+    assert got["temperatures"] == {"a0.1_T2": pytest.approx(p["matched_temperature"])}
+    default = tmp_path / "d.json"
+    match_main(["--plain", str(tmp_path / "p.npz"), "--ls", "0.1", str(tmp_path / "l.npz"), "--at", "2",
+                "--out", str(default)])
+    assert json.loads(default.read_text())["pairs"][0]["plain_alpha"] == 0.0
+
+
+def test_teachers_of_different_vocabularies_are_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    rc = match_main(["--plain", _export(tmp_path / "p.npz", _teacher(rng, 20, 10, 4.0)),
+                     "--ls", "0.1", _export(tmp_path / "l.npz", _teacher(rng, 20, 12, 4.0)), "--at", "1",
+                     "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "12 classes, the plain one 10" in err[0]
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_corrupt_export_is_one_line_naming_it(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip archive" * 4)
+    rc = match_main(["--plain", str(bad), "--ls", "0.1", str(bad), "--at", "1", "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(bad) in err[0] and "corrupt" in err[0]
+
+
+def test_the_ls_teacher_is_required(capsys):
+    with pytest.raises(SystemExit) as exc:
+        match_main(["--plain", "p.npz", "--at", "1", "--out", "m.json"])
+    assert exc.value.code == 2 and "--ls" in capsys.readouterr().err
+
+
+def test_the_module_exits_with_the_cli_status(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "lskd_core.study.match", "--plain", str(tmp_path / "absent.npz"),
+                          "--ls", "0.1", str(tmp_path / "absent.npz"), "--at", "1", "--out", str(tmp_path / "m.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no such features file" in res.stderr and "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------------- the report's table ---
+def _row(**kw):
+    row = {"key": "a0.1_T64", "ls_alpha": 0.1, "ls_temperature": 64.0, "plain_alpha": 0.0,
+           "matched_temperatures": {"0": 140.0, "1": 151.0}, "ls_entropy": [2.25, 2.35], "plain_entropy": [2.2, 2.4],
+           "matched_runs": ["m0", "m1", "m2"], "matched_scores": [79.0, 80.0, 81.5], "ls_scores": [78.0, 78.5],
+           "matched_mean": 80.166667, "matched_std": 1.258306, "ls_mean": 78.25, "ls_std": 0.353553,
+           "vs_matched": {"estimate": -1.5, "ci": [-3.25, 0.25], "n": 2, "unit": "teacher"}, "vs_grid": None}
+    row.update(kw)
+    return row
+
+
+def test_the_matched_table_row_by_hand():
+    md = "\n".join(matched_markdown({"matched": {"status": "ok", "rows": [_row()]}}, "points"))
+    by_hand = ("| alpha = 0.1, T = 64 | 78.25 ± 0.35 (n=2) | alpha = 0, T' = 140, 151 | 80.17 ± 1.26 (n=3) | "
+               "2.3000 / 2.3000 | -1.50 [-3.25, +0.25] (n = 2 teachers) | — |")
+    assert by_hand in md
+    # a row whose match has not run has no entropies; unequal entropies are each side's own mean
+    md = "\n".join(matched_markdown({"matched": {"status": "partial", "missing_inputs": ["a0.1_T64"], "rows": [
+        _row(matched_temperatures={}, ls_entropy=[], plain_entropy=[])]}}, "points"))
+    assert "| alpha = 0, T' = — | 80.17 ± 1.26 (n=3) | — |" in md and "> Partial" in md
+    md = "\n".join(matched_markdown({"matched": {"status": "ok", "rows": [
+        _row(ls_entropy=[1.0, 2.0, 3.0], plain_entropy=[0.5, 0.75, 1.0])]}}, "points"))
+    assert "| 2.0000 / 0.7500 |" in md
+
+
+def test_only_a_section_that_does_not_apply_is_left_out():
+    assert matched_markdown({"matched": {"status": "not-applicable"}}, "points") == []
+    for status in ("ok", "missing", "error", "partial"):
+        md = matched_markdown({"matched": {"status": status, "rows": []}}, "points")
+        assert md[0].startswith("## Entropy-matched students"), status
