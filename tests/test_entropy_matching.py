@@ -16,7 +16,8 @@ from scipy.stats import entropy
 
 from lskd_core.features_io import save_features
 from lskd_core.report.matched import matched_markdown
-from lskd_core.study.match import FORMAT, main as match_main, match_pairs
+from lskd_core.study.match import FORMAT, match_pairs
+from lskd_core.study.match import main as match_main
 
 REPO = Path(__file__).resolve().parents[1]
 
