@@ -209,3 +209,12 @@ def test_the_runs_get_the_checkout_on_their_path():
     assert PL.plugin_root() == root
     cfg = S.load_config("demo")
     assert run_exec.child_env(cfg)["PYTHONPATH"].split(os.pathsep)[0] == str(root)
+
+
+@pytest.mark.parametrize("plugins, found", [(("vision_plugin",), True), (("fairseq_plugin",), True),
+                                            (("vision_plugin", "fairseq_plugin"), True), ((), False)])
+def test_a_checkout_with_either_plugin_is_put_on_the_runs_path(tmp_path, plugins, found):
+    for name in plugins:
+        (tmp_path / name).mkdir()
+    (tmp_path / "fairseq_plugin.txt").write_text("a file is not a plugin's source")
+    assert PL.checkout_with_plugins(tmp_path) == (tmp_path if found else None)

@@ -178,7 +178,11 @@ def build_plan(cfg: "StudyConfig") -> List[Run]:
 def plugin_root() -> Optional[Path]:
     """The source checkout holding lskd_core (so ``python -m vision_plugin.train`` also works from a
     clone that was not pip-installed). Found by path, without importing any plugin."""
-    root = Path(__file__).resolve().parent.parent.parent
+    return checkout_with_plugins(Path(__file__).resolve().parent.parent.parent)
+
+
+def checkout_with_plugins(root: Path) -> Optional[Path]:
+    """``root`` when it holds either plugin's source (a checkout may carry one of the two), else None."""
     if (root / "vision_plugin").is_dir() or (root / "fairseq_plugin").is_dir():
         return root
     return None
