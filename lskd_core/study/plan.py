@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Run", "teacher_id", "student_id", "variant_student_id", "VARIANT_ARMS", "arm_setting", "export_id", "eta_reference_id", "cache_id", "match_id", "matched_id", "matched_key",
            "teacher_seed_list", "paired_teacher_seed", "teacher_run_id", "run_dir", "build_plan", "run_command",
-           "plan_commands", "plugin_root", "STUDY_TOKEN", "num"]
+           "plan_commands", "plugin_root", "checkout_with_plugins", "STUDY_TOKEN", "num"]
 
 #: Study-root placeholder used in the hashed (defining) form of a command, so that moving a study
 #: directory, or collecting it on another machine, does not invalidate its runs.
