@@ -273,3 +273,34 @@ def test_diffusion_needs_s1_closer_and_s2_farther():
     # S1 closer while S2 also moved closer (possible: Eq. 1 weights the two sets differently) is not it
     assert not st.shows_diffusion(-1.0, -0.2)
     assert not st.shows_diffusion(0.5, 1.0) and not st.shows_diffusion(0.5, -1.0)
+
+
+def test_a_cell_of_two_runs_has_a_std_and_an_unpaired_single_run_names_its_method():
+    (cell,) = st.cell_summaries(_cell(0.1, 1.0, [70.0, 73.0]))
+    assert cell["std"] == pytest.approx(np.std([70.0, 73.0], ddof=1)) and cell["n_runs"] == 2
+    obs = _cell(0.1, 1.0, [72.0], seeds=[0]) + _cell(0.0, 1.0, [70.0, 71.0], seeds=[5, 6])
+    d = st.cell_difference(obs, (0.1, 1.0), (0.0, 1.0))
+    assert d["method"] == "Welch t (unpaired)" and d["teacher_variance_sampled"] is False and d["unit"] == "student seed"
+
+
+def test_two_paired_units_are_paired_with_one_df():
+    obs = []
+    for s, (ls_slope, pl_slope) in enumerate(((-1.0, -0.2), (-1.4, -0.1))):
+        for t in (1.0, 4.0):
+            obs.append(st.Obs(0.1, t, s, 80.0 + ls_slope * math.log(t)))
+            obs.append(st.Obs(0.0, t, s, 79.0 + pl_slope * math.log(t)))
+    inter = st.interaction(obs, 0.1, 0.0)
+    d = [-1.0 + 0.2, -1.4 + 0.1]
+    est = inter["slope_difference_per_ln_T"]
+    assert inter["paired"] is True and est["n"] == 2 and est["df"] == 1
+    assert est["estimate"] == pytest.approx(np.mean(d))
+    assert est["se"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(2))
+
+
+def test_compatibility_at_a_t_compares_the_two_cells_of_that_t_only():
+    # the plain teacher's students are far better at T = 1 than at T = 4: the T = 4 verdict reads T = 4's
+    obs = (_cell(0.1, 1.0, [80.0, 81.0]) + _cell(0.0, 1.0, [90.0, 91.0])
+           + _cell(0.1, 4.0, [75.0, 76.0]) + _cell(0.0, 4.0, [70.0, 71.0]))
+    comp = {c["temperature"]: c for c in st.compatibility(obs, 0.1, 0.0)}
+    assert comp[1.0]["compatible"] is False and comp[4.0]["compatible"] is True
+    assert comp[4.0]["difference"]["estimate"] == pytest.approx(75.5 - 70.5)
