@@ -39,7 +39,7 @@ def _export(path: Path, logits: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- the match run ---
-def test_a_wide_vocabulary_is_matched_and_the_plain_alpha_is_recorded(tmp_path):
+def test_a_wide_vocabulary_is_matched_and_the_plain_alpha_is_recorded(tmp_path, capsys):
     """300 classes on both sides (ints above CPython's small-int cache: compared by value), the
     matched plain entropy equals the LS teacher's, and the plain teacher's alpha is what was given."""
     rng = np.random.default_rng(1)
@@ -54,6 +54,9 @@ def test_a_wide_vocabulary_is_matched_and_the_plain_alpha_is_recorded(tmp_path):
                      "--ls", "0.1", _export(tmp_path / "l.npz", ls), "--at", "2", "--out", str(out)])
     got = json.loads(out.read_text())
     assert rc == 0 and got["format"] == FORMAT == "lskd-matched-temperatures" and got["version"] == 1
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said == [f"a0.1_T2: plain teacher T' = {p['matched_temperature']:.6g} (entropy {p['plain_entropy']:.6f} = "
+                    f"LS teacher's {p['ls_entropy']:.6f})"]
     assert got["pairs"][0]["plain_alpha"] == 0.05
     assert got["temperatures"] == {"a0.1_T2": pytest.approx(p["matched_temperature"])}
     default = tmp_path / "d.json"
@@ -80,10 +83,12 @@ def test_a_corrupt_export_is_one_line_naming_it(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and str(bad) in err[0] and "corrupt" in err[0]
 
 
-def test_the_ls_teacher_is_required(capsys):
+@pytest.mark.parametrize("flag", ["--plain", "--ls", "--at", "--out"])
+def test_every_input_and_the_output_are_required(capsys, flag):
+    argv = {"--plain": ["p.npz"], "--ls": ["0.1", "l.npz"], "--at": ["1"], "--out": ["m.json"]}
     with pytest.raises(SystemExit) as exc:
-        match_main(["--plain", "p.npz", "--at", "1", "--out", "m.json"])
-    assert exc.value.code == 2 and "--ls" in capsys.readouterr().err
+        match_main([x for k, v in argv.items() if k != flag for x in (k, *v)])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_the_module_exits_with_the_cli_status(tmp_path):
@@ -123,3 +128,35 @@ def test_only_a_section_that_does_not_apply_is_left_out():
     for status in ("ok", "missing", "error", "partial"):
         md = matched_markdown({"matched": {"status": status, "rows": []}}, "points")
         assert md[0].startswith("## Entropy-matched students"), status
+
+
+def test_a_matched_student_still_running_makes_the_section_partial(tmp_path):
+    """The section is complete only when every planned matched student has a score."""
+    import lskd_core.study as S
+    from lskd_core.report import write_report
+
+    cfg = S.load_config("demo", overrides={"seeds": 2, "temperatures": [1, 64], "matched_temperatures": [64],
+                                           "analysis": False})
+    S.write_manifest(tmp_path, cfg, S.build_plan(cfg))
+
+    def done(run_id, **fields):
+        d = tmp_path / "runs" / run_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
+        return d
+
+    for a in (0, 0.1):
+        done(f"teacher_a{a}", val_acc1=85.0, val_acc5=99.0)
+        for t in (1, 64):
+            for s in (0, 1):
+                done(f"student_a{a}_T{t}_s{s}", val_acc1=80.0 + s, val_acc5=99.0)
+    (done("match") / "matched.json").write_text(json.dumps({"pairs": [
+        {"key": "a0.1_T64", "matched_temperature": 90.0, "ls_entropy": 2.3, "plain_entropy": 2.3}]}))
+    done("matched_a0_for_a0.1_T64_s0", val_acc1=79.0, val_acc5=99.0)  # seed 1's matched student has not finished
+    res = json.loads((write_report(tmp_path) / "results.json").read_text())
+    (row,) = res["matched"]["rows"]
+    assert res["matched"]["status"] == "partial"
+    assert row["matched_runs"] == ["matched_a0_for_a0.1_T64_s0", "matched_a0_for_a0.1_T64_s1"]
+    assert row["matched_scores"] == [79.0] and row["matched_temperatures"] == {"0": 90.0}
+    done("matched_a0_for_a0.1_T64_s1", val_acc1=79.5, val_acc5=99.0)
+    assert json.loads((write_report(tmp_path) / "results.json").read_text())["matched"]["status"] == "ok"
