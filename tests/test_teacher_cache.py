@@ -196,17 +196,18 @@ def test_too_few_rows_refused(tmp_path):
     assert TeacherCache.open(tmp_path / "c", FP, min_rows=ROWS - 5).num_rows == ROWS
 
 
-def test_a_shard_array_of_the_wrong_shape_is_refused_naming_both_shapes(tmp_path):
+@pytest.mark.parametrize("rows", [PER_SHARD - 1, PER_SHARD + 1])  # a row short, a row too many
+def test_a_shard_array_of_the_wrong_shape_is_refused_naming_both_shapes(tmp_path, rows):
     _build(tmp_path / "c", _logits())
     shard = tmp_path / "c" / "shard-00001"
-    np.save(shard / "logits.npy", np.zeros((PER_SHARD - 1, C), dtype=np.float32))  # a row short
+    np.save(shard / "logits.npy", np.zeros((rows, C), dtype=np.float32))
     # sizes and hashes made to match, so only the loader's shape check stands in the way
     mark = json.loads((shard / "shard.json").read_text())
     mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
                                    "sha256": file_sha256(shard / "logits.npy")}
     (shard / "shard.json").write_text(json.dumps(mark))
     cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
-    with pytest.raises(CacheMismatch, match=rf"holds float32 \({PER_SHARD - 1}, {C}\), expected float32 \({PER_SHARD}, {C}\)"):
+    with pytest.raises(CacheMismatch, match=rf"holds float32 \({rows}, {C}\), expected float32 \({PER_SHARD}, {C}\)"):
         cache.teacher_logits_at([12], 1.0)
 
 
@@ -237,6 +238,10 @@ def test_modified_shard_file_refused_by_hash(tmp_path):
     assert torch.equal(lazy.teacher_logits_at([0], 1.0), _logits()[[0]])
     with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):
         lazy.teacher_logits_at([PER_SHARD], 1.0)
+    # the mode as a command line gives it (an equal string, not the literal) checks the same way
+    from_cli = TeacherCache.open(tmp_path / "c", FP, verify="".join(["la", "zy"]))
+    with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):
+        from_cli.teacher_logits_at([PER_SHARD], 1.0)
 
 
 def test_deleted_shard_marker_or_header_refused(tmp_path):
@@ -330,6 +335,11 @@ def test_bad_writer_inputs_give_clear_errors(tmp_path):
         CacheWriter(tmp_path / "a", kind="topk", topk=3, **kw)
     with pytest.raises(ValueError, match="topk must be at most"):
         CacheWriter(tmp_path / "b", kind="topk", topk=C + 1, temperatures=(1,), **kw)
+    for name, value, minimum in (("num_rows", 0, 1), ("rows_per_shard", -3, 1), ("aux_dim", -1, 0)):
+        with pytest.raises(ValueError, match=rf"{name} must be an integer >= {minimum}, got {value}"):
+            CacheWriter(tmp_path / "n", **dict(kw, **{name: value}))
+    with pytest.raises(ValueError, match="topk only applies to kind='topk'"):
+        CacheWriter(tmp_path / "f", kind="".join(["fu", "ll"]), topk=3, **kw)
     w = CacheWriter(tmp_path / "c", **kw)
     with pytest.raises(ValueError, match=r"shape \(10, 12\)"):
         w.write_shard(0, _logits(9))
@@ -420,3 +430,51 @@ def test_a_sampled_header_keeps_its_seed_whatever_string_names_the_kind(tmp_path
     assert w.header["kind"] == "sampled" and w.header["sample_seed"] == 3
     full = CacheWriter(tmp_path / "f", num_classes=C, num_rows=ROWS, rows_per_shard=PER_SHARD, fingerprint=FP)
     assert "sample_seed" not in full.header
+
+
+def test_a_top_k_cache_over_a_wide_vocabulary_with_k_equal_to_it_is_the_full_distribution(tmp_path):
+    """K = C = 300 (ints beyond CPython's small-int cache, compared by value): no tail classes."""
+    x = _logits(rows=6, classes=300)
+    fp = dict(FP)
+    _build(tmp_path / "c", x, fingerprint=fp, kind="topk", topk=300, temperatures=(2.0,))
+    z = TeacherCache.open(tmp_path / "c", fp).teacher_logits_at(np.arange(6), 2.0)
+    torch.testing.assert_close(torch.softmax(z.double() / 2, -1), torch.softmax(x.double() / 2, -1), rtol=1e-6, atol=1e-12)
+
+
+def test_the_cache_reports_what_it_serves_and_its_format_version(tmp_path):
+    _build(tmp_path / "c", _logits(), kind="topk", topk=4, temperatures=(4.0, 1.0))
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    assert cache.temperatures == [1.0, 4.0] and cache.num_classes == C and cache.kind == "topk"
+    header = json.loads((tmp_path / "c" / "header.json").read_text())
+    assert header["format"] == "lskd-teacher-cache" and header["version"] == 1  # docs/formats.md
+
+
+def test_a_negative_row_id_is_refused_not_read_from_the_end(tmp_path):
+    _build(tmp_path / "c", _logits())
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    for rows in ([-1], [3, -1], [ROWS]):
+        with pytest.raises(ValueError, match=rf"row ids must lie in \[0, {ROWS}\)"):
+            cache.teacher_logits_at(np.array(rows), 1.0)
+
+
+def test_a_pickle_in_place_of_a_shard_array_is_refused_without_running_code(tmp_path):
+    """Not an .npy at all but a raw pickle (memory-mapping does not stop a pickle, only allow_pickle does)."""
+    import pickle
+
+    _build(tmp_path / "c", _logits())
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    shard = tmp_path / "c" / "shard-00000"
+    (shard / "logits.npy").write_bytes(pickle.dumps(Payload()))
+    mark = json.loads((shard / "shard.json").read_text())
+    mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
+                                   "sha256": file_sha256(shard / "logits.npy")}
+    (shard / "shard.json").write_text(json.dumps(mark))
+    cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
+    with pytest.raises(CacheMismatch, match="cannot be read safely"):
+        cache.teacher_logits_at([0], 1.0)
+    assert not marker.exists()
