@@ -150,6 +150,10 @@ def test_the_source_digest_is_the_documented_json_of_its_parts():
     assert P.source_digest("vision_plugin") == hashlib.sha256(both).hexdigest()
     absent = json.dumps({"lskd_core": core, "no_such_plugin_lskd": "absent"}, sort_keys=True).encode()
     assert P.source_digest("no_such_plugin_lskd") == hashlib.sha256(absent).hexdigest()
+    # keys sorted: fairseq_plugin's part comes before lskd_core's in the hashed text
+    fair = P._dir_digest(str(root.parent / "fairseq_plugin"))
+    text = '{"fairseq_plugin": "%s", "lskd_core": "%s"}' % (fair, core)
+    assert P.source_digest("fairseq_plugin") == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_a_top_level_skip_only(tmp_path):
@@ -182,6 +186,12 @@ def test_another_interpreter_is_asked_for_its_versions(tmp_path, monkeypatch):
     broken.chmod(0o755)
     with pytest.raises(ValueError, match="could not report its package versions"):
         P.framework_versions(str(broken), ("torch",))
+    # an interpreter that fails is not believed, even when it printed an answer first
+    failing = tmp_path / "failing"
+    failing.write_text('#!/bin/sh\necho \'{"torch": "0.0-stand-in"}\'\nexit 1\n')
+    failing.chmod(0o755)
+    with pytest.raises(ValueError, match="could not report its package versions"):
+        P.framework_versions(str(failing), ("torch",))
 
 
 def test_an_installed_plugin_outside_the_checkout_is_digested_where_it_lives(tmp_path, monkeypatch):
@@ -218,3 +228,16 @@ def test_a_checkout_with_either_plugin_is_put_on_the_runs_path(tmp_path, plugins
         (tmp_path / name).mkdir()
     (tmp_path / "fairseq_plugin.txt").write_text("a file is not a plugin's source")
     assert PL.checkout_with_plugins(tmp_path) == (tmp_path if found else None)
+
+
+def test_a_task_placeholder_is_substituted_in_the_exact_command(tmp_path):
+    """Translation commands name the plugin folder as {fairseq_plugin} (fairseq's --user-dir): the argv
+    a run executes has the folder itself."""
+    from lskd_core.study.tasks.translation import fairseq_plugin_dir
+
+    cfg = S.load_config("translation-demo")
+    student = next(r for r in S.build_plan(cfg) if r.kind == "student")
+    assert "{fairseq_plugin}" in student.args
+    argv = PL.run_command(student, tmp_path, cfg)
+    assert not any("{fairseq_plugin}" in a for a in argv)
+    assert argv[argv.index("--user-dir") + 1] == fairseq_plugin_dir()
