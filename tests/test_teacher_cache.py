@@ -234,6 +234,8 @@ def test_modified_shard_file_refused_by_hash(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):
         TeacherCache.open(tmp_path / "c", FP, verify="full")
+    with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):  # the mode as a run-time string
+        TeacherCache.open(tmp_path / "c", FP, verify="".join(["fu", "ll"]))
     lazy = TeacherCache.open(tmp_path / "c", FP)  # sizes fine: opens, fails on first read of that shard
     assert torch.equal(lazy.teacher_logits_at([0], 1.0), _logits()[[0]])
     with pytest.raises(CacheMismatch, match="shard-00001/logits.npy sha256"):
@@ -335,7 +337,8 @@ def test_bad_writer_inputs_give_clear_errors(tmp_path):
         CacheWriter(tmp_path / "a", kind="topk", topk=3, **kw)
     with pytest.raises(ValueError, match="topk must be at most"):
         CacheWriter(tmp_path / "b", kind="topk", topk=C + 1, temperatures=(1,), **kw)
-    for name, value, minimum in (("num_rows", 0, 1), ("rows_per_shard", -3, 1), ("aux_dim", -1, 0)):
+    for name, value, minimum in (("num_rows", 0, 1), ("rows_per_shard", -3, 1), ("aux_dim", -1, 0),
+                                 ("num_rows", 2.5, 1), ("rows_per_shard", True, 1)):
         with pytest.raises(ValueError, match=rf"{name} must be an integer >= {minimum}, got {value}"):
             CacheWriter(tmp_path / "n", **dict(kw, **{name: value}))
     with pytest.raises(ValueError, match="topk only applies to kind='topk'"):
@@ -478,3 +481,12 @@ def test_a_pickle_in_place_of_a_shard_array_is_refused_without_running_code(tmp_
     with pytest.raises(CacheMismatch, match="cannot be read safely"):
         cache.teacher_logits_at([0], 1.0)
     assert not marker.exists()
+
+
+def test_a_full_cache_read_as_sampled_names_the_remedy(tmp_path):
+    _build(tmp_path / "c", _logits())
+    with pytest.raises(CacheMismatch) as err:
+        TeacherCache.open(tmp_path / "c", FP).sampled_at([0], 1.0)
+    assert str(err.value) == (f"teacher cache {tmp_path / 'c'} is a full cache, not a sampled one; delete "
+                              f"{tmp_path / 'c'} and rebuild the teacher cache with this run's settings with "
+                              "sampling (or ask for its own kind)")

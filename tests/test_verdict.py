@@ -125,6 +125,10 @@ def test_trend_flag_at_the_threshold(p, level):
     assert flag["evidence"]["p"] == pytest.approx(p, rel=1e-6)
     assert flag["level"] == level
     assert flag["evidence"]["estimate"] < 0
+    # the claim names the LS teacher's alpha and the T range the change is fitted over
+    lo, hi = min(TEMPS), max(TEMPS)
+    assert flag["claim"] == (f"Higher T hurts the LS teacher's (alpha = 0.1) students (fitted change on ln T from "
+                             f"T = {lo:g} to {hi:g})")
 
 
 def _interaction_grid(per_seed_slope_diff):
