@@ -490,3 +490,58 @@ def test_a_full_cache_read_as_sampled_names_the_remedy(tmp_path):
     assert str(err.value) == (f"teacher cache {tmp_path / 'c'} is a full cache, not a sampled one; delete "
                               f"{tmp_path / 'c'} and rebuild the teacher cache with this run's settings with "
                               "sampling (or ask for its own kind)")
+
+
+def test_a_sampled_cache_holds_the_teachers_log_probabilities_of_its_draws(tmp_path):
+    """Each draw's stored log p is log softmax(z / T) of the teacher at that token, the weights are 1
+    (draws from the teacher itself), at every served T; read back after the header went through JSON."""
+    x = _logits()
+    _build(tmp_path / "c", x, kind="sampled", topk=5, temperatures=(1.0, 4.0), sample_seed=3)
+    cache = TeacherCache.open(tmp_path / "c", FP)
+    assert cache.kind == "sampled"
+    for temp in (1.0, 4.0):
+        s = cache.sampled_at(ROW_ORDER, temp)
+        assert s.ids.shape == (len(ROW_ORDER), 5) and int(s.ids.min()) >= 0 and int(s.ids.max()) < C
+        want = torch.log_softmax(x[ROW_ORDER].double() / temp, -1).gather(1, s.ids)
+        torch.testing.assert_close(s.teacher_logp.double(), want, rtol=0, atol=1e-6)
+        assert torch.equal(s.weights, torch.ones_like(s.teacher_logp))
+
+
+def test_one_aux_float_per_row_round_trips(tmp_path):
+    x = _logits()
+    aux = (np.arange(ROWS, dtype=np.float32) / 3).reshape(ROWS, 1)
+    _build(tmp_path / "c", x, aux=aux)
+    np.testing.assert_array_equal(TeacherCache.open(tmp_path / "c", FP).aux(torch.tensor(ROW_ORDER)), aux[ROW_ORDER])
+
+
+def test_a_header_of_another_format_is_refused(tmp_path):
+    _build(tmp_path / "c", _logits())
+    path = tmp_path / "c" / "header.json"
+    header = json.loads(path.read_text())
+    header["format"] = "someone-elses-cache"
+    path.write_text(json.dumps(header))
+    with pytest.raises(CacheMismatch, match="header.json is not a lskd-teacher-cache header; delete"):
+        TeacherCache.open(tmp_path / "c", FP)
+
+
+def test_verify_size_checks_sizes_only(tmp_path):
+    """The documented trade: 'size' skips the hashes, so a same-size change is read, not refused ('lazy'
+    refuses it on first read, test_modified_shard_file_refused_by_hash)."""
+    _build(tmp_path / "c", _logits())
+    path = tmp_path / "c" / "shard-00001" / "logits.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    z = TeacherCache.open(tmp_path / "c", FP, verify="size").teacher_logits_at([PER_SHARD], 1.0)
+    assert z.shape == (1, C)
+
+
+def test_token_ids_beyond_int16_are_stored_in_a_wider_type(tmp_path):
+    """A 32,769-token vocabulary has id 32,768, one more than int16 holds: it must come back as itself."""
+    classes = 32769
+    x = torch.zeros(2, classes)
+    x[0, classes - 1] = 10.0
+    x[1, classes - 2] = 10.0  # 32,767: the last id int16 holds
+    _build(tmp_path / "c", x, rows_per_shard=2, kind="topk", topk=1, temperatures=(1.0,))
+    z = TeacherCache.open(tmp_path / "c", FP).teacher_logits_at(np.arange(2), 1.0)
+    assert z.argmax(dim=1).tolist() == [classes - 1, classes - 2]
