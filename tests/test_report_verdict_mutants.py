@@ -102,6 +102,8 @@ def test_trend_keys_follow_the_flags_in_the_paper_direction_and_against_it():
 def test_trend_keys_need_their_cells():
     one_t = verdict(_grid(_paper(), temps=[8.0]))["trends"]
     assert set(one_t) == {"compatible_at_low_T"}  # no slope with one T, no high-T comparison
+    two_t = verdict(_grid(_paper(), temps=[1.0, 64.0]))["trends"]  # two T: a low and a high one
+    assert set(two_t) == {"ls_teacher_degrades_with_T", "compatible_at_low_T", "incompatible_at_high_T"}
     no_plain = verdict(_grid(_paper(), alphas=(0.1, 0.2)))["trends"]
     assert no_plain == {}
 
@@ -291,9 +293,11 @@ def test_a_task_scored_in_other_units_than_bleu_speaks_in_points(monkeypatch):
 
     monkeypatch.setattr(type(get_task("vision")), "score_key", "acc1")
     eta = _eta_section(-3 - 0.1 * np.arange(5), -0.2 + 0.01 * np.arange(5), sets="feature", split="valid")
-    out = verdict(_grid(_paper()), eta, eta_sets="feature", eta_split="valid", task="vision")
+    out = verdict(_grid(_paper()), eta, eta_sets="feature", eta_split="valid", task="vision",
+                  matched={"status": "ok", "rows": _matched_rows()})
     assert " points" in out["sentence"] and "BLEU" not in out["text"]
     assert "mean over target classes" in out["flags"]["ls_diffusion_high_T"]["text"]
+    assert " points" in out["smoothness"]["text"] and "BLEU" not in out["smoothness"]["text"]
 
 
 def test_the_trend_keys_find_the_ls_alpha_by_value_after_a_json_round_trip():
