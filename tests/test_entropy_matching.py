@@ -113,7 +113,7 @@ def test_the_matched_table_row_by_hand():
     md = "\n".join(matched_markdown({"matched": {"status": "ok", "rows": [_row()]}}, "points"))
     by_hand = ("| alpha = 0.1, T = 64 | 78.25 ± 0.35 (n=2) | alpha = 0, T' = 140, 151 | 80.17 ± 1.26 (n=3) | "
                "2.3000 / 2.3000 | -1.50 [-3.25, +0.25] (n = 2 teachers) | — |")
-    assert by_hand in md
+    assert by_hand in md and "Partial" not in md  # a complete section has no partial note
     # a row whose match has not run has no entropies; unequal entropies are each side's own mean
     md = "\n".join(matched_markdown({"matched": {"status": "partial", "missing_inputs": ["a0.1_T64"], "rows": [
         _row(matched_temperatures={}, ls_entropy=[], plain_entropy=[])]}}, "points"))
@@ -160,3 +160,48 @@ def test_a_matched_student_still_running_makes_the_section_partial(tmp_path):
     assert row["matched_scores"] == [79.0] and row["matched_temperatures"] == {"0": 90.0}
     done("matched_a0_for_a0.1_T64_s1", val_acc1=79.5, val_acc5=99.0)
     assert json.loads((write_report(tmp_path) / "results.json").read_text())["matched"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("alpha", ["abc", "1.5", "-0.1"])
+def test_a_bad_ls_alpha_is_one_line(tmp_path, capsys, alpha):
+    rc = match_main(["--plain", "p.npz", "--ls", alpha, "l.npz", "--at", "1", "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"--ls ALPHA must be a label-smoothing value in [0, 1), got {alpha!r}" in err[0]
+
+
+def test_the_partial_note_names_up_to_six_cells_without_a_match():
+    rows = [_row(key=f"a0.1_T{t}", ls_temperature=float(t), matched_temperatures={}, ls_entropy=[], plain_entropy=[])
+            for t in (2, 3, 4, 5, 6, 7, 8)]
+    sec = {"status": "partial", "rows": rows, "missing_inputs": [r["key"] for r in rows]}
+    md = "\n".join(matched_markdown({"matched": sec}, "points"))
+    assert "> Partial: not all matched runs are done (a0.1_T2, a0.1_T3, a0.1_T4, a0.1_T5, a0.1_T6, a0.1_T7)." in md
+
+
+def test_only_cells_whose_match_is_missing_are_listed_and_keyless_pairs_are_skipped(tmp_path):
+    import lskd_core.study as S
+    from lskd_core.report import write_report
+
+    cfg = S.load_config("demo", overrides={"seeds": 1, "temperatures": [1, 2, 64], "matched_temperatures": [2, 64],
+                                           "analysis": False})
+    S.write_manifest(tmp_path, cfg, S.build_plan(cfg))
+
+    def done(run_id, **fields):
+        d = tmp_path / "runs" / run_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
+        return d
+
+    for a in (0, 0.1):
+        done(f"teacher_a{a}", val_acc1=85.0, val_acc5=99.0)
+        for t in (1, 2, 64):
+            done(f"student_a{a}_T{t}_s0", val_acc1=80.0, val_acc5=99.0)
+    # the match run wrote T = 64's pair (and a malformed entry without a key), not T = 2's
+    (done("match") / "matched.json").write_text(json.dumps({"pairs": [
+        {"matched_temperature": 5.0}, {"key": "a0.1_T64", "matched_temperature": 90.0, "ls_entropy": 2.3,
+                                       "plain_entropy": 2.3}]}))
+    for t in (2, 64):
+        done(f"matched_a0_for_a0.1_T{t}_s0", val_acc1=79.0, val_acc5=99.0)
+    res = json.loads((write_report(tmp_path) / "results.json").read_text())
+    assert res["matched"]["status"] == "partial" and res["matched"]["missing_inputs"] == ["a0.1_T2"]
+    rows = {r["key"]: r for r in res["matched"]["rows"]}
+    assert rows["a0.1_T64"]["matched_temperatures"] == {"0": 90.0} and rows["a0.1_T2"]["matched_temperatures"] == {}
