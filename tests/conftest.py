@@ -314,3 +314,12 @@ TINY_STUDY = {
     "projection_per_class": 15,
     "jobs": 2,
 }
+
+
+def finished_run(study: Path, run_id: str, **fields) -> Path:
+    """Write ``<study>/runs/<run_id>/result.json`` of a finished run with ``fields`` (hand-made studies
+    for report tests); returns the run's folder."""
+    d = Path(study) / "runs" / run_id
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
+    return d

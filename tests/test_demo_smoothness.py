@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import finished_run
 from scipy import stats
 
 import lskd_core.study as S
@@ -98,10 +99,7 @@ def test_report_verdict_has_the_smoothness_sentence_and_teacher_units(tmp_path):
     S.write_manifest(tmp_path, cfg, S.build_plan(cfg))
 
     def done(run_id, **fields):
-        d = tmp_path / "runs" / run_id
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
-        return d
+        return finished_run(tmp_path, run_id, **fields)
 
     rng = np.random.default_rng(5)
     base = {(a, t): 80.0 - (1.0 if t == 64 else 0.0) + (0.5 if a else 0.0) for a in (0, 0.1) for t in (1, 64)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import finished_run
 from scipy.special import softmax
 from scipy.stats import entropy
 
@@ -98,6 +99,22 @@ def test_the_module_exits_with_the_cli_status(tmp_path):
     assert res.returncode == 2 and "no such features file" in res.stderr and "Traceback" not in res.stderr
 
 
+def _matched_study(study: Path, seeds: int, temps, matched_temps):
+    """A hand-made demo study (one teacher per alpha) with its teachers and grid students finished
+    (students of seed s score 80 + s); returns the helper that finishes further runs."""
+    import lskd_core.study as S
+
+    cfg = S.load_config("demo", overrides={"seeds": seeds, "temperatures": list(temps),
+                                           "matched_temperatures": list(matched_temps), "analysis": False})
+    S.write_manifest(study, cfg, S.build_plan(cfg))
+    for a in (0, 0.1):
+        finished_run(study, f"teacher_a{a}", val_acc1=85.0, val_acc5=99.0)
+        for t in temps:
+            for s in range(seeds):
+                finished_run(study, f"student_a{a}_T{t}_s{s}", val_acc1=80.0 + s, val_acc5=99.0)
+    return lambda run_id, **fields: finished_run(study, run_id, **fields)
+
+
 # ------------------------------------------------------------------------- the report's table ---
 def _row(**kw):
     row = {"key": "a0.1_T64", "ls_alpha": 0.1, "ls_temperature": 64.0, "plain_alpha": 0.0,
@@ -132,24 +149,9 @@ def test_only_a_section_that_does_not_apply_is_left_out():
 
 def test_a_matched_student_still_running_makes_the_section_partial(tmp_path):
     """The section is complete only when every planned matched student has a score."""
-    import lskd_core.study as S
     from lskd_core.report import write_report
 
-    cfg = S.load_config("demo", overrides={"seeds": 2, "temperatures": [1, 64], "matched_temperatures": [64],
-                                           "analysis": False})
-    S.write_manifest(tmp_path, cfg, S.build_plan(cfg))
-
-    def done(run_id, **fields):
-        d = tmp_path / "runs" / run_id
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
-        return d
-
-    for a in (0, 0.1):
-        done(f"teacher_a{a}", val_acc1=85.0, val_acc5=99.0)
-        for t in (1, 64):
-            for s in (0, 1):
-                done(f"student_a{a}_T{t}_s{s}", val_acc1=80.0 + s, val_acc5=99.0)
+    done = _matched_study(tmp_path, 2, (1, 64), (64,))
     (done("match") / "matched.json").write_text(json.dumps({"pairs": [
         {"key": "a0.1_T64", "matched_temperature": 90.0, "ls_entropy": 2.3, "plain_entropy": 2.3}]}))
     done("matched_a0_for_a0.1_T64_s0", val_acc1=79.0, val_acc5=99.0)  # seed 1's matched student has not finished
@@ -178,23 +180,9 @@ def test_the_partial_note_names_up_to_six_cells_without_a_match():
 
 
 def test_only_cells_whose_match_is_missing_are_listed_and_keyless_pairs_are_skipped(tmp_path):
-    import lskd_core.study as S
     from lskd_core.report import write_report
 
-    cfg = S.load_config("demo", overrides={"seeds": 1, "temperatures": [1, 2, 64], "matched_temperatures": [2, 64],
-                                           "analysis": False})
-    S.write_manifest(tmp_path, cfg, S.build_plan(cfg))
-
-    def done(run_id, **fields):
-        d = tmp_path / "runs" / run_id
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
-        return d
-
-    for a in (0, 0.1):
-        done(f"teacher_a{a}", val_acc1=85.0, val_acc5=99.0)
-        for t in (1, 2, 64):
-            done(f"student_a{a}_T{t}_s0", val_acc1=80.0, val_acc5=99.0)
+    done = _matched_study(tmp_path, 1, (1, 2, 64), (2, 64))
     # the match run wrote T = 64's pair (and a malformed entry without a key), not T = 2's
     (done("match") / "matched.json").write_text(json.dumps({"pairs": [
         {"matched_temperature": 5.0}, {"key": "a0.1_T64", "matched_temperature": 90.0, "ls_entropy": 2.3,

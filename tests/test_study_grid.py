@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import finished_run
 
 import lskd_core.study as S
 from lskd_core.features_io import save_features
@@ -411,10 +412,7 @@ def test_report_sections_matched_students_and_cache_savings(tmp_path):
     S.write_manifest(tmp_path, cfg, plan)
 
     def done(run_id, **fields):
-        d = tmp_path / "runs" / run_id
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
-        return d
+        return finished_run(tmp_path, run_id, **fields)
 
     for a in (0, 0.1):
         done(f"teacher_a{a}", val_acc1=80.0, val_acc5=99.0)

@@ -52,6 +52,14 @@ def _build(root, logits, *, aux=None, fingerprint=FP, rows_per_shard=PER_SHARD, 
     return writer
 
 
+def _vouch_for(shard: Path, fname: str) -> None:
+    """Record a replaced shard file's size and sha256 in shard.json, so that the shard looks complete and
+    only the loader's own checks stand in the way."""
+    mark = json.loads((shard / "shard.json").read_text())
+    mark["files"][fname] = {"bytes": (shard / fname).stat().st_size, "sha256": file_sha256(shard / fname)}
+    (shard / "shard.json").write_text(json.dumps(mark))
+
+
 ROW_ORDER = np.array([36, 0, 11, 10, 9, 25, 3, 3, 30])  # across shards, unsorted, a repeat
 
 
@@ -201,11 +209,7 @@ def test_a_shard_array_of_the_wrong_shape_is_refused_naming_both_shapes(tmp_path
     _build(tmp_path / "c", _logits())
     shard = tmp_path / "c" / "shard-00001"
     np.save(shard / "logits.npy", np.zeros((rows, C), dtype=np.float32))
-    # sizes and hashes made to match, so only the loader's shape check stands in the way
-    mark = json.loads((shard / "shard.json").read_text())
-    mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
-                                   "sha256": file_sha256(shard / "logits.npy")}
-    (shard / "shard.json").write_text(json.dumps(mark))
+    _vouch_for(shard, "logits.npy")
     cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
     with pytest.raises(CacheMismatch, match=rf"holds float32 \({rows}, {C}\), expected float32 \({PER_SHARD}, {C}\)"):
         cache.teacher_logits_at([12], 1.0)
@@ -256,7 +260,12 @@ def test_deleted_shard_marker_or_header_refused(tmp_path):
         TeacherCache.open(tmp_path / "c", FP)
 
 
-def test_object_array_in_a_shard_is_refused_without_running_code(tmp_path):
+@pytest.mark.parametrize("as_npy", [True, False], ids=["object-npy", "raw-pickle"])
+def test_a_pickle_in_a_shard_is_refused_without_running_code(tmp_path, as_npy):
+    """An object array in an .npy, or a raw pickle in its place (memory-mapping stops the first, only
+    allow_pickle=False stops the second): refused, and the payload never runs."""
+    import pickle
+
     _build(tmp_path / "c", _logits())
     marker = tmp_path / "pwned"
 
@@ -265,12 +274,11 @@ def test_object_array_in_a_shard_is_refused_without_running_code(tmp_path):
             return (os.mkdir, (str(marker),))
 
     shard = tmp_path / "c" / "shard-00000"
-    np.save(shard / "logits.npy", np.array([Payload()], dtype=object), allow_pickle=True)
-    # Make the shard look complete (sizes and hashes match) so only the loader stands in the way.
-    mark = json.loads((shard / "shard.json").read_text())
-    mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
-                                   "sha256": file_sha256(shard / "logits.npy")}
-    (shard / "shard.json").write_text(json.dumps(mark))
+    if as_npy:
+        np.save(shard / "logits.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    else:
+        (shard / "logits.npy").write_bytes(pickle.dumps(Payload()))
+    _vouch_for(shard, "logits.npy")
     cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
     with pytest.raises(CacheMismatch, match="cannot be read safely") as err:
         cache.teacher_logits_at([0], 1.0)
@@ -458,29 +466,6 @@ def test_a_negative_row_id_is_refused_not_read_from_the_end(tmp_path):
     for rows in ([-1], [3, -1], [ROWS]):
         with pytest.raises(ValueError, match=rf"row ids must lie in \[0, {ROWS}\)"):
             cache.teacher_logits_at(np.array(rows), 1.0)
-
-
-def test_a_pickle_in_place_of_a_shard_array_is_refused_without_running_code(tmp_path):
-    """Not an .npy at all but a raw pickle (memory-mapping does not stop a pickle, only allow_pickle does)."""
-    import pickle
-
-    _build(tmp_path / "c", _logits())
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.mkdir, (str(marker),))
-
-    shard = tmp_path / "c" / "shard-00000"
-    (shard / "logits.npy").write_bytes(pickle.dumps(Payload()))
-    mark = json.loads((shard / "shard.json").read_text())
-    mark["files"]["logits.npy"] = {"bytes": (shard / "logits.npy").stat().st_size,
-                                   "sha256": file_sha256(shard / "logits.npy")}
-    (shard / "shard.json").write_text(json.dumps(mark))
-    cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
-    with pytest.raises(CacheMismatch, match="cannot be read safely"):
-        cache.teacher_logits_at([0], 1.0)
-    assert not marker.exists()
 
 
 def test_a_full_cache_read_as_sampled_names_the_remedy(tmp_path):
