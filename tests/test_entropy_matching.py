@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import finished_run
-from scipy.special import softmax
-from scipy.stats import entropy
+from conftest import finished_run, mean_entropy_reference
 
 from lskd_core.features_io import save_features
 from lskd_core.report.matched import matched_markdown
@@ -21,10 +19,6 @@ from lskd_core.study.match import FORMAT, match_pairs
 from lskd_core.study.match import main as match_main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _mean_entropy(logits: np.ndarray, t: float) -> float:
-    return float(np.mean(entropy(softmax(logits.astype(np.float64) / t, axis=1), axis=1)))
 
 
 def _teacher(rng, n, k, sharp):
@@ -48,8 +42,8 @@ def test_a_wide_vocabulary_is_matched_and_the_plain_alpha_is_recorded(tmp_path, 
     pairs = match_pairs(plain, [(0.1, ls)], [2.0])
     (p,) = pairs
     assert p["plain_alpha"] == 0.0 and p["ls_alpha"] == 0.1 and p["samples"] == 80
-    assert p["ls_entropy"] == pytest.approx(_mean_entropy(ls, 2.0), rel=1e-9)
-    assert _mean_entropy(plain, p["matched_temperature"]) == pytest.approx(p["ls_entropy"], rel=1e-6)
+    assert p["ls_entropy"] == pytest.approx(mean_entropy_reference(ls, 2.0), rel=1e-9)
+    assert mean_entropy_reference(plain, p["matched_temperature"]) == pytest.approx(p["ls_entropy"], rel=1e-6)
     out = tmp_path / "m.json"
     rc = match_main(["--plain", _export(tmp_path / "p.npz", plain), "--plain-alpha", "0.05",
                      "--ls", "0.1", _export(tmp_path / "l.npz", ls), "--at", "2", "--out", str(out)])
