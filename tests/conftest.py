@@ -323,3 +323,18 @@ def finished_run(study: Path, run_id: str, **fields) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "result.json").write_text(json.dumps({"status": "done", **fields}))
     return d
+
+
+def markdown_block_breaks(text: str) -> List[str]:
+    """Places in a Markdown document where one block runs into the next without a blank line: a heading
+    not preceded by one, or a table's last row followed by a non-table line (read as another row, or as a
+    lazy continuation, by GitHub's renderer). Empty for a document whose sections are separate blocks."""
+    lines = text.split("\n")
+    breaks = []
+    for i in range(1, len(lines)):
+        prev, line = lines[i - 1], lines[i]
+        if line.startswith("#") and prev.strip():
+            breaks.append(f"line {i + 1}: heading {line[:40]!r} right after {prev[:40]!r}")
+        if prev.startswith("|") and line.strip() and not line.startswith("|"):
+            breaks.append(f"line {i + 1}: {line[:40]!r} right after a table row")
+    return breaks
