@@ -338,3 +338,13 @@ def markdown_block_breaks(text: str) -> List[str]:
         if prev.startswith("|") and line.strip() and not line.startswith("|"):
             breaks.append(f"line {i + 1}: {line[:40]!r} right after a table row")
     return breaks
+
+
+def report_from_its_results(rep: Path) -> str:
+    """report.md rendered again from the report's own results.json (every number read back from JSON, so
+    new objects: a section that finds cells by identity instead of value renders differently)."""
+    from lskd_core.report.render import render
+    from lskd_core.report.view import StudyView
+
+    res = json.loads((Path(rep) / "results.json").read_text())
+    return render(StudyView(Path(res["study_dir"])), res)
