@@ -241,3 +241,60 @@ def test_a_task_placeholder_is_substituted_in_the_exact_command(tmp_path):
     argv = PL.run_command(student, tmp_path, cfg)
     assert not any("{fairseq_plugin}" in a for a in argv)
     assert argv[argv.index("--user-dir") + 1] == fairseq_plugin_dir()
+
+
+# the execution-only flags and how many values each takes, written out from the trainers' --help
+_EXECUTION_ONLY = {"--device": 1, "--workers": 1, "--print-freq": 1, "--resume": 1, "--output-dir": 1, "--out": 1,
+                   "--save-dir": 1, "--num-workers": 1, "--cpu": 0, "--results-path": 1, "--no-progress": 0,
+                   "--data-buffer-size": 1}
+
+
+@pytest.mark.parametrize("flag", sorted(_EXECUTION_ONLY))
+def test_each_execution_flag_drops_exactly_its_own_values(flag):
+    # followed by a defining flag: dropping one value too many or too few changes the defining form
+    values = [f"v{i}" for i in range(_EXECUTION_ONLY[flag])]
+    args = ["--epochs", "3", flag, *values, "--lr", "0.1", "pos"]
+    assert _run(args).defining(1)["args"] == ["--epochs", "3", "--lr", "0.1", "pos"]
+
+
+def test_a_variant_students_id_is_its_cells_id_and_the_arms_tag():
+    assert PL.variant_student_id(0.1, 2.0, 0, "teacher_only_T") == "student_a0.1_T2_s0_ttm"
+    assert PL.variant_student_id(0.0, 64.0, 3, "logit_standardization") == "student_a0_T64_s3_lstd"
+    assert PL.variant_student_id(0.2, 4.0, 1, "teacher_only_T+logit_standardization") == "student_a0.2_T4_s1_ttm_lstd"
+
+
+def test_a_run_read_back_from_json_has_the_same_command(tmp_path):
+    # the manifest stores runs as JSON: their program's strings are new objects, compared by value
+    cfg = dataclasses.replace(S.load_config(overrides={"seeds": 1, "temperatures": [1]}), python="/py/bin/python")
+    run = _run(["--out", "{run}"])
+    back = dataclasses.replace(run, program=tuple(json.loads(json.dumps(list(run.program)))))
+    assert PL.run_command(back, tmp_path, cfg) == PL.run_command(run, tmp_path, cfg)
+    assert PL.run_command(back, tmp_path, cfg)[:3] == ["/py/bin/python", "-m", "vision_plugin.train"]
+
+
+def test_plan_commands_are_each_runs_exact_command_shell_quoted(tmp_path):
+    import shlex
+    import sys
+
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1]})
+    study = tmp_path / "my study"  # a space: the command must be quoted to split back into the argv
+    plan = S.build_plan(cfg)
+    cmds = PL.plan_commands(plan, study, cfg)
+    assert len(cmds) == len(plan)
+    for run, cmd in zip(plan, cmds):
+        argv = shlex.split(cmd)
+        assert argv == PL.run_command(run, study, cfg) and argv[0] == (cfg.python or sys.executable)
+        assert any(a.startswith(str(study / "runs")) for a in argv)  # its paths are inside this study
+
+
+def test_a_package_that_cannot_be_looked_up_has_no_folder(monkeypatch):
+    import sys
+    import types
+
+    # a dotted name whose parent is not installed: find_spec raises ModuleNotFoundError
+    assert P._package_dir("lskd_no_such_parent_pkg.child") is None
+    # a module in sys.modules without a spec (made at run time): find_spec raises ValueError
+    fake = types.ModuleType("lskd_spec_less_module")
+    fake.__spec__ = None
+    monkeypatch.setitem(sys.modules, "lskd_spec_less_module", fake)
+    assert P._package_dir("lskd_spec_less_module") is None
