@@ -5,12 +5,20 @@ survivors of mutation/report_sections.toml (docs/testing.md)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from conftest import mean_entropy_reference, synthetic_study
 
+from lskd_core import study as S
+from lskd_core.features_io import load_features
+from lskd_core.report import write_report
 from lskd_core.report.accuracy import grid_table
 from lskd_core.report.cache_savings import cache_savings_markdown, outputs_avoided
-from lskd_core.report.seed_stats import cell_interval_table, eta_rows
+from lskd_core.report.calibration import calibration_markdown
+from lskd_core.report.entropy import entropy_markdown
+from lskd_core.report.feature_kd import feature_kd_markdown
+from lskd_core.report.seed_stats import cell_interval_table, eta_over_seeds_md, eta_rows
 from lskd_core.report.token_eta import token_eta_markdown
 from lskd_core.study.tasks import get_task
 
@@ -99,3 +107,104 @@ def test_a_cache_without_rows_avoided_nothing():
     # not built (or its size unknown): the readers' live counts are not savings
     assert outputs_avoided(0, 1200, 3) == 0
     assert outputs_avoided(1200, 1200, 0) == 0
+
+
+# ------------------------------------------------------------- a finished study by hand (synthetic) ---
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory):
+    """A synthetic vision study (conftest.synthetic_study: two teachers, T in {1, 3}, two seeds, exports
+    with logits, a teacher_only_T arm) and its report: (study, results, report.md)."""
+    study = tmp_path_factory.mktemp("sections")
+    synthetic_study(study, {}, overrides={"variant_arms": ["teacher_only_T"]})
+    rep = write_report(study)
+    return study, json.loads((rep / "results.json").read_text()), (rep / "report.md").read_text()
+
+
+def test_entropy_pairs_match_the_ls_teachers_entropy_on_the_exported_logits(synthetic_report):
+    study, res, md = synthetic_report
+    ent = res["entropy"]
+    assert ent["status"] == "ok"  # every alpha's teacher export has logits
+    logits = {a: load_features(study / "runs" / S.export_id(S.teacher_id(a), "train") / "features.npz").logits
+              for a in (0.0, 0.1)}
+    assert [(p["alpha"], p["temperature"]) for p in ent["pairs"]] == [(0.1, 1.0), (0.1, 3.0)]
+    for p in ent["pairs"]:
+        target = mean_entropy_reference(logits[0.1], p["temperature"])
+        assert p["entropy"] == pytest.approx(target, rel=1e-5)
+        # the plain teacher at the matched T is as smooth as the LS teacher at T
+        assert mean_entropy_reference(logits[0.0], p["matched_temperature"]) == pytest.approx(target, abs=1e-4)
+        row = (f"| alpha = 0.1, T = {p['temperature']:g} | {target:.3f} | alpha = 0, "
+               f"T = {p['matched_temperature']:.4f} |")
+        assert row in md
+
+
+def test_the_entropy_pairs_table_only_with_pairs_and_a_failed_match_says_why():
+    ent = {"status": "ok", "temperatures": [1.0], "max_entropy": 2.3, "table": {"0": {"1": 0.2}, "0.1": {"1": 0.3}}}
+    assert "Entropy-matched pairs" not in "\n".join(entropy_markdown({"entropy": dict(ent, pairs=[])}))
+    pairs = [{"alpha": 0.1, "temperature": 1.0, "entropy": 0.3, "matched_alpha": 0.0, "matched_temperature": None,
+              "note": "beyond the plain teacher's range"}]
+    md = "\n".join(entropy_markdown({"entropy": dict(ent, pairs=pairs)}))
+    assert "| alpha = 0.1, T = 1 | 0.300 | — (beyond the plain teacher's range) |" in md
+
+
+def test_the_per_target_eta_table_is_the_ls_teachers(synthetic_report):
+    _, _, md = synthetic_report
+    assert "Per target class over seeds (hierarchy sets, train split, teacher alpha = 0.1, T 1 -> 3)" in md
+
+
+def test_a_missing_teacher_export_is_named_in_the_calibration_section(synthetic_report, tmp_path):
+    study, _, _ = synthetic_report
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    shutil.rmtree(copy / "report")
+    gone = S.export_id(S.teacher_id(0.0), "val")
+    shutil.rmtree(copy / "runs" / gone)  # the teacher's val export has not run yet
+    cal = json.loads((write_report(copy) / "results.json").read_text())["calibration"]
+    assert cal["status"] == "partial" and gone in cal["missing_inputs"]
+
+
+def _summary(est, lo, hi, n=2):
+    return {"estimate": est, "ci": [lo, hi], "n": n, "unit": "seed"}
+
+
+def test_calibration_percentages_have_two_decimals_and_scores_three():
+    summary = {"ece": _summary(0.02781, 0.025, 0.031), "ece_equal_width": _summary(0.03, 0.02, 0.04),
+               "nll": _summary(0.12345, 0.1, 0.15), "brier": _summary(0.0101, 0.009, 0.011),
+               "aurc": _summary(0.00456, 0.004, 0.005), "logit_std": _summary(1.9503, 1.9, 2.0)}
+    sec = {"status": "ok", "arms": [], "students": [], "teachers": [{"alpha": 0.0, "runs": ["t"], "summary": summary}]}
+    md = "\n".join(calibration_markdown({"calibration": sec}))
+    assert ("| teacher alpha = 0 | — | 1 | 2.78 [2.50, 3.10] | 3.00 [2.00, 4.00] | 0.123 [0.100, 0.150] | "
+            "0.010 [0.009, 0.011] | 0.46 [0.40, 0.50] | 1.950 [1.900, 2.000] |") in md
+
+
+def _fkd_cell(alpha, t, mean, interval, n):
+    return {"alpha": alpha, "temperature": t, "top1_mean": mean, "top1_interval": interval, "top5_mean": 99.0,
+            "n": n, "eta_s1": None, "eta_s2": None, "eta_from": 1.0}
+
+
+def test_table_b5_by_hand():
+    sec = {"status": "ok", "method": "overhaul", "weight": None, "eta_status": "missing", "trends": {},
+           "teachers": [{"alpha": 0.0, "top1": 90.0, "top5": 99.5}, {"alpha": 0.1, "top1": 89.0, "top5": 99.4}],
+           "cells": [_fkd_cell(0.0, 1.0, 80.0, _summary(80.0, 79.0, 81.0), 2),
+                     _fkd_cell(0.1, 1.0, 81.0, _summary(81.0, 80.5, 81.5), 2),
+                     _fkd_cell(0.0, 3.0, 78.0, {"estimate": 78.0, "ci": None, "n": 1}, 1),
+                     _fkd_cell(0.1, 3.0, None, None, 0)]}
+    md = "\n".join(feature_kd_markdown({"feature_kd": sec}))
+    assert "| teacher | 90.00 / 99.50 | 89.00 / 99.40 |" in md
+    assert "| T = 1 | 80.00 [79.00, 81.00] / 99.00 (n = 2) | 81.00 [80.50, 81.50] / 99.00 (n = 2) |" in md
+    assert "| T = 3 | 78.00 (no interval) / 99.00 (n = 1) | — |" in md
+
+
+def _eta_group(alpha, s1, target_s1):
+    summary = {"eta_s1": _interval(s1, s1 - 1, s1 + 1), "eta_s2": _interval(-s1, -s1 - 1, -s1 + 1),
+               "share_diffusion": 0.5, "runs": 2}
+    target = {"target": 0, "eta_s1": _interval(target_s1, target_s1 - 1, target_s1 + 1),
+              "eta_s2": _interval(1.0, 0.0, 2.0), "share_diffusion": 1.0, "runs": 2}
+    return {"alpha": alpha, "t1": 1.0, "t2": 3.0, "summary": summary, "targets": [target]}
+
+
+def test_the_per_target_table_is_eq1s_whichever_variant_comes_first():
+    over = [{"sets": "hierarchy", "split": "train", "variant": v, "groups": [_eta_group(0.1, -1.0, t)]}
+            for v, t in (("pairwise", -9.0), ("eq1", -4.0))]
+    md = "\n".join(eta_over_seeds_md(over, ["T-shirt/top"], 0.1, 3.0))
+    assert "| T-shirt/top | -4.000 [-5.000, -3.000] | +1.000 [+0.000, +2.000] | 100 % of 2 |" in md
+    assert "-9.000" not in md.split("Per target class")[1]

@@ -103,6 +103,16 @@ def test_advice_holds_when_the_cell_alone_is_best_and_is_not_decided_when_nothin
     assert "(95 %, over 3 teachers)" in md and "no: worse (clear)" in md
 
 
+def test_the_advice_gives_ls_minus_plain_at_the_lowest_t_by_hand(report):
+    res, md = report
+    ttm, _ = _cells(res, "teacher_only_T")
+    # both cells of a seed carry the same noise: each teacher's difference is 86 - 80 = 6 (arm), 81 - 80 = 1 (grid)
+    d = ttm["advice"]["ls_minus_plain"]
+    assert d["estimate"] == pytest.approx(6.0) and d["n"] == TEACHERS
+    assert res["variants"]["grid_advice"]["ls_minus_plain"]["estimate"] == pytest.approx(1.0)
+    assert "LS − plain at the lowest T: +6.00" in md
+
+
 def test_the_verdict_says_where_each_arm_differs_with_its_units(report):
     res, _ = report
     text = res["verdict"]["variants"]
