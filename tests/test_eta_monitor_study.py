@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_STUDY, needs_fashion_mnist, synthetic_study
+from conftest import TINY_STUDY, markdown_block_breaks, needs_fashion_mnist, report_from_its_results, synthetic_study
 
 from lskd_core import study as S
 from lskd_core.report import write_report
@@ -132,6 +132,7 @@ def test_report_section_from_logged_eta_and_absent_without(tmp_path):
     md = (rep / "report.md").read_text()
     assert "## Diffusion during training" in md and "![eta during training](eta_during_training.png)" in md
     assert "| 0.1 | 3 | 2 | 0.000 / 1.000 | 2 | -2.000 | 5.000 | 0.75 |" in md
+    assert report_from_its_results(rep) == md and markdown_block_breaks(md) == []
     assert (rep / "eta_during_training.png").stat().st_size > 1000
 
 

@@ -7,19 +7,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
-from conftest import mean_entropy_reference, synthetic_study
+from conftest import eta_reference, mean_entropy_reference, synthetic_study
 
 from lskd_core import study as S
-from lskd_core.features_io import load_features
+from lskd_core.features_io import load_features, save_features
+from lskd_core.jsonio import num
 from lskd_core.report import write_report
 from lskd_core.report.accuracy import grid_table
+from lskd_core.report.cache import AnalysisCache
 from lskd_core.report.cache_savings import cache_savings_markdown, outputs_avoided
 from lskd_core.report.calibration import calibration_markdown
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.feature_kd import feature_kd_markdown
-from lskd_core.report.seed_stats import cell_interval_table, eta_over_seeds_md, eta_rows
-from lskd_core.report.token_eta import token_eta_markdown
+from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows
+from lskd_core.report.token_eta import embedding_sets, token_eta_markdown, token_eta_section
+from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import get_task
 
 
@@ -192,6 +196,10 @@ def test_table_b5_by_hand():
     assert "| teacher | 90.00 / 99.50 | 89.00 / 99.40 |" in md
     assert "| T = 1 | 80.00 [79.00, 81.00] / 99.00 (n = 2) | 81.00 [80.50, 81.50] / 99.00 (n = 2) |" in md
     assert "| T = 3 | 78.00 (no interval) / 99.00 (n = 1) | — |" in md
+    assert "Top-1 slope per ln T" not in md  # no trend fitted yet: no line
+    sec["trends"] = {"0": _summary(-1.0, -2.0, 0.0), "0.1": _summary(-3.0, -4.0, -2.0), "0.2": None}
+    md = "\n".join(feature_kd_markdown({"feature_kd": sec}))
+    assert "Top-1 slope per ln T [95 %]: alpha = 0: -1.00 [-2.00, +0.00]; alpha = 0.1: -3.00 [-4.00, -2.00].\n" in md
 
 
 def _eta_group(alpha, s1, target_s1):
@@ -208,3 +216,115 @@ def test_the_per_target_table_is_eq1s_whichever_variant_comes_first():
     md = "\n".join(eta_over_seeds_md(over, ["T-shirt/top"], 0.1, 3.0))
     assert "| T-shirt/top | -4.000 [-5.000, -3.000] | +1.000 [+0.000, +2.000] | 100 % of 2 |" in md
     assert "-9.000" not in md.split("Per target class")[1]
+
+
+# --------------------------------------------------- a translation study's token eta, by hand ---
+def test_token_set_sizes_are_the_configured_counts_as_percentages_of_the_other_classes():
+    w = np.random.default_rng(0).normal(size=(6, 4))
+    assert embedding_sets(w, 1, 2)["pct"] == pytest.approx([100 * 1 / 5, 100 * 2 / 5])
+    # three classes, one similar and two dissimilar: 50 % + 100 % > 100 %, so S1 and S2 split the others
+    assert embedding_sets(w[:3], 1, 2)["pct"] == [50.0, 50.0]
+    assert embedding_sets(w, 1, 2, feature_sets=[10.0, 30.0])["pct"] == [10.0, 30.0]
+
+
+TOKENS = ["die", "der", "und", "ist", "nicht", "das"]
+
+
+def _translation_study(study, temperatures):
+    """A translation study whose exports are made by hand: teacher_a0's output embeddings define the
+    token sets; each student's decoder states of a token sit at a centre that drifts with T."""
+    data = study / "data"
+    data.mkdir(parents=True)
+    cfg = S.load_config(preset="translation", overrides={
+        "data_dir": str(data), "alphas": [0, 0.1], "temperatures": list(temperatures), "seeds": 2, "cache": False,
+        "num_similar": 1, "num_dissimilar": 2})
+    plan = S.build_plan(cfg)
+    S.write_manifest(study, cfg, plan)
+    rng = np.random.default_rng(1)
+    k, dim = len(TOKENS), 5
+    weight = rng.normal(size=(k, dim))
+    meta = {"token_ids": list(range(10, 10 + k)), "token_counts": [50 - i for i in range(k)], "sentences": 30}
+    labels = np.repeat(np.arange(k), 8)
+    for r in plan:
+        if r.kind != "export":
+            continue
+        d = study / "runs" / r.run_id
+        d.mkdir(parents=True)
+        t = r.info.get("temperature") or 1.0
+        centres = weight * (1.0 + 0.05 * np.log(t)) + 0.1 * np.log(t) * weight[[1, 0, 3, 2, 5, 4]]
+        feats = centres[labels] + 0.05 * rng.normal(size=(labels.size, dim))
+        save_features(d / "features.npz", feats.astype(np.float32), labels, class_names=TOKENS, weight=weight,
+                      bias=np.zeros(k), meta=meta)
+        (d / "result.json").write_text(json.dumps({"status": "done"}))
+    return study
+
+
+def _sets_by_hand(weight, t):
+    others = [c for c in range(len(weight)) if c != t]
+    order = sorted(others, key=lambda c: float(((weight[c] - weight[t]) ** 2).sum()))
+    return order[:1], sorted(order[-2:])
+
+
+@pytest.mark.parametrize("temperatures", [(1, 4), (1, 4, 16)])
+def test_token_eta_is_eq1_on_the_decoder_states_with_sets_from_the_embeddings(tmp_path, temperatures):
+    study = _translation_study(tmp_path / "st", temperatures)
+    eta = token_eta_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
+    assert eta["status"] == "ok", eta.get("reason") or eta.get("error")
+    ref = load_features(study / "runs" / "export_teacher_a0_test" / "features.npz")
+    weight = ref.weight.astype(np.float64)
+    assert eta["feature_pct"] == pytest.approx([20.0, 40.0])  # 1 and 2 of the 5 other tokens
+    for c in eta["classes"]:
+        s1, s2 = _sets_by_hand(weight, c["class"])
+        assert (c["s1"], sorted(c["s2"]), c["token"]) == (s1, s2, TOKENS[c["class"]])
+    t_hi = float(temperatures[-1])
+    tab = next(t for t in eta["seed_tables"] if t["alpha"] == 0.1 and t["seed"] == 1 and t["t2"] == t_hi
+               and t["sets"] == "feature")
+    before = load_features(study / "runs" / "export_student_a0.1_T1_s1_test" / "features.npz")
+    after = load_features(study / "runs" / f"export_student_a0.1_T{num(t_hi)}_s1_test" / "features.npz")
+    for row in tab["rows"]:
+        s1, s2 = _sets_by_hand(weight, row["target"])
+        want = eta_reference(before.features, before.labels, after.features, after.labels, row["target"], s1, s2)
+        assert (row["eta_s1"], row["eta_s2"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_token_eta_with_one_temperature_says_it_needs_two(tmp_path):
+    study = _translation_study(tmp_path / "st", (1,))
+    eta = token_eta_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
+    assert eta["status"] == "missing" and "two temperatures" in eta["reason"]
+
+
+def test_the_best_set_line_names_each_cells_alpha_and_t():
+    line = best_set_line({"best": {"set": [[0.1, 1.0], [0.0, 2.0]], "method": "Holm over one-sided Welch tests"}})
+    assert line == ("Cells that cannot be told apart from the best: (alpha = 0.1, T = 1), (alpha = 0, T = 2). "
+                    "Procedure: Holm over one-sided Welch tests.")
+
+
+def test_the_provenance_table_counts_each_kinds_finished_runs(synthetic_report):
+    study, _, _ = synthetic_report
+    view = StudyView(study)
+    counts: dict = {}
+    for row in view.provenance_rows():
+        counts[row[0]] = counts.get(row[0], 0) + int(row[1])
+    by_kind: dict = {}
+    for rid in view.results:
+        by_kind[view.runs[rid]["kind"]] = by_kind.get(view.runs[rid]["kind"], 0) + 1
+    assert counts == by_kind and counts["teacher"] == 2
+
+
+def test_the_classwise_rows_are_the_grids_cells(synthetic_report):
+    _, res, _ = synthetic_report
+    cells = {(c["alpha"], c["temperature"]) for c in res["accuracy_grid"]["cells"]}
+    assert {(r["alpha"], r["temperature"]) for r in res["classwise"]["rows"]} == cells
+
+
+def test_calibration_ls_minus_plain_is_the_ls_cells_ece_minus_the_plain_cells(synthetic_report):
+    _, res, _ = synthetic_report
+    cal = res["calibration"]
+    ece = {(c["alpha"], c["temperature"]): c["summary"]["ece"]["estimate"] for c in cal["students"]
+           if c["arm"] == "standard"}
+    assert [r["temperature"] for r in cal["ls_vs_plain"]] == [1.0, 3.0]
+    for r in cal["ls_vs_plain"]:
+        t = r["temperature"]
+        # the same seeds in both cells: the paired mean difference is the difference of the cell means (%)
+        assert r["difference"]["estimate"] == pytest.approx(100 * (ece[(0.1, t)] - ece[(0.0, t)]), rel=1e-9)
+        assert r["difference"]["cells"] == [[0.1, t], [0.0, t]]
