@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
+import pytest
 from test_study_launchers import _Detached, _fake_execute, _Queue
 
 from lskd_core import study as S
@@ -100,3 +102,255 @@ def test_a_released_lock_file_is_empty(tmp_path):
     with K.StudyLock(tmp_path):
         assert json.loads((tmp_path / K.LOCK_FILE).read_text())["pid"] > 0
     assert (tmp_path / K.LOCK_FILE).read_text() == ""  # nobody holds it now
+
+
+# ------------------------------------------------------------------ the warm server, faked ---
+class _FakeServer:
+    """Stands in for WarmServer: records what it was made for and what it spawned."""
+
+    made: list = []
+
+    def __init__(self, python, env, cwd=None):
+        self.python, self.env, self.closed, self.failed, self.usable = python, dict(env), False, None, True
+        _FakeServer.made.append(self)
+
+    def spawn(self, module, args, log_path, exit_path, cwd, script=None):
+        return 4242 + len(_FakeServer.made)
+
+    def close(self):
+        self.closed = True
+
+
+def _warm_argv(python):
+    return [python, "-m", "vision_plugin.train", "--epochs", "1"]
+
+
+def test_warm_start_off_never_makes_a_server(monkeypatch, tmp_path):
+    monkeypatch.setattr(L, "WarmServer", _FakeServer)
+    _FakeServer.made = []
+    cold = L.LocalLauncher(warm_start=False)
+    assert cold._start_warm(_warm_argv("/py/a"), {"X": "1"}, tmp_path / "log", None) is None
+    assert _FakeServer.made == []
+    warm = L.LocalLauncher(warm_start=True)
+    assert warm._start_warm(_warm_argv("/py/a"), {"X": "1"}, tmp_path / "log", None) is not None
+    assert [s.python for s in _FakeServer.made] == ["/py/a"]
+
+
+@pytest.mark.parametrize("first,second", [("/py/b", "/py/a"), ("/py/a", "/py/b")])
+def test_a_run_for_another_interpreter_or_environment_gets_its_own_server(monkeypatch, tmp_path, first, second):
+    monkeypatch.setattr(L, "WarmServer", _FakeServer)
+    _FakeServer.made = []
+    la = L.LocalLauncher()
+    env = {"X": "1"}
+    la._start_warm(_warm_argv(first), env, tmp_path / "a.log", None)
+    la._start_warm(_warm_argv(first), dict(env), tmp_path / "b.log", None)  # same interpreter and env: reused
+    assert len(_FakeServer.made) == 1
+    la._start_warm(_warm_argv(second), env, tmp_path / "c.log", None)  # another interpreter, either way round
+    assert [s.python for s in _FakeServer.made] == [first, second] and _FakeServer.made[0].closed
+    la._start_warm(_warm_argv(second), {"X": "2"}, tmp_path / "d.log", None)  # another environment
+    assert len(_FakeServer.made) == 3 and _FakeServer.made[1].closed
+
+
+def test_a_local_run_left_by_a_finished_runner_is_started_again_not_adopted(tmp_path):
+    # the local launcher's runs end with their runner: a recorded handle without "ended" is not in flight
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    teacher = tmp_path / "runs" / "teacher_a0"
+    teacher.mkdir(parents=True)
+    S.write_run_config(plan["teacher_a0"], tmp_path, cfg, [], {}, "study")
+    (teacher / "launch.json").write_text(json.dumps({"launcher": "fake", "run": "teacher_a0"}))
+    fl = _FakeLocal()
+    out = _quiet(cfg, tmp_path, fl)
+    assert out.ok and out.adopted == [] and "teacher_a0" in fl.started
+
+
+class _FakeLocal(S.LocalLauncher):
+    """A local launcher whose runs 'finish' at once with plausible outputs."""
+
+    name = "fake"
+
+    def __init__(self):
+        super().__init__(warm_start=False)
+        self.started = []
+
+    def start(self, run, argv, env, log_path, cwd=None, after=()):
+        self.started.append(run.run_id)
+        _fake_execute(run, Path(log_path).parent, ())
+        return {"launcher": self.name, "rc": 0}
+
+    def poll(self, handle):
+        return handle["rc"] if "rc" in handle else super().poll(handle)
+
+    def stop(self, handle):
+        pass
+
+
+# ----------------------------------------------------------------------- the scheduler ---
+def test_adopted_orphans_count_against_the_job_limit(tmp_path):
+    """Two local processes of a runner that died still run: with jobs = 1, nothing else starts until
+    they have ended (adopt_orphans puts them in flight, beyond the limit)."""
+    import socket
+    import subprocess
+    import sys
+
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "alphas": [0, 0.1, 0.2], "analysis": False,
+                                   "cache": False, "jobs": 1})
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    orphans = []
+    for tid in ("teacher_a0", "teacher_a0.1"):
+        d = tmp_path / "runs" / tid
+        d.mkdir(parents=True)
+        S.write_run_config(plan[tid], tmp_path, cfg, [], {}, "study")
+        _fake_execute(plan[tid], d, ())  # its outputs are complete: an unknowable exit status lets them decide
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"], start_new_session=True)
+        orphans.append(p)
+        (d / "launch.json").write_text(json.dumps({"launcher": "fake", "pid": p.pid, "host": socket.gethostname(),
+                                                   "proc_start": K.process_start(p.pid), "started": time.time()}))
+    fl = _FakeLocal()
+    fl.alive_at_start = []
+    real_start = fl.start
+
+    def start(run, argv, env, log_path, cwd=None, after=()):
+        fl.alive_at_start.append(sum(p.poll() is None for p in orphans))
+        return real_start(run, argv, env, log_path, cwd, after)
+
+    fl.start = start
+    try:
+        out = _quiet(cfg, tmp_path, fl)
+    finally:
+        for p in orphans:
+            p.wait(timeout=30)
+    assert out.ok and sorted(out.adopted) == ["teacher_a0", "teacher_a0.1"]
+    assert "teacher_a0.2" in fl.started and set(fl.alive_at_start) == {0}
+
+
+def test_a_failed_teacher_stops_every_queued_run_behind_it_however_deep(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "jobs": 100, "cache": False})
+    plan = S.build_plan(cfg)
+    q = _Queue(fail={"teacher_a0.1"})
+    out = _quiet(cfg, tmp_path, q)
+    behind = {r.run_id for r in plan if "a0.1" in r.run_id and r.run_id != "teacher_a0.1"}
+    assert any(r.startswith("export_student") for r in behind)  # two levels behind the teacher
+    assert set(q.stopped) == behind and set(out.blocked) == behind and not out.in_flight
+
+
+def test_the_outcome_wall_time_is_the_invocations_duration(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "cache": False})
+    t0 = time.time()
+    out = _quiet(cfg, tmp_path, _Queue())
+    assert 0.0 <= out.wall_time_s <= time.time() - t0 + 1.0
+
+
+def test_report_false_writes_no_report_and_report_true_does(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "cache": False, "analysis": False})
+    out = _quiet(cfg, tmp_path, _Queue())
+    assert out.report_dir is None and not (tmp_path / "report").exists()
+    again = S.run_study(cfg, tmp_path, launcher=_Queue(), report=True, progress=False, echo=lambda s: None)
+    assert again.report_dir is not None and (again.report_dir / "report.md").is_file()
+
+
+def test_a_stale_dir_is_announced_with_where_it_went(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "jobs": 100, "cache": False, "analysis": False})
+    assert _quiet(cfg, tmp_path, _Queue()).ok
+    (tmp_path / "runs" / "teacher_a0" / "result.json").unlink()
+    (tmp_path / "runs" / "teacher_a0" / "checkpoint.pth").unlink()
+    said = []
+    S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, progress=False, echo=said.append)
+    assert any("student_a0_T1_s0: stale" in s and "moved to" in s and "re-running" in s for s in said)
+
+
+def test_report_only_names_a_corrupt_run_as_not_used(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "cache": False, "analysis": False})
+    assert _quiet(cfg, tmp_path, _Queue()).ok
+    (tmp_path / "runs" / "student_a0_T1_s0" / "result.json").write_text("{not json")
+    out = S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, report_only=True, progress=False,
+                      echo=lambda s: None)
+    (p,) = [p for p in out.problems if p["run_id"] == "student_a0_T1_s0"]
+    assert p["event"] == "corrupt" and p["action"] == "not used (report-only)"
+    assert out.failed["student_a0_T1_s0"].startswith("not done")
+
+
+def test_report_only_collects_a_detached_run_that_ended_and_records_its_inputs(tmp_path):
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
+    study = tmp_path.resolve()
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    assert _quiet(cfg, study, _Detached()).ok
+    sdir = study / "runs" / "student_a0_T1_s0"
+    rc = json.loads((sdir / "run_config.json").read_text())
+    rc["inputs"] = {}  # as when the runner was stopped before it collected the run
+    (sdir / "run_config.json").write_text(json.dumps(rc))
+    (sdir / "launch.json").write_text(json.dumps({"launcher": "detached", "run": "student_a0_T1_s0"}))
+    S.run_study(cfg, study, launcher=_Detached(), report=False, report_only=True, progress=False,
+                echo=lambda s: None)
+    rc = json.loads((sdir / "run_config.json").read_text())
+    assert rc["inputs"] == {"teacher_a0": S.fingerprint(study / "runs" / "teacher_a0")}
+    assert "ended" in json.loads((sdir / "launch.json").read_text())
+    assert plan  # the plan the study ran
+
+
+def test_a_lock_file_of_another_shape_is_named_as_unreadable(tmp_path):
+    for text in ("[1, 2]", "null", "{\"host\": \"h\"}", "not json"):
+        (tmp_path / K.LOCK_FILE).write_text(text)
+        assert K._holder_text(tmp_path / K.LOCK_FILE) == "a process whose pid could not be read", text
+
+
+class _DetachedStopping(_Detached):
+    """A detached queue that can also stop the runs an earlier invocation started (handles without a job)."""
+
+    def stop(self, handle):
+        if "job" in handle:
+            return super().stop(handle)
+        self.stopped.append(handle["run"])
+        self.alive.discard(handle["run"])
+
+
+def test_an_adopted_run_behind_a_failed_input_is_stopped_too(tmp_path):
+    """An export still running from an earlier invocation, whose student must run again behind a teacher
+    that now fails: it was adopted before its student was queued, so only a second pass over the runs in
+    flight finds it behind the blocked student."""
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "alphas": [0, 0.1], "analysis": True,
+                                   "cache": False, "jobs": 100})
+    study = tmp_path.resolve()
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    export = next(r for r in plan if r.startswith("export_student_a0.1_T1_s0"))
+    d = study / "runs" / export
+    d.mkdir(parents=True)
+    S.write_run_config(plan[export], study, cfg, [], {}, "study")
+    (d / "launch.json").write_text(json.dumps({"launcher": "detached", "run": export}))
+    la = _DetachedStopping(alive={export})
+    la.fail = {"teacher_a0.1"}
+    out = _quiet(cfg, study, la)
+    assert export in out.adopted and "teacher_a0.1" in out.failed
+    assert export in la.stopped and export in out.blocked
+
+
+def test_a_launcher_that_does_not_say_is_not_detached(tmp_path):
+    """A user's own Launcher subclass that leaves ``detached`` alone: its runs end with the runner, so a
+    handle it recorded earlier is not adopted (the run starts again)."""
+
+    class Mine(L.Launcher):
+        name = "mine"
+
+        def __init__(self):
+            self.started = []
+
+        def start(self, run, argv, env, log_path, cwd=None, after=()):
+            self.started.append(run.run_id)
+            _fake_execute(run, Path(log_path).parent, ())
+            return {"launcher": self.name, "rc": 0}
+
+        def poll(self, handle):
+            return handle.get("rc", 0)  # a handle it recorded earlier reads as ended: never waited on forever
+
+        def stop(self, handle):
+            pass
+
+    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    teacher = tmp_path / "runs" / "teacher_a0"
+    teacher.mkdir(parents=True)
+    S.write_run_config(plan["teacher_a0"], tmp_path, cfg, [], {}, "study")
+    (teacher / "launch.json").write_text(json.dumps({"launcher": "mine", "run": "teacher_a0"}))
+    la = Mine()
+    out = _quiet(cfg, tmp_path, la)
+    assert out.ok and out.adopted == [] and "teacher_a0" in la.started

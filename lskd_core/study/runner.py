@@ -83,8 +83,7 @@ class _InFlight:
     handle: Handle
     started: float
     resume: bool
-    adopted: bool = False  # started by an earlier invocation (detached launcher)
-    orphan: bool = False  # a local process left running by a runner that died: its exit status is unknowable
+    adopted: bool = False  # started by an earlier invocation (detached launcher, or an orphaned local process)
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -270,8 +269,8 @@ class _Loop:
                                  f"another config); wait for it or stop it (kill -TERM -{handle.get('pid')}), "
                                  "then run the study again")
             self.pending.remove(run)
-            self.running[run.run_id] = _InFlight(handle, float(handle.get("started", time.time())), False, True,
-                                                 orphan=True)
+            # its exit status is unknowable (not our child): the launcher polls it as LOST, its outputs decide
+            self.running[run.run_id] = _InFlight(handle, float(handle.get("started", time.time())), False, True)
             self.adopted.append(run.run_id)
             log_event(self.study, "adopted", run_id=run.run_id, handle=handle)
             self.echo(f"[study] {run.run_id}: still running from an earlier runner ({where}); waiting for it")
