@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import eta_reference, mean_entropy_reference, synthetic_study
 
+from lskd_core import statistics as st
 from lskd_core import study as S
 from lskd_core.features_io import load_features, save_features
 from lskd_core.jsonio import num
@@ -18,11 +19,12 @@ from lskd_core.report import write_report
 from lskd_core.report.accuracy import grid_table
 from lskd_core.report.cache import AnalysisCache
 from lskd_core.report.cache_savings import cache_savings_markdown, outputs_avoided
-from lskd_core.report.calibration import calibration_markdown
+from lskd_core.report.calibration import calibration_markdown, calibration_sentence
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.feature_kd import feature_kd_markdown
-from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows
+from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows, trend_table
 from lskd_core.report.token_eta import embedding_sets, token_eta_markdown, token_eta_section
+from lskd_core.report.variants import _units
 from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import get_task
 
@@ -131,6 +133,9 @@ def test_entropy_pairs_match_the_ls_teachers_entropy_on_the_exported_logits(synt
     logits = {a: load_features(study / "runs" / S.export_id(S.teacher_id(a), "train") / "features.npz").logits
               for a in (0.0, 0.1)}
     assert [(p["alpha"], p["temperature"]) for p in ent["pairs"]] == [(0.1, 1.0), (0.1, 3.0)]
+    for t in ent["temperatures"]:  # Table H.1: a row per T, a column per teacher
+        e0, e1 = (mean_entropy_reference(logits[a], t) for a in (0.0, 0.1))
+        assert f"| T = {t:g} | {e0:.3f} | {e1:.3f} |" in md
     for p in ent["pairs"]:
         target = mean_entropy_reference(logits[0.1], p["temperature"])
         assert p["entropy"] == pytest.approx(target, rel=1e-5)
@@ -328,3 +333,56 @@ def test_calibration_ls_minus_plain_is_the_ls_cells_ece_minus_the_plain_cells(sy
         # the same seeds in both cells: the paired mean difference is the difference of the cell means (%)
         assert r["difference"]["estimate"] == pytest.approx(100 * (ece[(0.1, t)] - ece[(0.0, t)]), rel=1e-9)
         assert r["difference"]["cells"] == [[0.1, t], [0.0, t]]
+
+
+def test_each_projection_panels_separation_is_its_distance_over_the_pairs_spread(synthetic_report):
+    _, res, _ = synthetic_report
+    proj = res["projection"]
+    a, b = proj["classes"][:2]
+    assert proj["status"] == "ok" and proj["panels"]
+    for p in proj["panels"]:
+        spread = p["spread"]
+        assert p["similar_pair_distance"] > 0  # two distinct class centroids
+        by_hand = p["similar_pair_distance"] / (0.5 * (spread[str(a)] + spread[str(b)]))
+        assert p["similar_pair_separation"] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_every_soft_output_panel_of_a_teacher_shows_the_same_similar_classes(synthetic_report):
+    _, res, _ = synthetic_report
+    by_alpha: dict = {}
+    for prof in res["soft_output"]["profiles"]:
+        sim = tuple(c for c, g in zip(prof["classes"], prof["groups"]) if g == "similar")
+        by_alpha.setdefault(prof["alpha"], set()).add(sim)
+    assert by_alpha and all(len(s) == 1 and len(next(iter(s))) == 2 for s in by_alpha.values()), by_alpha
+
+
+@pytest.mark.parametrize("ci,word", [([-0.8, -0.2], "lower (better calibrated)"),
+                                     ([0.1, 0.9], "higher (worse calibrated)"),
+                                     ([-0.5, 0.5], "not distinguishable from zero")])
+def test_the_calibration_sentence_reads_the_interval_of_each_t(ci, word):
+    sec = {"status": "ok", "ls_vs_plain": [{"temperature": 4.0, "alpha_ls": 0.1,
+                                            "difference": {"estimate": sum(ci) / 2, "ci": ci}}]}
+    sentence = calibration_sentence(sec)
+    assert f"is {word} at T = 4 (95 %" in sentence
+
+
+@pytest.mark.parametrize("status", ["missing", "error", "partial", "ok"])
+def test_the_cache_section_is_left_out_only_when_it_does_not_apply(status):
+    md = cache_savings_markdown({"cache_savings": {"status": status, "caches": [], "total": {}}})
+    assert md and md[0].startswith("## Teacher caches")
+    assert cache_savings_markdown({"cache_savings": {"status": "not-applicable"}}) == []
+
+
+def test_the_trend_table_spans_the_lowest_to_the_highest_t():
+    est = {"estimate": -1.0, "ci": [-2.0, 0.0], "p": 0.05, "n": 3, "unit": "seed", "method": "t"}
+    analysis = {"temperatures": [1.0, 4.0, 64.0], "interaction": None,
+                "trends": [{"alpha": 0.1, "slope_per_ln_T": est, "change_over_range": est}]}
+    assert "fitted change T = 1 → 64 (points) [95 %]" in trend_table(analysis, "points")
+
+
+def test_intervals_over_two_teachers_are_said_to_be_over_teachers():
+    rows = [{"alpha": a, "temperature": 1.0, "seed": s, "teacher_seed": s % 2, "value": 80.0 + s}
+            for a in (0.0, 0.1) for s in range(4)]
+    assert _units(st.as_observations(rows)) == "2 teachers"
+    one = [dict(r, teacher_seed=0) for r in rows]
+    assert _units(st.as_observations(one)) == "4 student seeds"
