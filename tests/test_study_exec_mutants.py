@@ -22,6 +22,19 @@ def _quiet(cfg, study, launcher):
     return S.run_study(cfg, study, launcher=launcher, report=False, progress=False, echo=lambda s: None)
 
 
+def _recorded(study, cfg, run_id, handle):
+    """A run dir an earlier invocation left: its run config (this config) and its launch handle."""
+    plan = {r.run_id: r for r in S.build_plan(cfg)}
+    d = study / "runs" / run_id
+    d.mkdir(parents=True)
+    S.write_run_config(plan[run_id], study, cfg, [], {}, "study")
+    (d / "launch.json").write_text(json.dumps(handle))
+    return plan[run_id], d
+
+
+_ONE_CELL = {"seeds": 1, "temperatures": [1], "analysis": False, "cache": False}
+
+
 def test_a_runs_recorded_wall_time_is_its_own_duration(tmp_path):
     cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1, 2], "cache": False})
     t0 = time.time()
@@ -49,14 +62,10 @@ def test_a_dependent_queued_behind_a_re_run_input_is_moved_aside_as_stale(tmp_pa
 
 
 def test_a_run_another_launcher_started_is_not_adopted(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
+    cfg = S.load_config(overrides=_ONE_CELL)
     study = tmp_path.resolve()
-    plan = {r.run_id: r for r in S.build_plan(cfg)}
-    teacher = study / "runs" / "teacher_a0"
-    teacher.mkdir(parents=True)
-    S.write_run_config(plan["teacher_a0"], study, cfg, [], {}, "study")
-    (teacher / "launch.json").write_text(json.dumps({"launcher": "slurm", "run": "teacher_a0"}))
-    _fake_execute(plan["teacher_a0"], teacher, ())
+    run, teacher = _recorded(study, cfg, "teacher_a0", {"launcher": "slurm", "run": "teacher_a0"})
+    _fake_execute(run, teacher, ())
     la = _Detached(alive={"teacher_a0"})
     out = _quiet(cfg, study, la)
     # recorded by a SLURM runner: this detached launcher cannot poll it, so it neither adopts nor waits for it
@@ -153,36 +162,36 @@ def test_a_run_for_another_interpreter_or_environment_gets_its_own_server(monkey
 
 def test_a_local_run_left_by_a_finished_runner_is_started_again_not_adopted(tmp_path):
     # the local launcher's runs end with their runner: a recorded handle without "ended" is not in flight
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
-    plan = {r.run_id: r for r in S.build_plan(cfg)}
-    teacher = tmp_path / "runs" / "teacher_a0"
-    teacher.mkdir(parents=True)
-    S.write_run_config(plan["teacher_a0"], tmp_path, cfg, [], {}, "study")
-    (teacher / "launch.json").write_text(json.dumps({"launcher": "fake", "run": "teacher_a0"}))
+    cfg = S.load_config(overrides=_ONE_CELL)
+    _recorded(tmp_path, cfg, "teacher_a0", {"launcher": "fake", "run": "teacher_a0"})
     fl = _FakeLocal()
     out = _quiet(cfg, tmp_path, fl)
     assert out.ok and out.adopted == [] and "teacher_a0" in fl.started
 
 
-class _FakeLocal(S.LocalLauncher):
-    """A local launcher whose runs 'finish' at once with plausible outputs."""
+class _InstantRuns:
+    """Launcher methods whose runs 'finish' at once with plausible outputs (mixed into a launcher class)."""
 
     name = "fake"
-
-    def __init__(self):
-        super().__init__(warm_start=False)
-        self.started = []
 
     def start(self, run, argv, env, log_path, cwd=None, after=()):
         self.started.append(run.run_id)
         _fake_execute(run, Path(log_path).parent, ())
         return {"launcher": self.name, "rc": 0}
 
-    def poll(self, handle):
-        return handle["rc"] if "rc" in handle else super().poll(handle)
-
     def stop(self, handle):
         pass
+
+
+class _FakeLocal(_InstantRuns, S.LocalLauncher):
+    """A local launcher whose runs finish at once; handles of real processes are polled as usual."""
+
+    def __init__(self):
+        super().__init__(warm_start=False)
+        self.started = []
+
+    def poll(self, handle):
+        return handle["rc"] if "rc" in handle else super().poll(handle)
 
 
 # ----------------------------------------------------------------------- the scheduler ---
@@ -328,29 +337,17 @@ def test_a_launcher_that_does_not_say_is_not_detached(tmp_path):
     """A user's own Launcher subclass that leaves ``detached`` alone: its runs end with the runner, so a
     handle it recorded earlier is not adopted (the run starts again)."""
 
-    class Mine(L.Launcher):
+    class Mine(_InstantRuns, L.Launcher):
         name = "mine"
 
         def __init__(self):
             self.started = []
 
-        def start(self, run, argv, env, log_path, cwd=None, after=()):
-            self.started.append(run.run_id)
-            _fake_execute(run, Path(log_path).parent, ())
-            return {"launcher": self.name, "rc": 0}
-
         def poll(self, handle):
             return handle.get("rc", 0)  # a handle it recorded earlier reads as ended: never waited on forever
 
-        def stop(self, handle):
-            pass
-
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
-    plan = {r.run_id: r for r in S.build_plan(cfg)}
-    teacher = tmp_path / "runs" / "teacher_a0"
-    teacher.mkdir(parents=True)
-    S.write_run_config(plan["teacher_a0"], tmp_path, cfg, [], {}, "study")
-    (teacher / "launch.json").write_text(json.dumps({"launcher": "mine", "run": "teacher_a0"}))
+    cfg = S.load_config(overrides=_ONE_CELL)
+    _recorded(tmp_path, cfg, "teacher_a0", {"launcher": "mine", "run": "teacher_a0"})
     la = Mine()
     out = _quiet(cfg, tmp_path, la)
     assert out.ok and out.adopted == [] and "teacher_a0" in la.started
