@@ -13,6 +13,7 @@ from conftest import eta_reference, mean_entropy_reference, synthetic_study
 
 from lskd_core import statistics as st
 from lskd_core import study as S
+from lskd_core.classsets import FASHION_MNIST_CLASSES
 from lskd_core.features_io import load_features, save_features
 from lskd_core.jsonio import num
 from lskd_core.report import write_report
@@ -23,6 +24,7 @@ from lskd_core.report.calibration import calibration_markdown, calibration_sente
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.feature_kd import feature_kd_markdown
 from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows, trend_table
+from lskd_core.report.token_entropy import ENTROPY_FILE, token_entropy_section, token_mean_interval
 from lskd_core.report.token_eta import embedding_sets, token_eta_markdown, token_eta_section
 from lskd_core.report.variants import _units
 from lskd_core.report.view import StudyView
@@ -260,6 +262,12 @@ def _translation_study(study, temperatures):
         feats = centres[labels] + 0.05 * rng.normal(size=(labels.size, dim))
         save_features(d / "features.npz", feats.astype(np.float32), labels, class_names=TOKENS, weight=weight,
                       bias=np.zeros(k), meta=meta)
+        if r.info.get("role") == "teacher":  # per-sentence entropy sums at each T (fairseq_plugin's export)
+            tokens = rng.integers(3, 9, size=12)
+            sums = {f"{t:.1f}": (tokens * (0.5 + 0.1 * t) + rng.normal(size=12) * 0.3).tolist() for t in (1, 4)}
+            (d / ENTROPY_FILE).write_text(json.dumps({"tokens_per_sentence": tokens.tolist(),
+                                                      "entropy_sum_per_sentence": sums, "sentences": 12,
+                                                      "tokens": int(tokens.sum())}))
         (d / "result.json").write_text(json.dumps({"status": "done"}))
     return study
 
@@ -386,3 +394,87 @@ def test_intervals_over_two_teachers_are_said_to_be_over_teachers():
     assert _units(st.as_observations(rows)) == "2 teachers"
     one = [dict(r, teacher_seed=0) for r in rows]
     assert _units(st.as_observations(one)) == "4 student seeds"
+
+
+def test_feature_sets_are_sized_like_the_hierarchy_sets(synthetic_report):
+    _, res, _ = synthetic_report
+    k, cfg = 10, res["config"]
+    assert res["eta"]["sets"]["feature_pct"] == pytest.approx(
+        [100 * cfg["num_similar"] / (k - 1), 100 * cfg["num_dissimilar"] / (k - 1)])
+
+
+def test_each_target_row_of_the_eta_tables_shows_that_targets_own_values(synthetic_report):
+    _, res, md = synthetic_report
+    names = FASHION_MNIST_CLASSES  # the synthetic study's class names
+    tabs = [t for t in res["eta"]["tables"] if t["sets"] == "hierarchy" and t["split"] == "train"]
+    assert tabs and md.count("Students of seed 0; features of the train and val splits.") == 1
+    for tab in tabs:
+        for r in tab["rows"]:
+            cells = (f"| {names[r['target']]} | {r['eta_s1']:.3f} ({r['eta_s1_pairwise']:.3f}) | "
+                     f"{r['eta_s2']:.3f} ({r['eta_s2_pairwise']:.3f}) |")
+            assert cells in md
+
+
+def test_classwise_train_accuracy_is_the_exported_layers_accuracy(synthetic_report):
+    study, res, _ = synthetic_report
+    cw = res["classwise"]
+    for row in cw["rows"]:
+        f = load_features(study / "runs" / S.export_id(S.student_id(row["alpha"], row["temperature"],
+                                                                    cw["train_seed"]), "train") / "features.npz")
+        pred = (f.features.astype(np.float64) @ f.weight.T.astype(np.float64) + f.bias).argmax(axis=1)
+        for c, got in row["train"].items():
+            mask = f.labels == int(c)
+            assert got == pytest.approx(100.0 * float((pred[mask] == int(c)).mean()))
+
+
+def test_a_cached_section_is_recomputed_when_an_input_export_is_re_run(synthetic_report, tmp_path):
+    study, _, _ = synthetic_report
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    first = json.loads((write_report(copy) / "results.json").read_text())["projection"]
+    path = copy / "runs" / S.export_id(S.teacher_id(0.0), "val") / "features.npz"
+    f = load_features(path)
+    # the export ran again: new features and a new result.json (a run's identity is its result's bytes)
+    save_features(path, f.features * 2.0, f.labels, class_names=f.class_names, weight=f.weight, bias=f.bias,
+                  logits=f.logits)
+    (path.parent / "result.json").write_text(json.dumps({"status": "done", "wall_time_s": 1.5}))
+    again = json.loads((write_report(copy) / "results.json").read_text())["projection"]
+    assert again["cached"] is False
+    assert again["panels"][0]["similar_pair_distance"] != pytest.approx(first["panels"][0]["similar_pair_distance"])
+
+
+def test_the_cache_summary_by_hand():
+    tot = {"built": 1, "caches": 2, "bytes_on_disk": 3 * 2 ** 20, "teacher_outputs_computed": 1200,
+           "students_done": 3, "forwards_avoided": 2400, "build_wall_s": 12.34, "students_wall_s": 56.78}
+    md = "\n".join(cache_savings_markdown({"cache_savings": {"status": "ok", "caches": [], "total": tot}}))
+    assert ("1 of 2 teacher caches built (3.0 MiB on disk) computed 1,200 teacher outputs once, for 3 finished "
+            "students: 2,400 teacher outputs") in md
+    assert "Wall time: builds 12.3 s, the students reading them 56.8 s." in md
+
+
+def test_sentences_of_one_per_token_mean_have_no_interval():
+    # every sentence has the same mean: nothing to resample, the mean is exact
+    out = token_mean_interval(np.array([2.0, 4.0, 6.0]), np.array([1, 2, 3]))
+    assert out == {"mean": 2.0, "ci": None, "sentences": 3, "tokens": 6}
+    assert token_mean_interval(np.array([2.0]), np.array([4]))["ci"] is None
+    spread = token_mean_interval(np.array([2.0, 8.0, 3.0, 9.0]), np.array([2, 2, 2, 2]), n_resamples=200)
+    assert spread["ci"][0] < spread["mean"] < spread["ci"][1]
+
+
+def test_table_b5_says_partial_only_when_partial():
+    base = {"method": "overhaul", "weight": None, "eta_status": "missing", "trends": {}, "teachers": [],
+            "cells": [_fkd_cell(0.0, 1.0, 80.0, _summary(80.0, 79.0, 81.0), 2)]}
+    assert "> Partial" not in "\n".join(feature_kd_markdown({"feature_kd": dict(base, status="ok")}))
+    assert "> Partial: some cells" in "\n".join(feature_kd_markdown({"feature_kd": dict(base, status="partial")}))
+
+
+def test_token_entropy_is_the_token_weighted_mean_with_a_95_percent_cluster_bootstrap(tmp_path):
+    study = _translation_study(tmp_path / "st", (1, 4))
+    ent = token_entropy_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
+    assert ent["status"] == "ok" and ent["interval"] == "95 % cluster bootstrap over sentences (BCa, 2000 resamples)"
+    for tr in ent["teachers"]:
+        raw = json.loads((study / "runs" / f"export_{tr['model_run']}_test" / ENTROPY_FILE).read_text())
+        for t in ("1", "4"):
+            want = sum(raw["entropy_sum_per_sentence"][f"{t}.0"]) / sum(raw["tokens_per_sentence"])
+            assert tr["rows"][t]["mean"] == pytest.approx(want)
+            assert tr["rows"][t]["ci"][0] < want < tr["rows"][t]["ci"][1]
