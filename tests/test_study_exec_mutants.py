@@ -256,6 +256,8 @@ def test_report_false_writes_no_report_and_report_true_does(tmp_path):
     assert out.report_dir is None and not (tmp_path / "report").exists()
     again = S.run_study(cfg, tmp_path, launcher=_Queue(), report=True, progress=False, echo=lambda s: None)
     assert again.report_dir is not None and (again.report_dir / "report.md").is_file()
+    wall = json.loads((again.report_dir / "results.json").read_text())["study_wall_time_s"]
+    assert 0.0 <= wall <= again.wall_time_s + 1.0
 
 
 def test_a_stale_dir_is_announced_with_where_it_went(tmp_path):
@@ -351,3 +353,88 @@ def test_a_launcher_that_does_not_say_is_not_detached(tmp_path):
     la = Mine()
     out = _quiet(cfg, tmp_path, la)
     assert out.ok and out.adopted == [] and "teacher_a0" in la.started
+
+
+def _progress_lines(text):
+    import re
+
+    return [(int(a), int(b)) for a, b in re.findall(r"\[study\] (\d+)/(\d+) runs done", text)]
+
+
+def test_the_progress_count_ends_at_the_plans_size_whether_runs_ran_or_were_skipped(tmp_path, capsys):
+    cfg = S.load_config(overrides=_ONE_CELL)
+    n = len(S.build_plan(cfg))
+    for _ in range(2):  # every run launched, then every run found done
+        capsys.readouterr()
+        assert S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, progress=True, echo=lambda s: None).ok
+        lines = _progress_lines(capsys.readouterr().err)
+        assert lines and lines[-1] == (n, n) and all(k <= n for k, _ in lines)
+
+
+def test_a_failed_run_with_nothing_behind_it_is_not_ok(tmp_path):
+    cfg = S.load_config(overrides=_ONE_CELL)
+    leaf = next(r.run_id for r in S.build_plan(cfg) if r.kind == "student")  # nothing runs behind it here
+    out = _quiet(cfg, tmp_path, _Queue(fail={leaf}))
+    assert out.failed.keys() == {leaf} and out.blocked == [] and not out.ok
+
+
+def test_sacct_lines_give_each_jobs_state_exit_code_start_and_end():
+    from lskd_core.study.slurm_states import parse_sacct
+
+    out = "17|COMPLETED|0:0|2026-12-07T10:00:00|2026-12-07T10:05:00\n18|CANCELLED by 0|0:15|Unknown|2026-12-07T10:06:00\n"
+    got = parse_sacct(out)
+    assert (got["17"].state, got["17"].exit_code, got["17"].start, got["17"].end) == (
+        "COMPLETED", 0, "2026-12-07T10:00:00", "2026-12-07T10:05:00")
+    assert (got["18"].state, got["18"].end) == ("CANCELLED", "2026-12-07T10:06:00")
+
+
+def test_stop_sends_sigterm_first(tmp_path):
+    import signal
+    import sys
+
+    la = L.LocalLauncher(warm_start=False)
+    h = la.start(S.Run(run_id="r", kind="student", program=("exe", sys.executable), args=[]),
+                 [sys.executable, "-c", "import time; time.sleep(60)"], {}, tmp_path / "log")
+    proc = la._procs[h["pid"]]
+    t0 = time.time()
+    la.stop(h)
+    assert proc.returncode == -signal.SIGTERM and time.time() - t0 < 10  # ended by TERM, not KILL after 20 s
+
+
+class _EndedUnfinished(_Detached):
+    """Runs an earlier invocation started ended with a failure (recorded handles poll 1)."""
+
+    def poll(self, handle):
+        return 1 if "job" not in handle else super().poll(handle)
+
+
+def test_an_adopted_run_that_ended_unfinished_is_shown_and_started_again(tmp_path):
+    cfg = S.load_config(overrides=_ONE_CELL)
+    study = tmp_path.resolve()
+    _, d = _recorded(study, cfg, "teacher_a0", {"launcher": "detached", "run": "teacher_a0"})
+    (d / "stdout.log").write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
+    said = []
+    la = _EndedUnfinished()
+    out = S.run_study(cfg, study, launcher=la, report=False, progress=False, echo=said.append)
+    assert out.ok and "teacher_a0" in la.after  # started again by this invocation
+    events = [json.loads(x) for x in (study / "events.jsonl").read_text().splitlines()]
+    (ev,) = [e for e in events if e["event"] == "ended-unfinished"]
+    assert ev["run_id"] == "teacher_a0" and ev["log"] == str(d / "stdout.log") and ev["action"] == "re-run"
+    assert any("ended unfinished" in s and "CUDA out of memory" in s for s in said)
+
+
+def test_an_adopted_exports_wall_time_counts_from_its_recorded_start(tmp_path):
+    cfg = S.load_config(overrides={**_ONE_CELL, "analysis": True})
+    study = tmp_path.resolve()
+    assert _quiet(cfg, study, _Detached()).ok
+    export = next(r.run_id for r in S.build_plan(cfg) if r.kind == "export")
+    d = study / "runs" / export
+    (d / "result.json").unlink()  # as if the earlier runner died before collecting it
+    (d / "launch.json").write_text(json.dumps({"launcher": "detached", "run": export, "started": time.time() - 5}))
+    out = _quiet(cfg, study, _Detached(alive={export}))
+    assert export in out.adopted
+    wall = json.loads((d / "result.json").read_text())["wall_time_s"]
+    assert 4.0 <= wall <= 60.0
+    done = [json.loads(x) for x in (study / "events.jsonl").read_text().splitlines()]
+    (ev,) = [e for e in done if e["event"] == "done" and e["run_id"] == export and "resumed" in e][-1:]
+    assert ev["resumed"] is False  # this invocation only waited for it
