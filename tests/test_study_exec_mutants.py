@@ -76,7 +76,7 @@ def test_stopping_a_handle_without_a_real_pid_signals_nothing(monkeypatch):
     sent = []
     monkeypatch.setattr(L, "_kill_group", lambda pid, sig: sent.append((pid, sig)))
     la = L.LocalLauncher()
-    for pid in (0, -1):  # pid 0 would be killpg(0): this runner's own process group
+    for pid in (0, -1, 1):  # pid 0 would be killpg(0): this runner's own process group; 1: init's
         la.stop({"launcher": "local", "pid": pid})
     la.stop({"launcher": "local"})
     assert sent == []
@@ -438,3 +438,32 @@ def test_an_adopted_exports_wall_time_counts_from_its_recorded_start(tmp_path):
     done = [json.loads(x) for x in (study / "events.jsonl").read_text().splitlines()]
     (ev,) = [e for e in done if e["event"] == "done" and e["run_id"] == export and "resumed" in e][-1:]
     assert ev["resumed"] is False  # this invocation only waited for it
+
+
+def test_a_handle_from_another_host_is_not_seen_as_running_here():
+    import os
+
+    la = L.LocalLauncher(warm_start=False)
+    # a live pid on this machine, recorded on another host: this launcher cannot see that process
+    assert la.poll({"launcher": "local", "host": "another-host.example", "pid": os.getpid()}) == L.LOST
+
+
+def test_process_alive_refuses_what_is_not_a_pid():
+    assert K.process_alive(None) is False and K.process_alive("abc") is False and K.process_alive(0) is False
+
+
+def test_runs_started_fresh_are_not_given_resume(tmp_path):
+    cfg = S.load_config(overrides=_ONE_CELL)
+    assert _quiet(cfg, tmp_path, _Queue()).ok
+    launches = [json.loads(x) for x in (tmp_path / "launches.jsonl").read_text().splitlines()]
+    assert launches and all(x["resume"] is False and "--resume" not in x["argv"] for x in launches)
+
+
+def test_report_only_without_a_report_writes_none(tmp_path):
+    cfg = S.load_config(overrides=_ONE_CELL)
+    assert _quiet(cfg, tmp_path, _Queue()).ok
+    t0 = time.time()
+    out = S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, report_only=True, progress=False,
+                      echo=lambda s: None)
+    assert out.report_dir is None and not (tmp_path / "report").exists()
+    assert 0.0 <= out.wall_time_s <= time.time() - t0 + 1.0 and len(out.skipped) == len(S.build_plan(cfg))

@@ -209,7 +209,7 @@ class LocalLauncher(Launcher):
     def stop(self, handle: Handle) -> None:
         """Terminate a started run and its children (its process group), then reap it."""
         pid = int(handle.get("pid", -1))
-        if pid <= 0:
+        if pid <= 1:  # no pid, or init's: killpg(0) is this runner's own group, killpg(1) init's
             return
         _kill_group(pid, signal.SIGTERM)
         proc = self._procs.pop(pid, None)
