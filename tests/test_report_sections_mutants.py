@@ -22,7 +22,7 @@ from lskd_core.report.cache import AnalysisCache
 from lskd_core.report.cache_savings import cache_savings_markdown, outputs_avoided
 from lskd_core.report.calibration import calibration_markdown, calibration_sentence
 from lskd_core.report.entropy import entropy_markdown
-from lskd_core.report.feature_kd import feature_kd_markdown
+from lskd_core.report.feature_kd import feature_kd_markdown, feature_kd_section
 from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows, trend_table
 from lskd_core.report.token_entropy import ENTROPY_FILE, token_entropy_section, token_mean_interval
 from lskd_core.report.token_eta import embedding_sets, token_eta_markdown, token_eta_section
@@ -362,6 +362,22 @@ def test_every_soft_output_panel_of_a_teacher_shows_the_same_similar_classes(syn
         sim = tuple(c for c, g in zip(prof["classes"], prof["groups"]) if g == "similar")
         by_alpha.setdefault(prof["alpha"], set()).add(sim)
     assert by_alpha and all(len(s) == 1 and len(next(iter(s))) == 2 for s in by_alpha.values()), by_alpha
+    assert (res["soft_output"]["class"], res["soft_output"]["class_name"]) == (6, FASHION_MNIST_CLASSES[6])
+
+
+def test_the_classwise_section_of_a_finished_study_is_complete(synthetic_report):
+    _, res, _ = synthetic_report
+    assert res["classwise"]["status"] == "ok" and all(r["n_val_seeds"] == 2 for r in res["classwise"]["rows"])
+
+
+@pytest.mark.parametrize("eta,status", [({"status": "error"}, "error"), ({"status": "partial"}, "partial"),
+                                        (None, "missing")])
+def test_table_b5_says_why_eta_is_missing_in_the_eta_sections_own_words(eta, status):
+    from types import SimpleNamespace
+
+    view = SimpleNamespace(config={"feature_kd": "overhaul"}, temperatures=[1.0, 3.0])
+    sec = feature_kd_section(view, {"eta": eta, "accuracy_grid": {"cells": [], "teachers": []}})
+    assert sec["eta_status"] == status
 
 
 @pytest.mark.parametrize("ci,word", [([-0.8, -0.2], "lower (better calibrated)"),
