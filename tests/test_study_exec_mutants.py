@@ -72,7 +72,7 @@ def test_a_run_another_launcher_started_is_not_adopted(tmp_path):
     assert out.ok and la.adopted == [] and "teacher_a0" not in out.adopted
 
 
-def test_stopping_a_handle_without_a_real_pid_signals_nothing(monkeypatch):
+def test_stop_signals_no_group_of_pid_0_or_1_and_any_other(monkeypatch):
     sent = []
     monkeypatch.setattr(L, "_kill_group", lambda pid, sig: sent.append((pid, sig)))
     la = L.LocalLauncher()
@@ -80,6 +80,11 @@ def test_stopping_a_handle_without_a_real_pid_signals_nothing(monkeypatch):
         la.stop({"launcher": "local", "pid": pid})
     la.stop({"launcher": "local"})
     assert sent == []
+    # any other pid may be a run's: in a container whose runner is pid 1, its first run is often pid 2
+    import signal
+
+    la.stop({"launcher": "local", "pid": 2})
+    assert sent == [(2, signal.SIGTERM)]
 
 
 def test_the_sigterm_handler_is_skipped_off_the_main_thread():
