@@ -494,3 +494,41 @@ def test_token_entropy_is_the_token_weighted_mean_with_a_95_percent_cluster_boot
             want = sum(raw["entropy_sum_per_sentence"][f"{t}.0"]) / sum(raw["tokens_per_sentence"])
             assert tr["rows"][t]["mean"] == pytest.approx(want)
             assert tr["rows"][t]["ci"][0] < want < tr["rows"][t]["ci"][1]
+
+
+def test_table_g1_names_each_targets_hierarchy_and_feature_sets(synthetic_report):
+    _, res, md = synthetic_report
+    sets = res["eta"]["sets"]
+    assert sets and res["entropy"]["max_entropy"] == pytest.approx(np.log(10))  # ln K for K = 10 classes
+    for t in res["eta"]["targets"]:
+        h, f = sets["hierarchy"][str(t)], sets["feature"][str(t)]
+        row = "| " + " | ".join([FASHION_MNIST_CLASSES[t]] + [", ".join(FASHION_MNIST_CLASSES[c] for c in part)
+                                                            for part in (h[0], h[1], f[0], f[1])]) + " |"
+        assert row in md
+
+
+def test_a_vision_students_live_outputs_are_its_epochs_times_the_rows():
+    from types import SimpleNamespace
+
+    from lskd_core.report.cache_savings import _per_student_rows
+
+    vision = SimpleNamespace(task=SimpleNamespace(cache_rows_per_epoch=False), config={"student_epochs": 3})
+    assert _per_student_rows(vision, 100) == 300
+    translation = SimpleNamespace(task=SimpleNamespace(cache_rows_per_epoch=True), config={"student_epochs": 3})
+    assert _per_student_rows(translation, 100) == 100
+
+
+def test_table_b5_reads_eta_from_results_read_back_from_json():
+    from types import SimpleNamespace
+
+    group = {"alpha": 0.1, "t1": 1.0, "t2": 3.0, "summary": {"eta_s1": _interval(-5.0, -6.0, -4.0),
+                                                            "eta_s2": _interval(2.0, 1.0, 3.0), "share_diffusion": 1.0}}
+    res = {"eta": {"status": "ok", "over_seeds": [{"sets": "hierarchy", "split": "train", "variant": "eq1",
+                                                   "groups": [group]}]},
+           "accuracy_grid": {"teachers": [], "cells": [
+               {"alpha": 0.1, "temperature": t, "n": 2, "top1_mean": 80.0, "top5_mean": 99.0} for t in (1.0, 3.0)]}}
+    view = SimpleNamespace(config={"feature_kd": "overhaul"}, temperatures=[1.0, 3.0])
+    sec = feature_kd_section(view, json.loads(json.dumps(res)))
+    cells = {c["temperature"]: c for c in sec["cells"]}
+    assert cells[3.0]["eta_s1"]["estimate"] == -5.0 and cells[3.0]["eta_from"] == 1.0
+    assert cells[1.0]["eta_s1"] is None and cells[1.0]["eta_from"] is None  # the reference T has no eta
