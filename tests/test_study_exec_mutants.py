@@ -5,6 +5,12 @@ against the survivors of mutation/study_exec.toml (docs/testing.md)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +24,10 @@ from lskd_core.study import lock as K
 from lskd_core.study import runner as R
 
 
-def _quiet(cfg, study, launcher):
-    return S.run_study(cfg, study, launcher=launcher, report=False, progress=False, echo=lambda s: None)
+def _quiet(cfg, study, launcher, **kw):
+    """run_study without a report, progress or messages (``kw`` overrides: report_only, echo, ...)."""
+    return S.run_study(cfg, study, launcher=launcher, **{"report": False, "progress": False,
+                                                         "echo": lambda s: None, **kw})
 
 
 def _recorded(study, cfg, run_id, handle):
@@ -81,7 +89,6 @@ def test_stop_signals_no_group_of_pid_0_or_1_and_any_other(monkeypatch):
     la.stop({"launcher": "local"})
     assert sent == []
     # any other pid may be a run's: in a container whose runner is pid 1, its first run is often pid 2
-    import signal
 
     la.stop({"launcher": "local", "pid": 2})
     assert sent == [(2, signal.SIGTERM)]
@@ -203,9 +210,6 @@ class _FakeLocal(_InstantRuns, S.LocalLauncher):
 def test_adopted_orphans_count_against_the_job_limit(tmp_path):
     """Two local processes of a runner that died still run: with jobs = 1, nothing else starts until
     they have ended (adopt_orphans puts them in flight, beyond the limit)."""
-    import socket
-    import subprocess
-    import sys
 
     cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "alphas": [0, 0.1, 0.2], "analysis": False,
                                    "cache": False, "jobs": 1})
@@ -256,38 +260,37 @@ def test_the_outcome_wall_time_is_the_invocations_duration(tmp_path):
 
 
 def test_report_false_writes_no_report_and_report_true_does(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "cache": False, "analysis": False})
+    cfg = S.load_config(overrides=_ONE_CELL)
     out = _quiet(cfg, tmp_path, _Queue())
     assert out.report_dir is None and not (tmp_path / "report").exists()
-    again = S.run_study(cfg, tmp_path, launcher=_Queue(), report=True, progress=False, echo=lambda s: None)
+    again = _quiet(cfg, tmp_path, _Queue(), report=True)
     assert again.report_dir is not None and (again.report_dir / "report.md").is_file()
     wall = json.loads((again.report_dir / "results.json").read_text())["study_wall_time_s"]
     assert 0.0 <= wall <= again.wall_time_s + 1.0
 
 
 def test_a_stale_dir_is_announced_with_where_it_went(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "jobs": 100, "cache": False, "analysis": False})
+    cfg = S.load_config(overrides={**_ONE_CELL, "jobs": 100})
     assert _quiet(cfg, tmp_path, _Queue()).ok
     (tmp_path / "runs" / "teacher_a0" / "result.json").unlink()
     (tmp_path / "runs" / "teacher_a0" / "checkpoint.pth").unlink()
     said = []
-    S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, progress=False, echo=said.append)
+    _quiet(cfg, tmp_path, _Queue(), echo=said.append)
     assert any("student_a0_T1_s0: stale" in s and "moved to" in s and "re-running" in s for s in said)
 
 
 def test_report_only_names_a_corrupt_run_as_not_used(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "cache": False, "analysis": False})
+    cfg = S.load_config(overrides=_ONE_CELL)
     assert _quiet(cfg, tmp_path, _Queue()).ok
     (tmp_path / "runs" / "student_a0_T1_s0" / "result.json").write_text("{not json")
-    out = S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, report_only=True, progress=False,
-                      echo=lambda s: None)
+    out = _quiet(cfg, tmp_path, _Queue(), report_only=True)
     (p,) = [p for p in out.problems if p["run_id"] == "student_a0_T1_s0"]
     assert p["event"] == "corrupt" and p["action"] == "not used (report-only)"
     assert out.failed["student_a0_T1_s0"].startswith("not done")
 
 
 def test_report_only_collects_a_detached_run_that_ended_and_records_its_inputs(tmp_path):
-    cfg = S.load_config(overrides={"seeds": 1, "temperatures": [1], "analysis": False, "cache": False})
+    cfg = S.load_config(overrides=_ONE_CELL)
     study = tmp_path.resolve()
     plan = {r.run_id: r for r in S.build_plan(cfg)}
     assert _quiet(cfg, study, _Detached()).ok
@@ -296,8 +299,7 @@ def test_report_only_collects_a_detached_run_that_ended_and_records_its_inputs(t
     rc["inputs"] = {}  # as when the runner was stopped before it collected the run
     (sdir / "run_config.json").write_text(json.dumps(rc))
     (sdir / "launch.json").write_text(json.dumps({"launcher": "detached", "run": "student_a0_T1_s0"}))
-    S.run_study(cfg, study, launcher=_Detached(), report=False, report_only=True, progress=False,
-                echo=lambda s: None)
+    _quiet(cfg, study, _Detached(), report_only=True)
     rc = json.loads((sdir / "run_config.json").read_text())
     assert rc["inputs"] == {"teacher_a0": S.fingerprint(study / "runs" / "teacher_a0")}
     assert "ended" in json.loads((sdir / "launch.json").read_text())
@@ -361,7 +363,6 @@ def test_a_launcher_that_does_not_say_is_not_detached(tmp_path):
 
 
 def _progress_lines(text):
-    import re
 
     return [(int(a), int(b)) for a, b in re.findall(r"\[study\] (\d+)/(\d+) runs done", text)]
 
@@ -371,7 +372,7 @@ def test_the_progress_count_ends_at_the_plans_size_whether_runs_ran_or_were_skip
     n = len(S.build_plan(cfg))
     for _ in range(2):  # every run launched, then every run found done
         capsys.readouterr()
-        assert S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, progress=True, echo=lambda s: None).ok
+        assert _quiet(cfg, tmp_path, _Queue(), progress=True).ok
         lines = _progress_lines(capsys.readouterr().err)
         assert lines and lines[-1] == (n, n) and all(k <= n for k, _ in lines)
 
@@ -396,8 +397,6 @@ def test_sacct_lines_give_each_jobs_state_exit_code_start_and_end():
 
 
 def test_stop_sends_sigterm_first(tmp_path):
-    import signal
-    import sys
 
     la = L.LocalLauncher(warm_start=False)
     h = la.start(S.Run(run_id="r", kind="student", program=("exe", sys.executable), args=[]),
@@ -422,7 +421,7 @@ def test_an_adopted_run_that_ended_unfinished_is_shown_and_started_again(tmp_pat
     (d / "stdout.log").write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
     said = []
     la = _EndedUnfinished()
-    out = S.run_study(cfg, study, launcher=la, report=False, progress=False, echo=said.append)
+    out = _quiet(cfg, study, la, echo=said.append)
     assert out.ok and "teacher_a0" in la.after  # started again by this invocation
     events = [json.loads(x) for x in (study / "events.jsonl").read_text().splitlines()]
     (ev,) = [e for e in events if e["event"] == "ended-unfinished"]
@@ -448,7 +447,6 @@ def test_an_adopted_exports_wall_time_counts_from_its_recorded_start(tmp_path):
 
 
 def test_a_handle_from_another_host_is_not_seen_as_running_here():
-    import os
 
     la = L.LocalLauncher(warm_start=False)
     # a live pid on this machine, recorded on another host: this launcher cannot see that process
@@ -470,8 +468,7 @@ def test_report_only_without_a_report_writes_none(tmp_path):
     cfg = S.load_config(overrides=_ONE_CELL)
     assert _quiet(cfg, tmp_path, _Queue()).ok
     t0 = time.time()
-    out = S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, report_only=True, progress=False,
-                      echo=lambda s: None)
+    out = _quiet(cfg, tmp_path, _Queue(), report_only=True)
     assert out.report_dir is None and not (tmp_path / "report").exists()
     assert 0.0 <= out.wall_time_s <= time.time() - t0 + 1.0 and len(out.skipped) == len(S.build_plan(cfg))
 
@@ -492,6 +489,5 @@ def test_a_launcher_must_say_how_it_starts_polls_and_stops_runs():
 
 def test_report_only_names_a_never_started_run_by_its_state(tmp_path):
     cfg = S.load_config(overrides=_ONE_CELL)
-    out = S.run_study(cfg, tmp_path, launcher=_Queue(), report=False, report_only=True, progress=False,
-                      echo=lambda s: None)
+    out = _quiet(cfg, tmp_path, _Queue(), report_only=True)
     assert out.failed["teacher_a0"] == "not done: new"
