@@ -348,3 +348,12 @@ def report_from_its_results(rep: Path) -> str:
 
     res = json.loads((Path(rep) / "results.json").read_text())
     return render(StudyView(Path(res["study_dir"])), res)
+
+
+def well_formed_report(rep: Path) -> str:
+    """report.md of report dir ``rep``, after checking that it renders the same from its own results.json
+    and that its blocks are separate (:func:`report_from_its_results`, :func:`markdown_block_breaks`)."""
+    md = (Path(rep) / "report.md").read_text()
+    assert report_from_its_results(rep) == md
+    assert markdown_block_breaks(md) == []
+    return md

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import finished_run, markdown_block_breaks, mean_entropy_reference
+from conftest import finished_run, mean_entropy_reference, well_formed_report
 
 from lskd_core.features_io import save_features
 from lskd_core.report.matched import matched_markdown
@@ -155,11 +155,11 @@ def test_a_matched_student_still_running_makes_the_section_partial(tmp_path):
     assert row["matched_runs"] == ["matched_a0_for_a0.1_T64_s0", "matched_a0_for_a0.1_T64_s1"]
     assert row["matched_scores"] == [79.0] and row["matched_temperatures"] == {"0": 90.0}
     # the partial note and the table are their own blocks: the next section's heading is not run into them
-    assert markdown_block_breaks((tmp_path / "report" / "report.md").read_text()) == []
+    well_formed_report(tmp_path / "report")
     done("matched_a0_for_a0.1_T64_s1", val_acc1=79.5, val_acc5=99.0)
     rep = write_report(tmp_path)
     assert json.loads((rep / "results.json").read_text())["matched"]["status"] == "ok"
-    assert markdown_block_breaks((rep / "report.md").read_text()) == []
+    well_formed_report(rep)
 
 
 @pytest.mark.parametrize("alpha", ["abc", "1.5", "-0.1"])

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import eta_from_centroids, markdown_block_breaks, report_from_its_results, synthetic_study, t_ci
+from conftest import eta_from_centroids, synthetic_study, t_ci, well_formed_report
 
 from lskd_core import study as S
 from lskd_core.report import write_report
@@ -22,8 +22,7 @@ def test_report_opens_with_the_verdict_and_uses_every_seed(tmp_path):
     synthetic_study(tmp_path, ACCS)
     rep = write_report(tmp_path)
     res = json.loads((rep / "results.json").read_text())
-    md = (rep / "report.md").read_text()
-    assert report_from_its_results(rep) == md and markdown_block_breaks(md) == []
+    md = well_formed_report(rep)
     # the verdict sentence comes first, bold, right under its heading
     after = md.split("## Verdict\n", 1)[1].lstrip()
     assert after.startswith("**" + res["verdict"]["sentence"] + "**")
