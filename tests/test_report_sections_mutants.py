@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,9 +81,14 @@ def _token_eta(over_seeds):
             "over_seeds": over_seeds}
 
 
+def _eta_summary(s1, share, runs):
+    """An eta group's summary over units: eta_S1 = s1 [s1 - 1, s1 + 1], eta_S2 its mirror."""
+    return {"eta_s1": _interval(s1, s1 - 1, s1 + 1), "eta_s2": _interval(-s1, -s1 - 1, -s1 + 1),
+            "share_diffusion": share, "runs": runs}
+
+
 def _over(variant, s1):
-    summary = {"eta_s1": _interval(s1, s1 - 1, s1 + 1), "eta_s2": _interval(-s1, -s1 - 1, -s1 + 1),
-               "share_diffusion": 1.0, "runs": 3}
+    summary = _eta_summary(s1, 1.0, 3)
     return {"sets": "feature", "split": "test", "variant": variant,
             "groups": [{"alpha": 0.1, "t1": 1.0, "t2": 64.0, "summary": summary}]}
 
@@ -173,14 +179,10 @@ def test_a_missing_teacher_export_is_named_in_the_calibration_section(synthetic_
     assert cal["status"] == "partial" and gone in cal["missing_inputs"]
 
 
-def _summary(est, lo, hi, n=2):
-    return {"estimate": est, "ci": [lo, hi], "n": n, "unit": "seed"}
-
-
 def test_calibration_percentages_have_two_decimals_and_scores_three():
-    summary = {"ece": _summary(0.02781, 0.025, 0.031), "ece_equal_width": _summary(0.03, 0.02, 0.04),
-               "nll": _summary(0.12345, 0.1, 0.15), "brier": _summary(0.0101, 0.009, 0.011),
-               "aurc": _summary(0.00456, 0.004, 0.005), "logit_std": _summary(1.9503, 1.9, 2.0)}
+    summary = {"ece": _interval(0.02781, 0.025, 0.031), "ece_equal_width": _interval(0.03, 0.02, 0.04),
+               "nll": _interval(0.12345, 0.1, 0.15), "brier": _interval(0.0101, 0.009, 0.011),
+               "aurc": _interval(0.00456, 0.004, 0.005), "logit_std": _interval(1.9503, 1.9, 2.0)}
     sec = {"status": "ok", "arms": [], "students": [], "teachers": [{"alpha": 0.0, "runs": ["t"], "summary": summary}]}
     md = "\n".join(calibration_markdown({"calibration": sec}))
     assert ("| teacher alpha = 0 | — | 1 | 2.78 [2.50, 3.10] | 3.00 [2.00, 4.00] | 0.123 [0.100, 0.150] | "
@@ -195,8 +197,8 @@ def _fkd_cell(alpha, t, mean, interval, n):
 def test_table_b5_by_hand():
     sec = {"status": "ok", "method": "overhaul", "weight": None, "eta_status": "missing", "trends": {},
            "teachers": [{"alpha": 0.0, "top1": 90.0, "top5": 99.5}, {"alpha": 0.1, "top1": 89.0, "top5": 99.4}],
-           "cells": [_fkd_cell(0.0, 1.0, 80.0, _summary(80.0, 79.0, 81.0), 2),
-                     _fkd_cell(0.1, 1.0, 81.0, _summary(81.0, 80.5, 81.5), 2),
+           "cells": [_fkd_cell(0.0, 1.0, 80.0, _interval(80.0, 79.0, 81.0), 2),
+                     _fkd_cell(0.1, 1.0, 81.0, _interval(81.0, 80.5, 81.5), 2),
                      _fkd_cell(0.0, 3.0, 78.0, {"estimate": 78.0, "ci": None, "n": 1}, 1),
                      _fkd_cell(0.1, 3.0, None, None, 0)]}
     md = "\n".join(feature_kd_markdown({"feature_kd": sec}))
@@ -204,14 +206,13 @@ def test_table_b5_by_hand():
     assert "| T = 1 | 80.00 [79.00, 81.00] / 99.00 (n = 2) | 81.00 [80.50, 81.50] / 99.00 (n = 2) |" in md
     assert "| T = 3 | 78.00 (no interval) / 99.00 (n = 1) | — |" in md
     assert "Top-1 slope per ln T" not in md  # no trend fitted yet: no line
-    sec["trends"] = {"0": _summary(-1.0, -2.0, 0.0), "0.1": _summary(-3.0, -4.0, -2.0), "0.2": None}
+    sec["trends"] = {"0": _interval(-1.0, -2.0, 0.0), "0.1": _interval(-3.0, -4.0, -2.0), "0.2": None}
     md = "\n".join(feature_kd_markdown({"feature_kd": sec}))
     assert "Top-1 slope per ln T [95 %]: alpha = 0: -1.00 [-2.00, +0.00]; alpha = 0.1: -3.00 [-4.00, -2.00].\n" in md
 
 
 def _eta_group(alpha, s1, target_s1):
-    summary = {"eta_s1": _interval(s1, s1 - 1, s1 + 1), "eta_s2": _interval(-s1, -s1 - 1, -s1 + 1),
-               "share_diffusion": 0.5, "runs": 2}
+    summary = _eta_summary(s1, 0.5, 2)
     target = {"target": 0, "eta_s1": _interval(target_s1, target_s1 - 1, target_s1 + 1),
               "eta_s2": _interval(1.0, 0.0, 2.0), "share_diffusion": 1.0, "runs": 2}
     return {"alpha": alpha, "t1": 1.0, "t2": 3.0, "summary": summary, "targets": [target]}
@@ -373,8 +374,6 @@ def test_the_classwise_section_of_a_finished_study_is_complete(synthetic_report)
 @pytest.mark.parametrize("eta,status", [({"status": "error"}, "error"), ({"status": "partial"}, "partial"),
                                         (None, "missing")])
 def test_table_b5_says_why_eta_is_missing_in_the_eta_sections_own_words(eta, status):
-    from types import SimpleNamespace
-
     view = SimpleNamespace(config={"feature_kd": "overhaul"}, temperatures=[1.0, 3.0])
     sec = feature_kd_section(view, {"eta": eta, "accuracy_grid": {"cells": [], "teachers": []}})
     assert sec["eta_status"] == status
@@ -479,7 +478,7 @@ def test_sentences_of_one_per_token_mean_have_no_interval():
 
 def test_table_b5_says_partial_only_when_partial():
     base = {"method": "overhaul", "weight": None, "eta_status": "missing", "trends": {}, "teachers": [],
-            "cells": [_fkd_cell(0.0, 1.0, 80.0, _summary(80.0, 79.0, 81.0), 2)]}
+            "cells": [_fkd_cell(0.0, 1.0, 80.0, _interval(80.0, 79.0, 81.0), 2)]}
     assert "> Partial" not in "\n".join(feature_kd_markdown({"feature_kd": dict(base, status="ok")}))
     assert "> Partial: some cells" in "\n".join(feature_kd_markdown({"feature_kd": dict(base, status="partial")}))
 
@@ -508,8 +507,6 @@ def test_table_g1_names_each_targets_hierarchy_and_feature_sets(synthetic_report
 
 
 def test_a_vision_students_live_outputs_are_its_epochs_times_the_rows():
-    from types import SimpleNamespace
-
     from lskd_core.report.cache_savings import _per_student_rows
 
     vision = SimpleNamespace(task=SimpleNamespace(cache_rows_per_epoch=False), config={"student_epochs": 3})
@@ -519,8 +516,6 @@ def test_a_vision_students_live_outputs_are_its_epochs_times_the_rows():
 
 
 def test_table_b5_reads_eta_from_results_read_back_from_json():
-    from types import SimpleNamespace
-
     group = {"alpha": 0.1, "t1": 1.0, "t2": 3.0, "summary": {"eta_s1": _interval(-5.0, -6.0, -4.0),
                                                             "eta_s2": _interval(2.0, 1.0, 3.0), "share_diffusion": 1.0}}
     res = {"eta": {"status": "ok", "over_seeds": [{"sets": "hierarchy", "split": "train", "variant": "eq1",
