@@ -226,6 +226,14 @@ def test_the_per_target_table_is_eq1s_whichever_variant_comes_first():
     assert "-9.000" not in md.split("Per target class")[1]
 
 
+def test_the_per_target_table_is_the_train_splits_whichever_split_comes_first():
+    over = [{"sets": "hierarchy", "split": sp, "variant": "eq1", "groups": [_eta_group(0.1, -1.0, t)]}
+            for sp, t in (("val", -9.0), ("train", -4.0))]  # "val" sorts after "train"
+    md = "\n".join(eta_over_seeds_md(over, ["T-shirt/top"], 0.1, 3.0))
+    assert "| T-shirt/top | -4.000 [-5.000, -3.000] | +1.000 [+0.000, +2.000] | 100 % of 2 |" in md
+    assert "-9.000" not in md.split("Per target class")[1]
+
+
 # --------------------------------------------------- a translation study's token eta, by hand ---
 def test_token_set_sizes_are_the_configured_counts_as_percentages_of_the_other_classes():
     w = np.random.default_rng(0).normal(size=(6, 4))
@@ -299,6 +307,15 @@ def test_token_eta_is_eq1_on_the_decoder_states_with_sets_from_the_embeddings(tm
         s1, s2 = _sets_by_hand(weight, row["target"])
         want = eta_reference(before.features, before.labels, after.features, after.labels, row["target"], s1, s2)
         assert (row["eta_s1"], row["eta_s2"]) == pytest.approx(want, rel=1e-6)
+    # the report's S1 table: one row per class, most frequent first, S1 named by its tokens
+    counts = [c["count"] for c in eta["classes"]]
+    assert counts == sorted(counts, reverse=True)
+    rows = [f"| `{TOKENS[c['class']]}` | {c['count']} | "
+            + ", ".join(f"`{TOKENS[i]}`" for i in _sets_by_hand(weight, c["class"])[0])
+            + f" | {len(c['s2'])} |" for c in eta["classes"]]
+    table = "\n".join(["| token | occurrences | S1 (nearest output embeddings) | size of S2 |", "|---|---|---|---|",
+                       *rows])
+    assert table + "\n" in "\n".join(token_eta_markdown({"token_eta": eta}))
 
 
 def test_token_eta_with_one_temperature_says_it_needs_two(tmp_path):

@@ -446,11 +446,12 @@ def test_an_adopted_exports_wall_time_counts_from_its_recorded_start(tmp_path):
     assert ev["resumed"] is False  # this invocation only waited for it
 
 
-def test_a_handle_from_another_host_is_not_seen_as_running_here():
-
+@pytest.mark.parametrize("host", ["another-host.example", "", socket.gethostname() + "-2", "~"])
+def test_a_handle_from_another_host_is_not_seen_as_running_here(host):
     la = L.LocalLauncher(warm_start=False)
-    # a live pid on this machine, recorded on another host: this launcher cannot see that process
-    assert la.poll({"launcher": "local", "host": "another-host.example", "pid": os.getpid()}) == L.LOST
+    # a live pid on this machine, recorded on another host (names sorting before and after this one's):
+    # this launcher cannot see that process
+    assert la.poll({"launcher": "local", "host": host, "pid": os.getpid()}) == L.LOST
 
 
 def test_process_alive_refuses_what_is_not_a_pid():
@@ -491,3 +492,108 @@ def test_report_only_names_a_never_started_run_by_its_state(tmp_path):
     cfg = S.load_config(overrides=_ONE_CELL)
     out = _quiet(cfg, tmp_path, _Queue(), report_only=True)
     assert out.failed["teacher_a0"] == "not done: new"
+
+
+# ------------------------------------------------------------- waiting, notes, interrupts ---
+class _SlowTeachers(_InstantRuns, S.Launcher):
+    """Teachers stay running for ``polls`` polls; every other run finishes at once. Records, at each
+    poll of a running teacher, how many times the runner had slept by then."""
+
+    def __init__(self, polls, sleeps):
+        self.started, self.polls, self.sleeps, self.seen = [], polls, sleeps, []
+
+    def start(self, run, argv, env, log_path, cwd=None, after=()):
+        handle = super().start(run, argv, env, log_path, cwd, after)
+        return {**handle, "left": self.polls} if run.kind == "teacher" else handle
+
+    def poll(self, handle):
+        if handle.get("left", 0) > 0:
+            handle["left"] -= 1
+            self.seen.append(len(self.sleeps))
+            return None
+        return handle["rc"]
+
+
+def test_the_runner_sleeps_between_polls_while_nothing_changes(monkeypatch, tmp_path):
+    """A teacher still running and its students waiting for it: nothing can change until the next poll,
+    so the runner sleeps between polls instead of spinning (the students staying pending is no progress)."""
+    sleeps = []
+    monkeypatch.setattr(R.time, "sleep", sleeps.append)
+    cfg = S.load_config(overrides={**_ONE_CELL, "alphas": [0], "jobs": 100})
+    la = _SlowTeachers(polls=4, sleeps=sleeps)
+    assert _quiet(cfg, tmp_path, la).ok
+    # the launch was progress: no sleep before the second poll; from then on, one sleep per idle pass
+    assert la.seen == [0, 0, 1, 2]
+
+
+def test_the_cold_start_note_is_said_once_however_many_launches(tmp_path):
+    cfg = S.load_config(overrides={**_ONE_CELL, "jobs": 1})
+    fl = _FakeLocal()
+    fl.warm_note = "the warm server could not start (a made-up reason)"
+    said = []
+    out = _quiet(cfg, tmp_path, fl, echo=said.append)
+    assert out.ok and len(fl.started) == 4  # four launches, one at a time
+    assert [s for s in said if "made-up reason" in s] == [f"[study] runs start cold (no warm start): {fl.warm_note}"]
+
+
+def test_a_run_of_another_config_does_not_stop_adoption_of_the_runs_after_it(tmp_path):
+    cfg = S.load_config(overrides=_ONE_CELL)
+    study = tmp_path.resolve()
+    _, first = _recorded(study, cfg, "teacher_a0", {"launcher": "detached", "run": "teacher_a0"})
+    rc_path = first / "run_config.json"
+    rc_path.write_text(json.dumps({**json.loads(rc_path.read_text()), "hash": "another-config"}))
+    run, second = _recorded(study, cfg, "teacher_a0.1", {"launcher": "detached", "run": "teacher_a0.1"})
+    _fake_execute(run, second, ())
+    la = _DetachedStopping(alive={"teacher_a0", "teacher_a0.1"})
+    out = _quiet(cfg, study, la)
+    # the first (earlier in the plan) is another config's: its job is stopped, the run started afresh;
+    # the second is this config's, still in flight: adopted, not started again
+    assert out.ok and la.stopped == ["teacher_a0"] and out.adopted == ["teacher_a0.1"]
+    assert "teacher_a0" in out.launched and "teacher_a0.1" not in out.launched
+
+
+class _InterruptedQueue(_Queue):
+    """Runs never finish; the third poll is a Ctrl-C. ``detached`` as the test sets it."""
+
+    def __init__(self, detached):
+        super().__init__()
+        self.detached, self.polls = detached, 0
+
+    def poll(self, handle):
+        self.polls += 1
+        if self.polls == 3:
+            raise KeyboardInterrupt
+        return None
+
+    def on_interrupt(self, echo):
+        echo(f"[queue] told of the interrupt, detached={self.detached}")
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_ctrl_c_stops_a_local_launchers_runs_and_leaves_a_detached_ones_running(tmp_path, detached):
+    cfg = S.load_config(overrides={**_ONE_CELL, "jobs": 100})
+    q = _InterruptedQueue(detached)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        _quiet(cfg, tmp_path, q, echo=said.append)
+    # the launcher is told (SLURM offers to cancel its jobs), then the user
+    assert said[-2:] == [f"[queue] told of the interrupt, detached={detached}",
+                         "[study] interrupted: finished runs are kept and unfinished training runs resume from "
+                         "their last checkpoint on the next invocation"]
+    queued = sorted(r.run_id for r in S.build_plan(cfg))  # a queueing launcher had every run queued
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    ended = {e["run_id"]: e["event"] for e in events if e["event"] in ("interrupted", "left-running")}
+    assert sorted(ended) == queued
+    if detached:  # a SLURM job outlives its runner: the next invocation collects it
+        assert q.stopped == [] and set(ended.values()) == {"left-running"}
+    else:
+        assert sorted(q.stopped) == queued and set(ended.values()) == {"interrupted"}
+
+
+def test_waiting_for_a_process_that_never_ends_gives_up_at_its_deadline(monkeypatch):
+    ticks = iter(range(10_000))  # a clock that moves one second per reading: the deadline is never hit exactly
+    monkeypatch.setattr(L, "time", type("Clock", (), {"time": staticmethod(lambda: float(next(ticks))),
+                                                      "sleep": staticmethod(lambda s: None)}))
+    monkeypatch.setattr(L, "process_alive", lambda pid, start=None: True)
+    assert L._wait_gone(123, 2.5) is False
+    assert next(ticks) < 10  # gave up within a few readings past the deadline, not at the clock's end
