@@ -179,6 +179,20 @@ def test_a_missing_teacher_export_is_named_in_the_calibration_section(synthetic_
     assert cal["status"] == "partial" and gone in cal["missing_inputs"]
 
 
+def test_the_teachers_calibration_is_reported_before_any_student_is_exported(synthetic_report, tmp_path):
+    study, res, _ = synthetic_report
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    shutil.rmtree(copy / "report")
+    gone = sorted(d.name for d in (copy / "runs").glob("export_student_*_val"))
+    assert gone
+    for name in gone:  # no student has a val export yet: the teachers' rows do not depend on them
+        shutil.rmtree(copy / "runs" / name)
+    cal = json.loads((write_report(copy) / "results.json").read_text())["calibration"]
+    assert cal["status"] == "partial" and set(gone) <= set(cal["missing_inputs"])
+    assert cal["students"] == [] and cal["teachers"] == res["calibration"]["teachers"] != []
+
+
 def test_calibration_percentages_have_two_decimals_and_scores_three():
     summary = {"ece": _interval(0.02781, 0.025, 0.031), "ece_equal_width": _interval(0.03, 0.02, 0.04),
                "nll": _interval(0.12345, 0.1, 0.15), "brier": _interval(0.0101, 0.009, 0.011),
@@ -308,6 +322,9 @@ def test_token_eta_is_eq1_on_the_decoder_states_with_sets_from_the_embeddings(tm
         want = eta_reference(before.features, before.labels, after.features, after.labels, row["target"], s1, s2)
         assert (row["eta_s1"], row["eta_s2"]) == pytest.approx(want, rel=1e-6)
     # the report's S1 table: one row per class, most frequent first, S1 named by its tokens
+    # one table per LS-or-not teacher, seed and later temperature, each against the first temperature
+    assert sorted({t["t2"] for t in eta["seed_tables"]}) == [float(t) for t in temperatures[1:]]
+    assert {t["t1"] for t in eta["seed_tables"]} == {float(temperatures[0])}
     counts = [c["count"] for c in eta["classes"]]
     assert counts == sorted(counts, reverse=True)
     rows = [f"| `{TOKENS[c['class']]}` | {c['count']} | "

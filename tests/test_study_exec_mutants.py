@@ -597,3 +597,12 @@ def test_waiting_for_a_process_that_never_ends_gives_up_at_its_deadline(monkeypa
     monkeypatch.setattr(L, "process_alive", lambda pid, start=None: True)
     assert L._wait_gone(123, 2.5) is False
     assert next(ticks) < 10  # gave up within a few readings past the deadline, not at the clock's end
+
+
+@pytest.mark.parametrize("recorded_pid,want", [(4243, L.LOST), (4241, L.LOST), (4242, 3)])
+def test_a_warm_runs_exit_record_is_read_only_when_it_names_that_runs_pid(tmp_path, recorded_pid, want):
+    # a stale exit file (another run's, from a reused path) must not end this run with its status
+    exit_file = tmp_path / "exit.json"
+    exit_file.write_text(json.dumps({"pid": recorded_pid, "returncode": 3}))
+    la = L.LocalLauncher(warm_start=False)
+    assert la.poll({"launcher": "local", "pid": 4242, "exit_file": str(exit_file)}) == want
