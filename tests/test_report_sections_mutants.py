@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import eta_reference, mean_entropy_reference, synthetic_study
+from conftest import eta_from_cluster_distances, eta_reference, mean_entropy_reference, synthetic_study
 
 from lskd_core import statistics as st
 from lskd_core import study as S
@@ -23,10 +23,11 @@ from lskd_core.report.cache import AnalysisCache
 from lskd_core.report.cache_savings import cache_savings_markdown, outputs_avoided
 from lskd_core.report.calibration import calibration_markdown, calibration_sentence
 from lskd_core.report.entropy import entropy_markdown
+from lskd_core.report.eta import _summary_cells
 from lskd_core.report.feature_kd import feature_kd_markdown, feature_kd_section
 from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows, trend_table
 from lskd_core.report.token_entropy import ENTROPY_FILE, token_entropy_section, token_mean_interval
-from lskd_core.report.token_eta import embedding_sets, token_eta_markdown, token_eta_section
+from lskd_core.report.token_eta import _classes_table, embedding_sets, token_eta_markdown, token_eta_section
 from lskd_core.report.variants import _units
 from lskd_core.report.view import StudyView
 from lskd_core.study.tasks import get_task
@@ -561,3 +562,27 @@ def test_table_b5_reads_eta_from_results_read_back_from_json():
     cells = {c["temperature"]: c for c in sec["cells"]}
     assert cells[3.0]["eta_s1"]["estimate"] == -5.0 and cells[3.0]["eta_from"] == 1.0
     assert cells[1.0]["eta_s1"] is None and cells[1.0]["eta_from"] is None  # the reference T has no eta
+
+
+def test_diffusion_is_counted_only_where_s1_came_closer_and_s2_went_farther():
+    # Eq. 1 averages RELATIVE changes, so eta_S1 and eta_S2 can both be positive: squared distances to
+    # S1 = {a}, S2 = {b, c} of (1 | 8, 1) at T1 and (1.5 | 6.5, 2) at T2 give +50 % and +40.6 %
+    both_up = eta_from_cluster_distances([1, 8, 1], [1.5, 6.5, 2], 1)
+    assert both_up == pytest.approx((50.0, 40.625))
+    diffusion = eta_from_cluster_distances([1, 8, 1], [0.5, 9.0, 1.0], 1)
+    assert diffusion[0] < 0 < diffusion[1]
+    rows = [dict(zip(("eta_s1", "eta_s2"), e)) for e in (both_up, diffusion, (0.0, 1.0), (-1.0, 0.0))]
+    tab = {"rows": rows, "mean_eta_s1": 1.0, "mean_eta_s2": 2.0}
+    assert _summary_cells(tab) == ["1.000", "2.000", "1/4"]  # only the second: strict on both sides
+    assert _summary_cells(None) == ["—", "—", "—"]
+
+
+def test_a_token_with_a_pipe_or_backtick_keeps_the_s1_table_in_its_columns():
+    classes = [{"class": 0, "token": "a|b", "count": 3, "s1": [1], "s2": [2]},
+               {"class": 1, "token": "`x`", "count": 2, "s1": [0], "s2": [2]},
+               {"class": 2, "token": "||", "count": 1, "s1": [0], "s2": [1]}]
+    lines = _classes_table(classes, 3).splitlines()
+    assert len(lines) == 5
+    assert {ln.count("|") for ln in lines} == {5}  # four cells per row, the header's
+    body = [ln.split(" | ") for ln in lines[2:]]
+    assert [b[0] for b in body] == ["| `a¦b`", "| `'x'`", "| `¦¦`"]

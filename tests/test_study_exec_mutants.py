@@ -136,6 +136,7 @@ class _FakeServer:
         _FakeServer.made.append(self)
 
     def spawn(self, module, args, log_path, exit_path, cwd, script=None):
+        self.spawned = (module, list(args), Path(log_path), Path(exit_path))
         return 4242 + len(_FakeServer.made)
 
     def close(self):
@@ -606,3 +607,14 @@ def test_a_warm_runs_exit_record_is_read_only_when_it_names_that_runs_pid(tmp_pa
     exit_file.write_text(json.dumps({"pid": recorded_pid, "returncode": 3}))
     la = L.LocalLauncher(warm_start=False)
     assert la.poll({"launcher": "local", "pid": 4242, "exit_file": str(exit_file)}) == want
+
+
+def test_a_warm_run_writes_its_log_where_asked_and_its_exit_record_beside_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(L, "WarmServer", _FakeServer)
+    _FakeServer.made = []
+    la = L.LocalLauncher()
+    log = tmp_path / "runs" / "r" / "stdout.log"
+    pid = la._start_warm(_warm_argv("/py/a"), {"X": "1"}, log, None)
+    module, args, log_path, exit_path = _FakeServer.made[0].spawned
+    assert (module, args) == ("vision_plugin.train", ["--epochs", "1"])
+    assert log_path == log and exit_path == Path(f"{log}.exit.json") and la._warm[pid] == exit_path
