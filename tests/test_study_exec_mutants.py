@@ -241,6 +241,10 @@ def test_adopted_orphans_count_against_the_job_limit(tmp_path):
             p.wait(timeout=30)
     assert out.ok and sorted(out.adopted) == ["teacher_a0", "teacher_a0.1"]
     assert "teacher_a0.2" in fl.started and set(fl.alive_at_start) == {0}
+    # the events log says which processes were waited for, not started
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    adopted = {e["run_id"]: e["handle"]["pid"] for e in events if e["event"] == "adopted"}
+    assert adopted == {"teacher_a0": orphans[0].pid, "teacher_a0.1": orphans[1].pid}
 
 
 def test_a_failed_teacher_stops_every_queued_run_behind_it_however_deep(tmp_path):
@@ -551,6 +555,8 @@ def test_a_run_of_another_config_does_not_stop_adoption_of_the_runs_after_it(tmp
     # the second is this config's, still in flight: adopted, not started again
     assert out.ok and la.stopped == ["teacher_a0"] and out.adopted == ["teacher_a0.1"]
     assert "teacher_a0" in out.launched and "teacher_a0.1" not in out.launched
+    events = [json.loads(x) for x in (study / "events.jsonl").read_text().splitlines()]
+    assert [(e["run_id"], e["handle"]["run"]) for e in events if e["event"] == "adopted"] == [("teacher_a0.1",) * 2]
 
 
 class _InterruptedQueue(_Queue):
