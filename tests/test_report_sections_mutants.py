@@ -26,7 +26,8 @@ from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import _summary_cells
 from lskd_core.report.feature_kd import feature_kd_markdown, feature_kd_section
 from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows, trend_table
-from lskd_core.report.token_entropy import ENTROPY_FILE, token_entropy_section, token_mean_interval
+from lskd_core.report.token_entropy import (ENTROPY_FILE, token_entropy_markdown, token_entropy_section,
+                                            token_mean_interval)
 from lskd_core.report.token_eta import _classes_table, embedding_sets, token_eta_markdown, token_eta_section
 from lskd_core.report.variants import _units
 from lskd_core.report.view import StudyView
@@ -116,6 +117,12 @@ def test_only_a_partial_cache_section_has_the_partial_note(status):
     md = "\n".join(cache_savings_markdown({"cache_savings": {"status": "partial", "caches": [_cache_row()],
                                                              "missing_inputs": ["cache_a0"], "total": {}}}))
     assert "> Partial: caches not built yet (cache_a0)." in md
+
+
+def test_a_cache_row_by_hand():
+    row = dict(_cache_row(), build_wall_s=12.34, students_wall_s=56.78, bytes_per_row=64.4)
+    md = "\n".join(cache_savings_markdown({"cache_savings": {"status": "ok", "caches": [row], "total": {}}}))
+    assert "| `cache_a0.1` | topk | float16 | 8 | 1,200 | 1.0 | 64 | 3/3 | 2,400 | 12.3 | 56.8 |" in md
 
 
 def test_a_cache_without_rows_avoided_nothing():
@@ -239,6 +246,10 @@ def test_the_per_target_table_is_eq1s_whichever_variant_comes_first():
     md = "\n".join(eta_over_seeds_md(over, ["T-shirt/top"], 0.1, 3.0))
     assert "| T-shirt/top | -4.000 [-5.000, -3.000] | +1.000 [+0.000, +2.000] | 100 % of 2 |" in md
     assert "-9.000" not in md.split("Per target class")[1]
+    # the summary over seeds has every variant's row, three decimals, the share in percent
+    for v in ("pairwise", "eq1"):
+        assert (f"| hierarchy | train | {v} | 0.1 | 1 -> 3 | -1.000 [-2.000, +0.000] | +1.000 [+0.000, +2.000] | "
+                "50 % of 2 | 3 seeds |") in md
 
 
 def test_the_per_target_table_is_the_train_splits_whichever_split_comes_first():
@@ -528,6 +539,16 @@ def test_token_entropy_is_the_token_weighted_mean_with_a_95_percent_cluster_boot
             want = sum(raw["entropy_sum_per_sentence"][f"{t}.0"]) / sum(raw["tokens_per_sentence"])
             assert tr["rows"][t]["mean"] == pytest.approx(want)
             assert tr["rows"][t]["ci"][0] < want < tr["rows"][t]["ci"][1]
+    # Table H.1 as the report shows it: one column per teacher, one row per T, three decimals
+    md = "\n".join(token_entropy_markdown({"token_entropy": ent}))
+    teachers = sorted(ent["teachers"], key=lambda tr: tr["alpha"])
+    assert "|  | alpha = 0 | alpha = 0.1 |" in md
+    for t in ("1", "4"):
+        cells = [f"{r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" for r in (tr["rows"][t] for tr in teachers)]
+        assert f"| T = {t} | {cells[0]} | {cells[1]} |" in md
+    two = dict(ent, teachers=[dict(tr, teacher_seed=i) for i, tr in enumerate(ent["teachers"])])
+    md = "\n".join(token_entropy_markdown({"token_entropy": two}))  # sampled teachers: each column names its seed
+    assert "|  | alpha = 0, teacher seed 0 | alpha = 0.1, teacher seed 1 |" in md
 
 
 def test_table_g1_names_each_targets_hierarchy_and_feature_sets(synthetic_report):
@@ -536,9 +557,17 @@ def test_table_g1_names_each_targets_hierarchy_and_feature_sets(synthetic_report
     assert sets and res["entropy"]["max_entropy"] == pytest.approx(np.log(10))  # ln K for K = 10 classes
     for t in res["eta"]["targets"]:
         h, f = sets["hierarchy"][str(t)], sets["feature"][str(t)]
+        agree = [len(set(h[i]) & set(f[i])) / len(h[i]) for i in (0, 1)]  # |hierarchy ∩ feature| / |hierarchy|
         row = "| " + " | ".join([FASHION_MNIST_CLASSES[t]] + [", ".join(FASHION_MNIST_CLASSES[c] for c in part)
-                                                            for part in (h[0], h[1], f[0], f[1])]) + " |"
-        assert row in md
+                                                            for part in (h[0], h[1], f[0], f[1])]
+                                + [f"{a:.3f}" for a in agree]) + " |"
+        assert row + "\n" in md
+    s1, s2 = zip(*([len(set(sets["hierarchy"][str(t)][i]) & set(sets["feature"][str(t)][i]))
+                    / len(sets["hierarchy"][str(t)][i]) for i in (0, 1)] for t in res["eta"]["targets"]))
+    assert f"| **average** |  |  |  |  | **{np.mean(s1):.3f}** | **{np.mean(s2):.3f}** |" in md
+    # the per-target table comes under its own heading, before Table G.1
+    head = "Per target class, S1/S2 from the class hierarchy (Table 3; feature-space sets: results.json):\n"
+    assert md.index("## 2. Diffusion index") < md.index(head) < md.index("### S1/S2 selection and agreement")
 
 
 def test_a_vision_students_live_outputs_are_its_epochs_times_the_rows():

@@ -69,6 +69,9 @@ def test_parse_scontrol_and_squeue_records():
     assert sl.parse_scontrol_job("slurm_load_jobs error: Invalid job id specified") is None
     q = sl.parse_squeue("7|PENDING|Dependency\n8|RUNNING|None\n")
     assert q["7"].state == "PENDING" and q["7"].reason == "Dependency" and q["7"].active and q["8"].active
+    assert [(j.job_id, j.state, j.reason) for j in q.values()] == [("7", "PENDING", "Dependency"),
+                                                                   ("8", "RUNNING", "None")]
+    assert sl.parse_squeue("12_3|running\n")["12_3"].job_id == "12_3"  # no reason field: an array task's id kept
     acct = sl.parse_sacct("9|CANCELLED by 0|0:15|2026-01-01T00:00:00|2026-01-01T00:01:00\n")
     assert acct["9"].state == "CANCELLED" and acct["9"].exit_code == 143
 

@@ -459,6 +459,15 @@ def test_a_handle_from_another_host_is_not_seen_as_running_here(host):
     assert la.poll({"launcher": "local", "host": host, "pid": os.getpid()}) == L.LOST
 
 
+def test_a_process_owned_by_another_user_is_alive(monkeypatch):
+    # kill(pid, 0) on another user's process raises PermissionError: it exists
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(K.os, "kill", kill)
+    assert K.process_alive(os.getpid()) is True
+
+
 def test_process_alive_refuses_what_is_not_a_pid():
     assert K.process_alive(None) is False and K.process_alive("abc") is False and K.process_alive(0) is False
 
