@@ -403,13 +403,35 @@ def test_each_projection_panels_separation_is_its_distance_over_the_pairs_spread
 
 
 def test_every_soft_output_panel_of_a_teacher_shows_the_same_similar_classes(synthetic_report):
-    _, res, _ = synthetic_report
+    _, res, md = synthetic_report
     by_alpha: dict = {}
     for prof in res["soft_output"]["profiles"]:
         sim = tuple(c for c, g in zip(prof["classes"], prof["groups"]) if g == "similar")
         by_alpha.setdefault(prof["alpha"], set()).add(sim)
     assert by_alpha and all(len(s) == 1 and len(next(iter(s))) == 2 for s in by_alpha.values()), by_alpha
     assert (res["soft_output"]["class"], res["soft_output"]["class_name"]) == (6, FASHION_MNIST_CLASSES[6])
+    # the table names the true and similar classes with their mean probabilities (three decimals)
+    for prof in res["soft_output"]["profiles"]:
+        shown = ", ".join(f"{FASHION_MNIST_CLASSES[c]} {p:.3f}"
+                          for c, p, g in zip(prof["classes"], prof["probs"], prof["groups"]) if g != "other")
+        assert f"| {prof['title']} | {shown} | {prof['negligible_classes']} |" in md
+
+
+def test_the_eta_summary_puts_each_splits_table_in_its_own_columns(synthetic_report):
+    _, res, md = synthetic_report
+    eta = res["eta"]
+
+    def cells(sets, a, t2, split):
+        (tab,) = [t for t in eta["tables"] if (t["sets"], t["alpha"], t["t2"], t["split"]) == (sets, a, t2, split)]
+        k = sum(r["eta_s1"] < 0 < r["eta_s2"] for r in tab["rows"])
+        return [f"{tab['mean_eta_s1']:.3f}", f"{tab['mean_eta_s2']:.3f}", f"{k}/{len(tab['rows'])}"]
+
+    keys = {(t["sets"], t["alpha"], t["t2"]) for t in eta["tables"]}
+    assert {t["split"] for t in eta["tables"]} == {"train", "val"} and keys
+    for sets, a, t2 in keys:
+        assert cells(sets, a, t2, "train") != cells(sets, a, t2, "val")  # the splits can be told apart
+        row = [sets, num(a), f"{num(eta['t1'])} -> {num(t2)}", *cells(sets, a, t2, "train"), *cells(sets, a, t2, "val")]
+        assert "| " + " | ".join(row) + " |" in md
 
 
 def test_the_classwise_section_of_a_finished_study_is_complete(synthetic_report):

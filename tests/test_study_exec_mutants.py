@@ -633,3 +633,43 @@ def test_a_warm_run_writes_its_log_where_asked_and_its_exit_record_beside_it(mon
     module, args, log_path, exit_path = _FakeServer.made[0].spawned
     assert (module, args) == ("vision_plugin.train", ["--epochs", "1"])
     assert log_path == log and exit_path == Path(f"{log}.exit.json") and la._warm[pid] == exit_path
+
+
+class _Bar:
+    """A progress bar that records being closed."""
+
+    def __init__(self):
+        self.closed = False
+
+    def update(self, n=1):
+        pass
+
+    def write(self, msg):
+        pass
+
+    def set_postfix_str(self, s, refresh=False):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+class _RefusingQueue(_Queue):
+    def check(self, runs, nproc=1):
+        raise ValueError("bad launcher settings (made up)")
+
+
+def test_a_launcher_that_refuses_its_settings_starts_nothing_and_leaves_no_bar_open(monkeypatch, tmp_path):
+    bars = []
+    monkeypatch.setattr(R, "make_bar", lambda total, enabled: bars.append(_Bar()) or bars[-1])
+    q = _RefusingQueue()
+    with pytest.raises(ValueError, match="made up"):
+        _quiet(S.load_config(overrides=_ONE_CELL), tmp_path, q)
+    assert q.jobs == {} and len(bars) == 1 and bars[0].closed
+
+
+def test_waiting_for_a_process_that_has_ended_says_it_is_gone(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert L._wait_gone(p.pid, 5.0) is True
+    assert L._wait_gone(os.getpid(), 0.1) is False  # this process: alive throughout
