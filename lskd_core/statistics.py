@@ -323,8 +323,10 @@ def as_eta_observations(rows: Iterable[Union[EtaObs, Mapping[str, Any]]], s1_key
 def shows_diffusion(eta_s1: float, eta_s2: float) -> bool:
     """Systematic diffusion for one run: S1 relatively closer AND S2 relatively farther (strict).
 
-    This is ONE condition, not two confirmations: the relative distances over S1 and S2 sum to 1 at
-    both temperatures, so S1 getting closer forces S2 to get farther (up to Eq. 1's weighting).
+    Both are required. The relative distances over S1 and S2 sum to 1 at both temperatures, so their
+    changes sum to 0; but Eq. 1 averages each class's change relative to its own distance at T1, and
+    the two means can share a sign: squared distances (1 | 8, 1) -> (1.5 | 6.5, 2) give eta_S1 = +50 %
+    and eta_S2 = +40.6 % (tests/test_report_sections_mutants.py).
     """
     return eta_s1 < 0 and eta_s2 > 0
 

@@ -20,14 +20,18 @@ from lskd_core.jsonio import num
 from lskd_core.report import write_report
 from lskd_core.report.accuracy import grid_table
 from lskd_core.report.cache import AnalysisCache
-from lskd_core.report.cache_savings import cache_savings_markdown, outputs_avoided
+from lskd_core.report.cache_savings import cache_savings_markdown, cache_totals, outputs_avoided
 from lskd_core.report.calibration import calibration_markdown, calibration_sentence
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import _summary_cells
 from lskd_core.report.feature_kd import feature_kd_markdown, feature_kd_section
 from lskd_core.report.seed_stats import best_set_line, cell_interval_table, eta_over_seeds_md, eta_rows, trend_table
-from lskd_core.report.token_entropy import (ENTROPY_FILE, token_entropy_markdown, token_entropy_section,
-                                            token_mean_interval)
+from lskd_core.report.token_entropy import (
+    ENTROPY_FILE,
+    token_entropy_markdown,
+    token_entropy_section,
+    token_mean_interval,
+)
 from lskd_core.report.token_eta import _classes_table, embedding_sets, token_eta_markdown, token_eta_section
 from lskd_core.report.variants import _units
 from lskd_core.report.view import StudyView
@@ -104,7 +108,7 @@ def test_the_token_eta_table_is_eq1s_whichever_variant_comes_first(order):
 
 
 def _cache_row():
-    return {"run_id": "cache_a0.1", "kind": "topk", "dtype": "float16", "topk": 8, "rows": 1200,
+    return {"run_id": "cache_a0.1", "done": True, "kind": "topk", "dtype": "float16", "topk": 8, "rows": 1200,
             "bytes_on_disk": 2 ** 20, "bytes_per_row": 64.0, "students_done": 3, "students": 3,
             "forwards_avoided": 2400, "build_wall_s": 1.0, "students_wall_s": 2.0}
 
@@ -112,16 +116,17 @@ def _cache_row():
 @pytest.mark.parametrize("status", ["ok", "error", "missing"])
 def test_only_a_partial_cache_section_has_the_partial_note(status):
     md = "\n".join(cache_savings_markdown({"cache_savings": {"status": status, "caches": [_cache_row()],
-                                                             "total": {}}}))
+                                                             "total": cache_totals([_cache_row()])}}))
     assert "> Partial" not in md
-    md = "\n".join(cache_savings_markdown({"cache_savings": {"status": "partial", "caches": [_cache_row()],
-                                                             "missing_inputs": ["cache_a0"], "total": {}}}))
+    partial = {"status": "partial", "caches": [_cache_row()], "missing_inputs": ["cache_a0"],
+               "total": cache_totals([_cache_row()])}
+    md = "\n".join(cache_savings_markdown({"cache_savings": partial}))
     assert "> Partial: caches not built yet (cache_a0)." in md
 
 
 def test_a_cache_row_by_hand():
     row = dict(_cache_row(), build_wall_s=12.34, students_wall_s=56.78, bytes_per_row=64.4)
-    md = "\n".join(cache_savings_markdown({"cache_savings": {"status": "ok", "caches": [row], "total": {}}}))
+    md = "\n".join(cache_savings_markdown({"cache_savings": {"status": "ok", "caches": [row], "total": cache_totals([row])}}))
     assert "| `cache_a0.1` | topk | float16 | 8 | 1,200 | 1.0 | 64 | 3/3 | 2,400 | 12.3 | 56.8 |" in md
 
 
@@ -459,7 +464,7 @@ def test_the_calibration_sentence_reads_the_interval_of_each_t(ci, word):
 
 @pytest.mark.parametrize("status", ["missing", "error", "partial", "ok"])
 def test_the_cache_section_is_left_out_only_when_it_does_not_apply(status):
-    md = cache_savings_markdown({"cache_savings": {"status": status, "caches": [], "total": {}}})
+    md = cache_savings_markdown({"cache_savings": {"status": status, "caches": [], "total": cache_totals([])}})
     assert md and md[0].startswith("## Teacher caches")
     assert cache_savings_markdown({"cache_savings": {"status": "not-applicable"}}) == []
 

@@ -95,14 +95,12 @@ def _mib(n: Optional[float]) -> str:
 
 
 def _summary(tot: Dict[str, Any]) -> str:
-    """The paragraph over all caches: built, disk, outputs computed and avoided, wall times."""
-    return (f"{tot.get('built', 0)} of {tot.get('caches', 0)} teacher caches built "
-            f"({_mib(tot.get('bytes_on_disk', 0))} MiB on disk) computed "
-            f"{tot.get('teacher_outputs_computed', 0):,} teacher outputs once, for "
-            f"{tot.get('students_done', 0)} finished students: {tot.get('forwards_avoided', 0):,} teacher "
-            "outputs that live-teacher students would have computed were not (students x the rows each would "
-            f"compute, minus the builds'). Wall time: builds {fmt(tot.get('build_wall_s'), 1)} s, "
-            f"the students reading them {fmt(tot.get('students_wall_s'), 1)} s.\n")
+    """The paragraph over all caches (:func:`cache_totals`): built, disk, outputs computed and avoided, wall times."""
+    return (f"{tot['built']} of {tot['caches']} teacher caches built ({_mib(tot['bytes_on_disk'])} MiB on disk) "
+            f"computed {tot['teacher_outputs_computed']:,} teacher outputs once, for {tot['students_done']} finished "
+            f"students: {tot['forwards_avoided']:,} teacher outputs that live-teacher students would have computed "
+            "were not (students x the rows each would compute, minus the builds'). Wall time: builds "
+            f"{fmt(tot['build_wall_s'], 1)} s, the students reading them {fmt(tot['students_wall_s'], 1)} s.\n")
 
 
 def _table_row(c: Dict[str, Any]) -> List[str]:
@@ -117,7 +115,7 @@ def cache_savings_markdown(res: dict) -> List[str]:
     sec = res.get("cache_savings") or {}
     if sec.get("status") == "not-applicable":
         return []
-    md = ["## Teacher caches: compute saved and disk used\n", _summary(sec.get("total", {}))]
+    md = ["## Teacher caches: compute saved and disk used\n", _summary(sec["total"])]
     md.append(md_table(["cache run", "kind", "dtype", "top-K", "rows", "MiB", "bytes/row", "students done",
                         "outputs avoided", "build s", "students s"],
                        [_table_row(c) for c in sec.get("caches", [])]))

@@ -123,7 +123,8 @@ def eta_over_seeds_md(over: Sequence[Mapping[str, Any]], names: Sequence[str], a
     rows = [_eta_group_row(o["sets"], o["split"], o["variant"], g) for o in over for g in o["groups"]]
     md = ["Over every student seed whose features were exported (each run's eta averaged over the target "
           "classes first; mean [95 % interval] over the units, percent; 'diffusion' = the run's eta_S1 < 0 "
-          "and eta_S2 > 0, one condition since the relative distances sum to 1):\n",
+          "and eta_S2 > 0, both: Eq. 1 averages changes relative to each class's distance, so the two can "
+          "share a sign):\n",
           md_table(["sets", "split", "variant", "teacher alpha", "T1 -> T2", "eta_S1", "eta_S2",
                     "runs showing diffusion", "n"], rows) + "\n"]
     main = next((o for o in over if o["sets"] == "hierarchy" and o["split"] == "train" and o["variant"] == "eq1"),
