@@ -617,7 +617,8 @@ def test_table_b5_reads_eta_from_results_read_back_from_json():
     sec = feature_kd_section(view, json.loads(json.dumps(res)))
     cells = {c["temperature"]: c for c in sec["cells"]}
     assert cells[3.0]["eta_s1"]["estimate"] == -5.0 and cells[3.0]["eta_from"] == 1.0
-    assert cells[1.0]["eta_s1"] is None and cells[1.0]["eta_from"] is None  # the reference T has no eta
+    assert cells[1.0]["eta_s1"] is None and cells[1.0]["eta_from"] == 1.0  # the reference T itself has no eta
+    assert "| T = 1 | (reference T) |" in "".join(feature_kd_markdown({"feature_kd": sec}))
 
 
 def test_diffusion_is_counted_only_where_s1_came_closer_and_s2_went_farther():

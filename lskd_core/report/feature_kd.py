@@ -60,7 +60,7 @@ def feature_kd_section(view: StudyView, res: Mapping[str, Any]) -> Dict[str, Any
         cells.append({"alpha": c["alpha"], "temperature": c["temperature"], "n": c["n"],
                       "top1_mean": c["top1_mean"], "top5_mean": c.get("top5_mean"),
                       "top1_interval": stats["interval"] if stats else None,
-                      "eta_from": t1 if g else None,
+                      "eta_from": t1,  # every cell's eta is against the lowest T: there, "(reference T)"
                       "eta_s1": g["summary"]["eta_s1"] if g else None,
                       "eta_s2": g["summary"]["eta_s2"] if g else None,
                       "share_diffusion": g["summary"].get("share_diffusion") if g else None})
