@@ -500,6 +500,7 @@ FKD_VIEW = SimpleNamespace(config={"feature_kd": "overhaul"}, temperatures=[1.0,
 
 def test_table_b5_takes_eta_of_the_hierarchy_sets_train_split_and_eq1_only():
     over = [{"sets": "hierarchy", "split": "val", "variant": "eq1", "groups": [_group(-9.0)]},
+            {"sets": "hierarchy", "split": "test", "variant": "eq1", "groups": [_group(-6.0)]},  # sorts before train
             {"sets": "feature", "split": "train", "variant": "eq1", "groups": [_group(-8.0)]},
             {"sets": "hierarchy", "split": "train", "variant": "pairwise", "groups": [_group(-7.0)]},
             {"sets": "hierarchy", "split": "train", "variant": "eq1", "groups": [_group(-5.0)]}]
