@@ -90,7 +90,9 @@ def classwise_section(view: StudyView, cache: AnalysisCache) -> dict:
     targets = target_classes(view.config, num_classes)
     needed = [view.export(view.student(a, t, view.analysis_seed), "train")
               for a in view.alphas for t in view.temperatures]
-    key = {"targets": targets, "inputs": view.fingerprint(needed), "v": 1}
+    # the val columns average every finished seed's result.json: its per-class accuracies are inputs too
+    val = {f"{a}/{t}": _val_per_class(view, a, t) for a in view.alphas for t in view.temperatures}
+    key = {"targets": targets, "inputs": view.fingerprint(needed), "val": val, "v": 2}
     return cache.get("classwise", key, lambda: _compute(view, targets, num_classes))
 
 

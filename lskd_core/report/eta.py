@@ -127,6 +127,8 @@ def _compute(view: StudyView, targets: List[int], higher: Sequence[float], num_c
     centroids = class_stats(ref.features, ref.labels, num_classes).centroids if ref is not None else None
     sets = _class_sets(view, centroids, num_classes, targets)
     tables, seed_tables, missing = _all_seed_tables(view, higher, sets, num_classes)
+    if ref is None:  # no feature-space sets (Table G.1's feature half, the feature tables) until it is done
+        missing = [view.export(view.teacher(ref_alpha), "val")] + missing
     return {"status": "ok" if not missing else ("partial" if tables else "missing"),
             "missing_inputs": missing, "targets": targets, "t1": view.temperatures[0], "seed": view.analysis_seed,
             "reference_model": view.teacher(ref_alpha) + " (val split)", "sets": _sets_record(sets),
