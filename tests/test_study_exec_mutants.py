@@ -459,6 +459,11 @@ def test_a_handle_from_another_host_is_not_seen_as_running_here(host):
     assert la.poll({"launcher": "local", "host": host, "pid": os.getpid()}) == L.LOST
 
 
+def test_a_handle_without_a_pid_is_not_running(tmp_path):
+    # a damaged launch record of this host: no pid to look at (pid 1, init, is always alive)
+    assert L.LocalLauncher(warm_start=False).poll({"launcher": "local", "host": socket.gethostname()}) == L.LOST
+
+
 def test_a_process_owned_by_another_user_is_alive(monkeypatch):
     # kill(pid, 0) on another user's process raises PermissionError: it exists
     def kill(pid, sig):
@@ -607,12 +612,12 @@ def test_ctrl_c_stops_a_local_launchers_runs_and_leaves_a_detached_ones_running(
 
 
 def test_waiting_for_a_process_that_never_ends_gives_up_at_its_deadline(monkeypatch):
-    ticks = iter(range(10_000))  # a clock that moves one second per reading: the deadline is never hit exactly
+    ticks = iter(range(1000, 11_000))  # one second per reading, never exactly on the deadline
     monkeypatch.setattr(L, "time", type("Clock", (), {"time": staticmethod(lambda: float(next(ticks))),
                                                       "sleep": staticmethod(lambda s: None)}))
     monkeypatch.setattr(L, "process_alive", lambda pid, start=None: True)
     assert L._wait_gone(123, 2.5) is False
-    assert next(ticks) < 10  # gave up within a few readings past the deadline, not at the clock's end
+    assert next(ticks) < 1010  # gave up a few readings past its start + 2.5 s, not at the clock's end
 
 
 @pytest.mark.parametrize("recorded_pid,want", [(4243, L.LOST), (4241, L.LOST), (4242, 3)])
