@@ -677,10 +677,12 @@ def test_a_projection_without_any_export_is_missing_and_lists_every_panels_run(t
 def test_the_projection_section_by_hand():
     proj = {"status": "ok", "png": "fig1.png", "class_names": ["A", "B", "C"],
             "panels": [{"row": "teacher", "alpha": 0.1, "similar_pair_distance": 1.23456,
-                        "similar_pair_separation": None}]}
+                        "similar_pair_separation": None},
+                       {"row": "student T = 3", "alpha": 0.0, "similar_pair_distance": 0.5, "similar_pair_separation": 2.71828}]}
     md = "".join(projection_markdown({"projection": proj}))
     assert "Classes A and B (semantically similar) and C (dissimilar);" in md
     assert "![projection grid](fig1.png)\n" in md and "| teacher | 0.1 | 1.235 | — |" in md
+    assert "| student T = 3 | 0 | 0.500 | 2.718 |" in md  # both columns to three decimals
     assert projection_markdown({"projection": {"status": "missing", "reason": "set projection_classes"}}) == [
         "## 4. Penultimate-layer projections (Fig. 1)\n", "\n> Not available: set projection_classes.\n"]
 

@@ -639,3 +639,20 @@ def test_the_eta_training_table_shows_the_first_and_the_last_epoch():
     assert "![eta during training](eta_during_training.png)\n" in eta_training_markdown(
         {"eta_training": dict(sec, png="eta_during_training.png")})
     assert eta_training_markdown({"eta_training": {"status": "not-applicable"}}) == []
+
+
+def test_the_eta_training_figure_plots_epochs_trained_against_eta(monkeypatch, tmp_path):
+    from matplotlib.axes import Axes
+
+    from lskd_core.report.eta_training import plot_eta_training
+
+    drawn = []
+    real_plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, x, y, *a, **k: drawn.append((list(x), list(y))) or real_plot(ax, x, y, *a, **k))
+    curves = [{"alpha": 0.1, "temperature": 3.0, "points": [{"epoch": 0, "eta_s1": -1.0, "eta_s2": 2.0},
+                                                            {"epoch": 1, "eta_s1": None, "eta_s2": 3.0},
+                                                            {"epoch": 2, "eta_s1": -4.0, "eta_s2": 5.0}]}]
+    plot_eta_training(curves, tmp_path / "eta.png")
+    # epochs count from 1 on the x axis; an epoch without a value is left out of that panel only
+    assert drawn == [([1, 3], [-1.0, -4.0]), ([1, 2, 3], [2.0, 3.0, 5.0])]
+    assert (tmp_path / "eta.png").is_file()

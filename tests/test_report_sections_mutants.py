@@ -643,3 +643,23 @@ def test_a_token_with_a_pipe_or_backtick_keeps_the_s1_table_in_its_columns():
     assert {ln.count("|") for ln in lines} == {5}  # four cells per row, the header's
     body = [ln.split(" | ") for ln in lines[2:]]
     assert [b[0] for b in body] == ["| `a¦b`", "| `'x'`", "| `¦¦`"]
+
+
+def test_the_single_teacher_sections_read_the_first_teacher_seeds_run_when_there_are_several():
+    view = object.__new__(StudyView)  # only the config matters here
+    for cfg, want in (({"teacher_seeds": 3, "teacher_seed": 5}, "teacher_a0.1_ts5"),
+                      ({"teacher_seeds": 2}, "teacher_a0.1_ts0"),
+                      ({"teacher_seeds": 1, "teacher_seed": 5}, "teacher_a0.1"), ({}, "teacher_a0.1")):
+        view.config = cfg
+        assert view.teacher(0.1) == want == S.teacher_id(0.1, None if cfg.get("teacher_seeds", 1) == 1
+                                                         else cfg.get("teacher_seed", 0))
+
+
+def test_a_view_limited_to_usable_runs_reads_each_of_them_wherever_it_is_in_the_plan(synthetic_report):
+    study, _, _ = synthetic_report
+    everything = StudyView(study)
+    trained = [r for r, run in everything.runs.items() if run["kind"] in ("teacher", "student")]
+    usable = {trained[-1], trained[len(trained) // 2]}  # later runs in the manifest, none of the first
+    assert list(everything.runs)[0] not in usable and all("val_acc1" in everything.results[r] for r in usable)
+    view = StudyView(study, usable=usable)
+    assert set(view.results) == usable and all(view.results[r] == everything.results[r] for r in usable)
