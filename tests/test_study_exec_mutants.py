@@ -678,3 +678,18 @@ def test_waiting_for_a_process_that_has_ended_says_it_is_gone(tmp_path):
     p.wait()
     assert L._wait_gone(p.pid, 5.0) is True
     assert L._wait_gone(os.getpid(), 0.1) is False  # this process: alive throughout
+
+
+def test_a_file_system_without_locks_names_the_lock_file_and_the_remedy(monkeypatch, tmp_path):
+    import errno
+    import fcntl
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(OSError) as got:
+        K.StudyLock(tmp_path).acquire()
+    exc = got.value
+    assert (exc.errno, exc.filename) == (errno.ENOLCK, str(tmp_path / K.LOCK_FILE))
+    assert exc.strerror == "No locks available (the study's lock; use an --out on a local disk)"
