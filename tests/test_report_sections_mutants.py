@@ -20,7 +20,7 @@ from lskd_core.jsonio import num
 from lskd_core.report import write_report
 from lskd_core.report.accuracy import grid_table
 from lskd_core.report.cache import AnalysisCache
-from lskd_core.report.cache_savings import cache_savings_markdown, cache_totals, outputs_avoided
+from lskd_core.report.cache_savings import cache_savings_markdown, cache_savings_section, cache_totals, outputs_avoided
 from lskd_core.report.calibration import calibration_markdown, calibration_sentence
 from lskd_core.report.entropy import entropy_markdown
 from lskd_core.report.eta import _summary_cells
@@ -663,3 +663,25 @@ def test_a_view_limited_to_usable_runs_reads_each_of_them_wherever_it_is_in_the_
     assert list(everything.runs)[0] not in usable and all("val_acc1" in everything.results[r] for r in usable)
     view = StudyView(study, usable=usable)
     assert set(view.results) == usable and all(view.results[r] == everything.results[r] for r in usable)
+
+
+def _cache_view(built):
+    """Two cache runs, each read by one finished student; ``built``: the caches whose build finished."""
+    runs = {"cache_a0": {"kind": "cache", "deps": []}, "cache_a0.1": {"kind": "cache", "deps": []},
+            "student_a0": {"kind": "student", "deps": ["cache_a0"]},
+            "student_a0.1": {"kind": "student", "deps": ["cache_a0.1"]}}
+    desc = {"rows": 100, "bytes_on_disk": 1000, "bytes_per_row": 10.0, "kind": "topk", "dtype": "float16", "topk": 4}
+    results = {r: {"status": "done", "wall_time_s": 5.0} for r in ("student_a0", "student_a0.1")}
+    results.update({c: {"status": "done", "cache": desc, "wall_time_s": 2.0} for c in built})
+    return SimpleNamespace(runs=runs, results=results, task=SimpleNamespace(cache_rows_per_epoch=False),
+                           config={"student_epochs": 3})
+
+
+def test_the_cache_section_is_ok_once_every_cache_is_built_and_partial_before():
+    sec = cache_savings_section(_cache_view(["cache_a0", "cache_a0.1"]))
+    assert sec["status"] == "ok" and sec["missing_inputs"] == []
+    # each student would have computed 100 rows x 3 epochs live; the build computed 100 once
+    assert [c["forwards_avoided"] for c in sec["caches"]] == [200, 200] and sec["total"]["built"] == 2
+    sec = cache_savings_section(_cache_view(["cache_a0"]))
+    assert sec["status"] == "partial" and sec["missing_inputs"] == ["cache_a0.1"]
+    assert [c["forwards_avoided"] for c in sec["caches"]] == [200, 0] and sec["total"]["built"] == 1

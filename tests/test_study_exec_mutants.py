@@ -620,6 +620,15 @@ def test_waiting_for_a_process_that_never_ends_gives_up_at_its_deadline(monkeypa
     assert next(ticks) < 1010  # gave up a few readings past its start + 2.5 s, not at the clock's end
 
 
+def test_waiting_for_a_process_that_ends_before_the_deadline_says_it_is_gone(monkeypatch):
+    ticks = iter(range(1000, 11_000))
+    monkeypatch.setattr(L, "time", type("Clock", (), {"time": staticmethod(lambda: float(next(ticks))),
+                                                      "sleep": staticmethod(lambda s: None)}))
+    alive = iter([True, True, True, False])  # ends at the fourth look, about 3 s in: within 20 s
+    monkeypatch.setattr(L, "process_alive", lambda pid, start=None: next(alive))
+    assert L._wait_gone(123, 20.0) is True
+
+
 @pytest.mark.parametrize("recorded_pid,want", [(4243, L.LOST), (4241, L.LOST), (4242, 3)])
 def test_a_warm_runs_exit_record_is_read_only_when_it_names_that_runs_pid(tmp_path, recorded_pid, want):
     # a stale exit file (another run's, from a reused path) must not end this run with its status
