@@ -357,3 +357,58 @@ def well_formed_report(rep: Path) -> str:
     assert report_from_its_results(rep) == md
     assert markdown_block_breaks(md) == []
     return md
+
+
+# ------------------------------------------------------------------ a translation study made by hand ---
+TRANSLATION_TOKENS = ["die", "der", "und", "ist", "nicht", "das"]
+
+
+def hand_translation_study(study: Path, temperatures: Sequence[float] = (1, 4),
+                           alphas: Sequence[float] = (0, 0.1)) -> Tuple[Path, Dict[float, np.ndarray]]:
+    """A translation study whose exports are made by hand (no fairseq): each teacher's output embeddings
+    (its own rows, so the reference teacher can be told apart) and per-sentence entropy sums at T = 1 and
+    4; each student's decoder states of a token sit at a centre that drifts with T. Returns the study
+    and each alpha's embedding rows."""
+    from lskd_core import study as S
+    from lskd_core.features_io import save_features
+    from lskd_core.report.token_entropy import ENTROPY_FILE
+
+    data = study / "data"
+    data.mkdir(parents=True)
+    cfg = S.load_config(preset="translation", overrides={
+        "data_dir": str(data), "alphas": list(alphas), "temperatures": list(temperatures), "seeds": 2,
+        "cache": False, "num_similar": 1, "num_dissimilar": 2})
+    plan = S.build_plan(cfg)
+    S.write_manifest(study, cfg, plan)
+    rng = np.random.default_rng(1)
+    k, dim = len(TRANSLATION_TOKENS), 5
+    weights = {float(a): rng.normal(size=(k, dim)) for a in alphas}
+    meta = {"token_ids": list(range(10, 10 + k)), "token_counts": [50 - i for i in range(k)], "sentences": 30}
+    labels = np.repeat(np.arange(k), 8)
+    for r in plan:
+        if r.kind != "export":
+            continue
+        d = study / "runs" / r.run_id
+        d.mkdir(parents=True)
+        t = r.info.get("temperature") or 1.0
+        weight = weights[float(r.info["alpha"])]
+        centres = weight * (1.0 + 0.05 * np.log(t)) + 0.1 * np.log(t) * weight[[1, 0, 3, 2, 5, 4]]
+        feats = centres[labels] + 0.05 * rng.normal(size=(labels.size, dim))
+        save_features(d / "features.npz", feats.astype(np.float32), labels, class_names=TRANSLATION_TOKENS,
+                      weight=weight, bias=np.zeros(k), meta=meta)
+        if r.info.get("role") == "teacher":  # per-sentence entropy sums at each T (fairseq_plugin's export)
+            tokens = rng.integers(3, 9, size=12)
+            sums = {f"{t:.1f}": (tokens * (0.5 + 0.1 * t + float(r.info["alpha"])) + rng.normal(size=12) * 0.3).tolist()
+                    for t in (1, 4)}
+            (d / ENTROPY_FILE).write_text(json.dumps({"tokens_per_sentence": tokens.tolist(),
+                                                      "entropy_sum_per_sentence": sums, "sentences": 12,
+                                                      "tokens": int(tokens.sum()), "meta": {"split": "test"},
+                                                      "max_entropy": 9.9, "vocab_size": 20000}))
+        (d / "result.json").write_text(json.dumps({"status": "done"}))
+    return study, weights
+
+
+def token_sets_by_hand(weight: np.ndarray, t: int) -> Tuple[List[int], List[int]]:
+    """S1 (the nearest row) and S2 (the two farthest, sorted) of token ``t`` by squared distance."""
+    others = sorted((c for c in range(len(weight)) if c != t), key=lambda c: float(((weight[c] - weight[t]) ** 2).sum()))
+    return others[:1], sorted(others[-2:])

@@ -17,7 +17,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import eta_reference, mean_entropy_reference, synthetic_study
+from conftest import (
+    eta_reference,
+    hand_translation_study,
+    mean_entropy_reference,
+    synthetic_study,
+    token_sets_by_hand,
+)
 from scipy.special import softmax
 
 from lskd_core import study as S
@@ -393,56 +399,9 @@ def test_the_entropy_figure_is_linked_only_when_drawn():
 # ------------------------------------------------------------------------------------------------
 # token eta and token entropy on a translation study (token_eta.py, token_entropy.py)
 # ------------------------------------------------------------------------------------------------
-TOKENS = ["die", "der", "und", "ist", "nicht", "das"]
-
-
-def _translation(study, temperatures=(1, 4), alphas=(0, 0.1)):
-    """A translation study with hand-made exports: each teacher's output embeddings (its own rows, so
-    the reference teacher can be told apart) and per-sentence entropy sums; each student's decoder states
-    of a token sit at a centre that drifts with T."""
-    data = study / "data"
-    data.mkdir(parents=True)
-    cfg = S.load_config(preset="translation", overrides={
-        "data_dir": str(data), "alphas": list(alphas), "temperatures": list(temperatures), "seeds": 2,
-        "cache": False, "num_similar": 1, "num_dissimilar": 2})
-    plan = S.build_plan(cfg)
-    S.write_manifest(study, cfg, plan)
-    rng = np.random.default_rng(1)
-    k, dim = len(TOKENS), 5
-    weights = {float(a): rng.normal(size=(k, dim)) for a in alphas}
-    meta = {"token_ids": list(range(10, 10 + k)), "token_counts": [50 - i for i in range(k)], "sentences": 30}
-    labels = np.repeat(np.arange(k), 8)
-    for r in plan:
-        if r.kind != "export":
-            continue
-        d = study / "runs" / r.run_id
-        d.mkdir(parents=True)
-        t = r.info.get("temperature") or 1.0
-        weight = weights[float(r.info["alpha"])]
-        centres = weight * (1.0 + 0.05 * np.log(t)) + 0.1 * np.log(t) * weight[[1, 0, 3, 2, 5, 4]]
-        feats = centres[labels] + 0.05 * rng.normal(size=(labels.size, dim))
-        save_features(d / "features.npz", feats.astype(np.float32), labels, class_names=TOKENS, weight=weight,
-                      bias=np.zeros(k), meta=meta)
-        if r.info.get("role") == "teacher":
-            tokens = rng.integers(3, 9, size=12)
-            sums = {f"{t:.1f}": (tokens * (0.5 + 0.1 * t + float(r.info["alpha"])) + rng.normal(size=12) * 0.3).tolist()
-                    for t in (1, 4)}
-            (d / ENTROPY_FILE).write_text(json.dumps({"tokens_per_sentence": tokens.tolist(),
-                                                      "entropy_sum_per_sentence": sums, "sentences": 12,
-                                                      "tokens": int(tokens.sum()), "meta": {"split": "test"},
-                                                      "max_entropy": 9.9, "vocab_size": 20000}))
-        (d / "result.json").write_text(json.dumps({"status": "done"}))
-    return study, weights
-
-
-def _nearest_and_farthest(weight, t):
-    others = sorted((c for c in range(len(weight)) if c != t), key=lambda c: float(((weight[c] - weight[t]) ** 2).sum()))
-    return others[:1], sorted(others[-2:])
-
-
 @pytest.fixture(scope="module")
 def translation(tmp_path_factory):
-    return _translation(tmp_path_factory.mktemp("translation") / "study")
+    return hand_translation_study(tmp_path_factory.mktemp("translation") / "study")
 
 
 def test_sets_summing_to_exactly_100_percent_are_kept_as_configured():
@@ -465,11 +424,11 @@ def test_the_exports_split_is_the_configured_one_else_test():
 
 
 def test_without_alpha_0_the_token_sets_come_from_the_first_teachers_embeddings(tmp_path):
-    study, weights = _translation(tmp_path / "st", alphas=(0.1, 0.2))
+    study, weights = hand_translation_study(tmp_path / "st", alphas=(0.1, 0.2))
     eta = token_eta_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
     assert eta["status"] == "ok" and eta["reference_model"] == "teacher_a0.1"
     for c in eta["classes"]:
-        s1, s2 = _nearest_and_farthest(weights[0.1], c["class"])
+        s1, s2 = token_sets_by_hand(weights[0.1], c["class"])
         assert (c["s1"], sorted(c["s2"])) == (s1, s2)
 
 

@@ -10,7 +10,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import eta_from_cluster_distances, eta_reference, mean_entropy_reference, synthetic_study
+from conftest import (
+    TRANSLATION_TOKENS,
+    eta_from_cluster_distances,
+    eta_reference,
+    hand_translation_study,
+    mean_entropy_reference,
+    synthetic_study,
+    token_sets_by_hand,
+)
 
 from lskd_core import statistics as st
 from lskd_core import study as S
@@ -274,68 +282,24 @@ def test_token_set_sizes_are_the_configured_counts_as_percentages_of_the_other_c
     assert embedding_sets(w, 1, 2, feature_sets=[10.0, 30.0])["pct"] == [10.0, 30.0]
 
 
-TOKENS = ["die", "der", "und", "ist", "nicht", "das"]
-
-
-def _translation_study(study, temperatures):
-    """A translation study whose exports are made by hand: teacher_a0's output embeddings define the
-    token sets; each student's decoder states of a token sit at a centre that drifts with T."""
-    data = study / "data"
-    data.mkdir(parents=True)
-    cfg = S.load_config(preset="translation", overrides={
-        "data_dir": str(data), "alphas": [0, 0.1], "temperatures": list(temperatures), "seeds": 2, "cache": False,
-        "num_similar": 1, "num_dissimilar": 2})
-    plan = S.build_plan(cfg)
-    S.write_manifest(study, cfg, plan)
-    rng = np.random.default_rng(1)
-    k, dim = len(TOKENS), 5
-    weight = rng.normal(size=(k, dim))
-    meta = {"token_ids": list(range(10, 10 + k)), "token_counts": [50 - i for i in range(k)], "sentences": 30}
-    labels = np.repeat(np.arange(k), 8)
-    for r in plan:
-        if r.kind != "export":
-            continue
-        d = study / "runs" / r.run_id
-        d.mkdir(parents=True)
-        t = r.info.get("temperature") or 1.0
-        centres = weight * (1.0 + 0.05 * np.log(t)) + 0.1 * np.log(t) * weight[[1, 0, 3, 2, 5, 4]]
-        feats = centres[labels] + 0.05 * rng.normal(size=(labels.size, dim))
-        save_features(d / "features.npz", feats.astype(np.float32), labels, class_names=TOKENS, weight=weight,
-                      bias=np.zeros(k), meta=meta)
-        if r.info.get("role") == "teacher":  # per-sentence entropy sums at each T (fairseq_plugin's export)
-            tokens = rng.integers(3, 9, size=12)
-            sums = {f"{t:.1f}": (tokens * (0.5 + 0.1 * t) + rng.normal(size=12) * 0.3).tolist() for t in (1, 4)}
-            (d / ENTROPY_FILE).write_text(json.dumps({"tokens_per_sentence": tokens.tolist(),
-                                                      "entropy_sum_per_sentence": sums, "sentences": 12,
-                                                      "tokens": int(tokens.sum())}))
-        (d / "result.json").write_text(json.dumps({"status": "done"}))
-    return study
-
-
-def _sets_by_hand(weight, t):
-    others = [c for c in range(len(weight)) if c != t]
-    order = sorted(others, key=lambda c: float(((weight[c] - weight[t]) ** 2).sum()))
-    return order[:1], sorted(order[-2:])
-
-
 @pytest.mark.parametrize("temperatures", [(1, 4), (1, 4, 16)])
 def test_token_eta_is_eq1_on_the_decoder_states_with_sets_from_the_embeddings(tmp_path, temperatures):
-    study = _translation_study(tmp_path / "st", temperatures)
+    study = hand_translation_study(tmp_path / "st", temperatures)[0]
     eta = token_eta_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
     assert eta["status"] == "ok", eta.get("reason") or eta.get("error")
     ref = load_features(study / "runs" / "export_teacher_a0_test" / "features.npz")
     weight = ref.weight.astype(np.float64)
     assert eta["feature_pct"] == pytest.approx([20.0, 40.0])  # 1 and 2 of the 5 other tokens
     for c in eta["classes"]:
-        s1, s2 = _sets_by_hand(weight, c["class"])
-        assert (c["s1"], sorted(c["s2"]), c["token"]) == (s1, s2, TOKENS[c["class"]])
+        s1, s2 = token_sets_by_hand(weight, c["class"])
+        assert (c["s1"], sorted(c["s2"]), c["token"]) == (s1, s2, TRANSLATION_TOKENS[c["class"]])
     t_hi = float(temperatures[-1])
     tab = next(t for t in eta["seed_tables"] if t["alpha"] == 0.1 and t["seed"] == 1 and t["t2"] == t_hi
                and t["sets"] == "feature")
     before = load_features(study / "runs" / "export_student_a0.1_T1_s1_test" / "features.npz")
     after = load_features(study / "runs" / f"export_student_a0.1_T{num(t_hi)}_s1_test" / "features.npz")
     for row in tab["rows"]:
-        s1, s2 = _sets_by_hand(weight, row["target"])
+        s1, s2 = token_sets_by_hand(weight, row["target"])
         want = eta_reference(before.features, before.labels, after.features, after.labels, row["target"], s1, s2)
         assert (row["eta_s1"], row["eta_s2"]) == pytest.approx(want, rel=1e-6)
     # the report's S1 table: one row per class, most frequent first, S1 named by its tokens
@@ -344,8 +308,8 @@ def test_token_eta_is_eq1_on_the_decoder_states_with_sets_from_the_embeddings(tm
     assert {t["t1"] for t in eta["seed_tables"]} == {float(temperatures[0])}
     counts = [c["count"] for c in eta["classes"]]
     assert counts == sorted(counts, reverse=True)
-    rows = [f"| `{TOKENS[c['class']]}` | {c['count']} | "
-            + ", ".join(f"`{TOKENS[i]}`" for i in _sets_by_hand(weight, c["class"])[0])
+    rows = [f"| `{TRANSLATION_TOKENS[c['class']]}` | {c['count']} | "
+            + ", ".join(f"`{TRANSLATION_TOKENS[i]}`" for i in token_sets_by_hand(weight, c["class"])[0])
             + f" | {len(c['s2'])} |" for c in eta["classes"]]
     table = "\n".join(["| token | occurrences | S1 (nearest output embeddings) | size of S2 |", "|---|---|---|---|",
                        *rows])
@@ -353,7 +317,7 @@ def test_token_eta_is_eq1_on_the_decoder_states_with_sets_from_the_embeddings(tm
 
 
 def test_token_eta_with_one_temperature_says_it_needs_two(tmp_path):
-    study = _translation_study(tmp_path / "st", (1,))
+    study = hand_translation_study(tmp_path / "st", (1,))[0]
     eta = token_eta_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
     assert eta["status"] == "missing" and "two temperatures" in eta["reason"]
 
@@ -557,7 +521,7 @@ def test_table_b5_says_partial_only_when_partial():
 
 
 def test_token_entropy_is_the_token_weighted_mean_with_a_95_percent_cluster_bootstrap(tmp_path):
-    study = _translation_study(tmp_path / "st", (1, 4))
+    study = hand_translation_study(tmp_path / "st", (1, 4))[0]
     ent = token_entropy_section(StudyView(study), AnalysisCache(tmp_path / "cache"))
     assert ent["status"] == "ok" and ent["interval"] == "95 % cluster bootstrap over sentences (BCa, 2000 resamples)"
     for tr in ent["teachers"]:
