@@ -474,6 +474,15 @@ def test_a_cached_token_eta_is_recomputed_when_a_student_export_is_re_run(transl
     assert rows(again) != pytest.approx(rows(first))
 
 
+def test_a_cached_token_eta_is_recomputed_when_the_reference_teachers_export_is_re_run(translation, tmp_path):
+    study = _copy(translation[0], tmp_path / "study")
+    cache = AnalysisCache(tmp_path / "cache")
+    assert token_eta_section(StudyView(study), cache)["cached"] is False
+    assert token_eta_section(StudyView(study), cache)["cached"] is True  # nothing changed: read back
+    _rerun_export(study, S.export_id(S.teacher_id(0.0), "test"))  # the token sets' source ran again
+    assert token_eta_section(StudyView(study), cache)["cached"] is False
+
+
 def _token_over(n_classes):
     summary = {"eta_s1": _interval(-1.0, -2.0, 0.0), "eta_s2": _interval(1.0, 0.5, 1.5), "share_diffusion": 0.5,
                "runs": 2}

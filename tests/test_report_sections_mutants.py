@@ -279,6 +279,8 @@ def test_token_set_sizes_are_the_configured_counts_as_percentages_of_the_other_c
     assert embedding_sets(w, 1, 2)["pct"] == pytest.approx([100 * 1 / 5, 100 * 2 / 5])
     # three classes, one similar and two dissimilar: 50 % + 100 % > 100 %, so S1 and S2 split the others
     assert embedding_sets(w[:3], 1, 2)["pct"] == [50.0, 50.0]
+    # 20 % + 100 % of the five others > 100 %: S1 keeps its 20 %, S2 gets the remaining 80 %
+    assert embedding_sets(w, 1, 5)["pct"] == [20.0, 80.0]
     assert embedding_sets(w, 1, 2, feature_sets=[10.0, 30.0])["pct"] == [10.0, 30.0]
 
 
