@@ -79,6 +79,8 @@ def test_smoothness_flag_levels_follow_the_intervals(matched_values, grid_values
 def test_smoothness_flag_without_matched_students_or_teachers():
     got = findings.smoothness_flag(None, delta=1.0)
     assert got["level"] == "not tested" and "matched_temperatures" in got["text"]
+    # a matched row whose LS - matched difference could not be estimated (no matched student finished)
+    assert findings.smoothness_flag(_row(None, _est([2.0, 2.5, 2.2])), delta=1.0)["level"] == "not tested"
     one = st.mean_estimate([1.9, 2.1, 2.0, 2.2], "student seed", teacher_variance_sampled=False)
     got = findings.smoothness_flag(_row(one, None, t_prime=63.0), delta=1.0)
     assert got["level"] == "no" and "student seeds only" in got["text"]

@@ -3,6 +3,7 @@ thresholds (p computed here with the textbook formula), the earlier results.json
 flags, the rule-of-thumb line only where it applies, the unit and the eta scope per task, the markdown
 lines. Written to kill the cosmic-ray survivors of issue 20 (docs/testing.md)."""
 
+import json
 import math
 
 import numpy as np
@@ -111,6 +112,8 @@ def test_trend_keys_need_their_cells():
 def test_rule_of_thumb_only_for_an_ls_teacher_at_the_lowest_t():
     temps = [1.0, 4.0]
     assert _rule_of_thumb({"recommended": [0.1, 1.0]}, temps)
+    # read back from results.json: equal numbers, distinct objects
+    assert _rule_of_thumb({"recommended": json.loads("[0.1, 1.0]")}, json.loads("[1.0, 4.0]"))
     for rec in ([0.0, 1.0], [0.1, 4.0], None):
         assert _rule_of_thumb({"recommended": rec}, temps) == []
     vision = verdict(_grid(_paper()))

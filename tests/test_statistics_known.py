@@ -35,6 +35,17 @@ def test_unpaired_cell_difference_is_scipys_welch_test():
     assert r["estimate"] == pytest.approx(-d["estimate"]) and r["p"] == pytest.approx(d["p"])
 
 
+def test_a_cell_with_a_subset_of_the_others_seeds_is_compared_unpaired():
+    # seeds 0-2 in one cell, 0-3 in the other: not the same units, so Welch over all seven runs,
+    # never a paired t over the three shared seeds
+    a, b = [71.0, 73.5, 72.2], [70.2, 69.0, 71.9, 75.5]
+    obs = _cell(0.1, 1.0, a) + _cell(0.0, 1.0, b)
+    for first, second, x, y in (((0.1, 1.0), (0.0, 1.0), a, b), ((0.0, 1.0), (0.1, 1.0), b, a)):
+        d = st.cell_difference(obs, first, second)
+        assert d["method"] == "Welch t (unpaired)" and d["n"] == 7
+        assert d["p"] == pytest.approx(sps.ttest_ind(x, y, equal_var=False).pvalue)
+
+
 def test_unpaired_with_one_unit_or_no_spread():
     obs = _cell(0.1, 1.0, [72.0], seeds=[0]) + _cell(0.0, 1.0, [70.0, 71.0, 69.0], seeds=[5, 6, 7])
     d = st.cell_difference(obs, (0.1, 1.0), (0.0, 1.0))
