@@ -89,6 +89,14 @@ def test_a_batch_inside_one_later_shard_reads_its_own_rows(tmp_path):
         assert torch.equal(cache.teacher_logits_at(np.array(rows), 1.0), x[rows])
 
 
+def test_shards_past_row_256_open_and_verify(tmp_path):
+    # row numbers read back from shard.json are equal to, not the same objects as, the expected ones
+    x = _logits(rows=600, classes=4)
+    _build(tmp_path / "c", x, rows_per_shard=250)  # shards [0, 250), [250, 500), [500, 600)
+    cache = TeacherCache.open(tmp_path / "c", FP, verify="size")
+    assert cache.num_rows == 600 and torch.equal(cache.teacher_logits_at(np.array([599, 250, 0]), 1.0), x[[599, 250, 0]])
+
+
 def test_open_takes_its_options_by_keyword_only(tmp_path):
     _build(tmp_path / "c", _logits())
     assert TeacherCache.open(root=tmp_path / "c", expected_fingerprint=FP).num_rows == ROWS
@@ -211,8 +219,9 @@ def test_a_shard_array_of_the_wrong_shape_is_refused_naming_both_shapes(tmp_path
     np.save(shard / "logits.npy", np.zeros((rows, C), dtype=np.float32))
     _vouch_for(shard, "logits.npy")
     cache = TeacherCache.open(tmp_path / "c", FP, verify="full")
-    with pytest.raises(CacheMismatch, match=rf"holds float32 \({rows}, {C}\), expected float32 \({PER_SHARD}, {C}\)"):
+    with pytest.raises(CacheMismatch, match=rf"holds float32 \({rows}, {C}\), expected float32 \({PER_SHARD}, {C}\)") as got:
         cache.teacher_logits_at([12], 1.0)
+    assert str(got.value).endswith(f"; delete {tmp_path / 'c'} and rebuild the teacher cache with this run's settings")
 
 
 def test_no_rows_from_a_one_shard_cache(tmp_path):
