@@ -298,3 +298,18 @@ def test_a_package_that_cannot_be_looked_up_has_no_folder(monkeypatch):
     fake.__spec__ = None
     monkeypatch.setitem(sys.modules, "lskd_spec_less_module", fake)
     assert P._package_dir("lskd_spec_less_module") is None
+
+
+def test_the_runners_own_interpreter_is_asked_in_process(monkeypatch):
+    # the same interpreter (named by another path to it, or not named): no subprocess is started
+    def no_subprocess(*a, **k):
+        raise AssertionError("a subprocess was started for the runner's own interpreter")
+
+    monkeypatch.setattr(P.subprocess, "run", no_subprocess)
+    import sys
+
+    for python in (None, sys.executable, str(Path(sys.executable).parent / "." / Path(sys.executable).name)):
+        P.framework_versions.cache_clear()
+        got = P.framework_versions(python, ("pytest", "no_such_package_lskd"))
+        assert got == {"pytest": pytest.__version__, "no_such_package_lskd": None}
+    P.framework_versions.cache_clear()
