@@ -191,3 +191,18 @@ def test_only_cells_whose_match_is_missing_are_listed_and_keyless_pairs_are_skip
     assert res["matched"]["status"] == "partial" and res["matched"]["missing_inputs"] == ["a0.1_T2"]
     rows = {r["key"]: r for r in res["matched"]["rows"]}
     assert rows["a0.1_T64"]["matched_temperatures"] == {"0": 90.0} and rows["a0.1_T2"]["matched_temperatures"] == {}
+
+
+def test_a_damaged_matched_json_reads_as_no_pairs_yet(tmp_path):
+    from types import SimpleNamespace
+
+    from lskd_core.report.matched import _pairs
+
+    run_dir = tmp_path / "match"
+    run_dir.mkdir()
+    view = SimpleNamespace(results={"match": {"status": "done"}}, run_dir=lambda rid: tmp_path / rid)
+    (run_dir / "matched.json").write_text('{"pairs": [{"key": "0.1/64", "matched_temperature": 60}')  # cut off
+    assert _pairs(view, "match") == {}
+    (run_dir / "matched.json").write_text(json.dumps({"pairs": [{"key": "0.1/64", "t": 60}, {"no key": 1}]}))
+    assert _pairs(view, "match") == {"0.1/64": {"key": "0.1/64", "t": 60}}
+    assert _pairs(SimpleNamespace(results={}, run_dir=view.run_dir), "match") == {}  # not done: not read
