@@ -68,12 +68,12 @@ def _env() -> Dict[str, str]:
 def _module_files(config: Path) -> List[str]:
     """The files a config mutates (its ``module-path``), relative to the repository."""
     files: List[str] = []
-    for line in config.read_text(encoding="utf-8").splitlines():
-        if line.strip().startswith("module-path"):
-            for name in re.findall(r'"([^"]+)"', line):
-                src = REPO / name
-                found = sorted(src.rglob("*.py")) if src.is_dir() else [src]
-                files += [str(f.relative_to(REPO)) for f in found]
+    # the list may span several lines (every one counts: a module left out would not re-initialise its session)
+    listed = re.search(r"^\s*module-path\s*=\s*\[(.*?)\]", config.read_text(encoding="utf-8"), re.M | re.S)
+    for name in re.findall(r'"([^"]+)"', listed.group(1) if listed else ""):
+        src = REPO / name
+        found = sorted(src.rglob("*.py")) if src.is_dir() else [src]
+        files += [str(f.relative_to(REPO)) for f in found]
     return files
 
 

@@ -87,6 +87,20 @@ def test_the_module_digest_follows_the_mutated_source_only(tmp_path, monkeypatch
     assert mutants._module_digest(config) != before  # the mutated module changed: re-initialise
 
 
+def test_every_module_of_a_list_over_several_lines_is_in_the_digest(tmp_path, monkeypatch):
+    mutants = _load()
+    monkeypatch.setattr(mutants, "REPO", tmp_path)
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.py").write_text("x = 1\n")
+    config = tmp_path / "s.toml"
+    config.write_text('[cosmic-ray]\nmodule-path = ["a.py", "b.py",\n               "c.py"]\ntimeout = 1.0\n'
+                      'excluded-modules = ["x.py"]\n')
+    assert mutants._module_files(config) == ["a.py", "b.py", "c.py"]  # not excluded-modules' names
+    before = mutants._module_digest(config)
+    (tmp_path / "c.py").write_text("x = 2\n")  # the module on the list's second line changed
+    assert mutants._module_digest(config) != before
+
+
 def test_outcomes_of_unchanged_mutants_are_carried_to_a_new_version(tmp_path):
     """A line inserted above shifts every mutant: the unchanged ones keep their outcome, the changed line's
     mutant is run again."""
