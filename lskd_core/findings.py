@@ -132,9 +132,10 @@ def _diffusion_flag(analysis: Mapping[str, Any]) -> Dict[str, Any]:
     if g is None:
         return _flag(claim, None, -1, "%")
     summ = g["summary"]
-    extra = (f"; {100 * summ['share_diffusion']:.0f} % of {summ['runs']} student runs show it; eta_S2 "
-             f"{summ['eta_s2']['estimate']:+.2f} % moves with eta_S1 by construction (the relative distances sum "
-             "to 1), so it is not a second confirmation")
+    # not "by construction": Eq. 1 averages relative changes, so eta_S1 and eta_S2 can share a sign
+    extra = (f"; {100 * summ['share_diffusion']:.0f} % of {summ['runs']} student runs show it (eta_S1 < 0 and "
+             f"eta_S2 > 0); eta_S2 {summ['eta_s2']['estimate']:+.2f} %: the relative distances sum to 1, so S2 "
+             "moving away is largely the other side of S1 moving closer, not independent evidence")
     plain = next((h for h in groups if h["alpha"] == analysis.get("alpha_plain") and h["t1"] == g["t1"]
                   and h["t2"] == g["t2"]), None)
     if plain is not None:

@@ -51,7 +51,8 @@ def test_clear_grid_in_the_paper_direction():
     assert lv["higher_T_hurts_ls"] == st.CLEAR and lv["T_hurts_ls_more"] == st.CLEAR
     assert lv["ls_diffusion_high_T"] == st.CLEAR and lv["incompatible_at_highest_T"] == st.CLEAR
     assert "student seeds only" in v["flags"]["higher_T_hurts_ls"]["text"]
-    assert "not a second confirmation" in v["flags"]["ls_diffusion_high_T"]["text"]
+    assert "not independent evidence" in v["flags"]["ls_diffusion_high_T"]["text"]
+    assert "show it (eta_S1 < 0 and eta_S2 > 0)" in v["flags"]["ls_diffusion_high_T"]["text"]
     assert "rule of thumb" not in " ".join(v["lines"])
 
 
