@@ -74,8 +74,9 @@ def _status(rows: Sequence[dict]) -> str:
     return "ok" if filled == len(rows) else ("partial" if filled else "missing")
 
 
-def _compute(view: StudyView, targets: List[int], num_classes: int) -> dict:
-    rows = [classwise_row(a, t, _val_per_class(view, a, t),
+def _compute(view: StudyView, targets: List[int], num_classes: int, val: Dict[str, List[List[float]]]) -> dict:
+    """``val``: each (alpha, T)'s per-seed val accuracies, as the cache key holds them."""
+    rows = [classwise_row(a, t, val[f"{a}/{t}"],
                           _train_per_class(view, view.student(a, t, view.analysis_seed), num_classes), targets)
             for a in view.alphas for t in view.temperatures]
     return {"status": _status(rows), "targets": targets, "train_seed": view.analysis_seed, "rows": rows}
@@ -93,7 +94,7 @@ def classwise_section(view: StudyView, cache: AnalysisCache) -> dict:
     # the val columns average every finished seed's result.json: its per-class accuracies are inputs too
     val = {f"{a}/{t}": _val_per_class(view, a, t) for a in view.alphas for t in view.temperatures}
     key = {"targets": targets, "inputs": view.fingerprint(needed), "val": val, "v": 2}
-    return cache.get("classwise", key, lambda: _compute(view, targets, num_classes))
+    return cache.get("classwise", key, lambda: _compute(view, targets, num_classes, val))
 
 
 # ------------------------------------------------------------------------------------------------
